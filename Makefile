@@ -1,0 +1,40 @@
+# make demo: set up .venv and run the main job. make test: set up .venv with dev tools, lint, test.
+# Both are idempotent: the stamps in .venv/ skip installs that are already done.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+PIP := $(BIN)/pip install --quiet $(FIND_LINKS)
+
+.PHONY: demo test lint setup clean
+
+demo: $(VENV)/.installed
+	$(BIN)/noisecraft explain --out outputs/explain
+
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests
+	$(BIN)/python -m pytest -q tests
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests
+
+setup: $(VENV)/.installed
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned: anything that depends on torch would otherwise pull a CUDA build.
+$(VENV)/.torch: | $(BIN)/python
+	$(PIP) torch==2.13.0
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(PIP) -e ".[dev]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,203 @@
+"""Denoisers: every model family as one function D(x_σ, σ, cond) → x̂0, plus the exact mixture oracle.
+
+A network never sees σ math: it maps ``(x_in, c_noise, cond) → raw``. The wrappers here turn raw
+outputs of EDM-, ε-, v-, x0- and flow-parameterised networks into the x0 estimate on the
+variance-exploding scale ``x_σ = x0 + σ·ε`` that every sampler walks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from .conditioning import Conditioning
+from .schedules import sigma_like, sigma_to_flow_time, timestep_at_sigma, vp_sigmas
+
+Prediction = Literal["eps", "v", "x0"]
+
+
+class Denoiser(Protocol):
+    """D(x, σ, cond) → x̂0 with the shape of x; σ has shape [B] (a scalar is broadcast)."""
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Conditioning | None = None) -> Tensor: ...
+
+
+class Net(Protocol):
+    """A raw network: (x_in [B, ...], c_noise [B], cond) → raw output with the shape of x_in."""
+
+    def __call__(self, x_in: Tensor, c_noise: Tensor, cond: Conditioning | None = None) -> Tensor: ...
+
+
+def sigma_vector(sigma: Tensor | float, x: Tensor) -> Tensor:
+    """σ as a float tensor of shape [B] matching x's batch."""
+    return sigma_like(sigma, x).reshape(-1)
+
+
+def score(denoiser: Denoiser, x: Tensor, sigma: Tensor | float, cond: Conditioning | None = None) -> Tensor:
+    """∇ log p_σ(x) = (D(x, σ) − x) / σ² (Tweedie's formula; Vincent 2011)."""
+    s = sigma_like(sigma, x)
+    return (denoiser(x, sigma_vector(sigma, x), cond) - x) / s**2
+
+
+class EDMPrecond(nn.Module):
+    """Karras et al. 2022, table 1 preconditioning: D = c_skip·x + c_out·F(c_in·x, ¼ ln σ)."""
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5):
+        super().__init__()
+        self.net, self.sigma_data = net, sigma_data
+
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditioning | None = None) -> Tensor:
+        s, sd = sigma_like(sigma, x), self.sigma_data
+        c_skip = sd**2 / (s**2 + sd**2)
+        c_out = s * sd / (s**2 + sd**2).sqrt()
+        c_in = 1 / (s**2 + sd**2).sqrt()
+        c_noise = s.log().reshape(-1) / 4  # [B]
+        return c_skip * x + c_out * self.net(c_in * x, c_noise, cond)
+
+
+def x0_from_vp_prediction(raw: Tensor, x: Tensor, sigma: Tensor, prediction: Prediction) -> Tensor:
+    """x̂0 on the VE scale from a VP network's ε, v or x0 output, the network having seen x/sqrt(1+σ²)."""
+    s = sigma_like(sigma, x)
+    if prediction == "eps":  # x_σ = x0 + σ·ε
+        return x - s * raw
+    if prediction == "v":  # v = α·ε − s_vp·x0 with α = 1/sqrt(1+σ²), s_vp = σ/sqrt(1+σ²)
+        return x / (1 + s**2) - s / (1 + s**2).sqrt() * raw
+    if prediction == "x0":
+        return raw
+    raise ValueError(f"unknown prediction {prediction!r}; valid: eps, v, x0")
+
+
+class DiscreteVPDenoiser(nn.Module):
+    """A DDPM-style network over integer timesteps 0 … T−1, on any σ (σ → t interpolated)."""
+
+    def __init__(self, net: nn.Module, alphas_cumprod: Tensor, prediction: Prediction = "eps"):
+        super().__init__()
+        x0_from_vp_prediction(torch.zeros(1), torch.zeros(1), torch.ones(1), prediction)  # validate
+        self.net, self.prediction = net, prediction
+        self.register_buffer("sigma_table", vp_sigmas(alphas_cumprod), persistent=False)  # [T]
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigma_table[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigma_table[-1])
+
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditioning | None = None) -> Tensor:
+        sigma = sigma_vector(sigma, x)
+        t = timestep_at_sigma(sigma, self.sigma_table)  # [B] fractional timesteps
+        raw = self.net(x / (1 + sigma_like(sigma, x) ** 2).sqrt(), t, cond)
+        return x0_from_vp_prediction(raw, x, sigma, self.prediction)
+
+
+class ContinuousVPDenoiser(nn.Module):
+    """Song et al. 2021 VP-SDE with linear β(t) on t ∈ [ε, 1]; the network sees t·time_scale."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        prediction: Prediction = "eps",
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        time_scale: float = 999.0,
+    ):
+        super().__init__()
+        self.net, self.prediction = net, prediction
+        self.beta_min, self.beta_d, self.time_scale = beta_min, beta_max - beta_min, time_scale
+
+    def sigma_at(self, t: Tensor) -> Tensor:
+        """σ(t) = sqrt(exp(½ β_d t² + β_min t) − 1)."""
+        return torch.expm1(0.5 * self.beta_d * t**2 + self.beta_min * t).sqrt()
+
+    def time_at(self, sigma: Tensor) -> Tensor:
+        """Inverse of ``sigma_at``: the positive root of ½ β_d t² + β_min t − ln(1 + σ²) = 0."""
+        c = torch.log1p(sigma**2)
+        return (-self.beta_min + (self.beta_min**2 + 2 * self.beta_d * c).sqrt()) / self.beta_d
+
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditioning | None = None) -> Tensor:
+        sigma = sigma_vector(sigma, x)
+        raw = self.net(
+            x / (1 + sigma_like(sigma, x) ** 2).sqrt(), self.time_at(sigma) * self.time_scale, cond
+        )
+        return x0_from_vp_prediction(raw, x, sigma, self.prediction)
+
+
+class FlowDenoiser(nn.Module):
+    """Rectified flow (Liu et al. 2022; Lipman et al. 2023): the net predicts v = ε − x0 at x_t."""
+
+    def __init__(self, net: nn.Module, time_scale: float = 1.0):
+        super().__init__()
+        self.net, self.time_scale = net, time_scale
+
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditioning | None = None) -> Tensor:
+        sigma = sigma_vector(sigma, x)
+        t = sigma_to_flow_time(sigma)  # [B]
+        x_t = x / (1 + sigma_like(sigma, x))  # x_t = (1 − t)·x_σ
+        velocity = self.net(x_t, t * self.time_scale, cond)
+        return x_t - sigma_like(t, x) * velocity
+
+
+class GaussianMixtureDenoiser(nn.Module):
+    """The exact optimal denoiser E[x0 | x_σ] of a Gaussian mixture Σ_k w_k N(μ_k, Σ_k), any dimension.
+
+    Inputs of shape [B, ...] are flattened to [B, d]. Each covariance is diagonalised once
+    (Σ_k = U Λ Uᵀ) so any σ costs O(K·d²): (Σ_k + σ²I)⁻¹ = U diag(1/(λ + σ²)) Uᵀ.
+    """
+
+    def __init__(self, means: Tensor, covs: Tensor, weights: Tensor | None = None):
+        super().__init__()
+        means, covs = torch.as_tensor(means, dtype=torch.float64), torch.as_tensor(covs, dtype=torch.float64)
+        if means.ndim != 2 or covs.shape != (*means.shape, means.shape[1]):
+            raise ValueError(
+                f"need means [K, d] and covs [K, d, d], got {tuple(means.shape)}, {tuple(covs.shape)}"
+            )
+        k = means.shape[0]
+        weights = torch.full((k,), 1.0 / k) if weights is None else torch.as_tensor(weights)
+        weights = weights.to(torch.float64)
+        if weights.shape != (k,) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"weights must be {k} non-negative numbers with a positive sum")
+        eigvals, eigvecs = torch.linalg.eigh(covs)  # [K, d], [K, d, d]
+        if (eigvals < -1e-9).any():
+            raise ValueError("every covariance must be positive semi-definite")
+        self.register_buffer("means", means)
+        self.register_buffer("covs", covs)
+        self.register_buffer("weights", weights / weights.sum())
+        self.register_buffer("eigvals", eigvals.clamp(min=0))
+        self.register_buffer("eigvecs", eigvecs)
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def _components(self, x: Tensor, sigma: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-component whitened offsets z, variances λ + σ², and log w_k N(x; μ_k, Σ_k + σ²I)."""
+        flat = x.reshape(x.shape[0], -1).to(torch.float64)  # [B, d]
+        if flat.shape[1] != self.dim:
+            raise ValueError(f"mixture has dimension {self.dim}, input has {flat.shape[1]} per sample")
+        s2 = sigma_vector(sigma, flat).to(torch.float64) ** 2  # [B]
+        z = torch.einsum("kdj,bkd->bkj", self.eigvecs, flat[:, None] - self.means)  # [B, K, d]
+        var = self.eigvals[None] + s2[:, None, None]  # [B, K, d]
+        log_norm = -0.5 * (z**2 / var + var.log() + math.log(2 * math.pi)).sum(-1)  # [B, K]
+        return z, var, log_norm + self.weights.log()
+
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditioning | None = None) -> Tensor:
+        z, var, log_joint = self._components(x, sigma)
+        resp = torch.softmax(log_joint, dim=1)  # [B, K] posterior over components
+        shrunk = self.eigvals[None] / var * z  # [B, K, d] Σ_k (Σ_k + σ²I)⁻¹ (x − μ_k), rotated
+        post = self.means + torch.einsum("kjd,bkd->bkj", self.eigvecs, shrunk)  # [B, K, d]
+        return (resp[..., None] * post).sum(1).reshape(x.shape).to(x.dtype)
+
+    def log_prob(self, x: Tensor, sigma: Tensor | float = 0.0) -> Tensor:
+        """log p_σ(x), the exact density of the noised mixture, shape [B] (float64)."""
+        return torch.logsumexp(self._components(x, sigma)[2], dim=1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n draws from the clean mixture, [n, d] float32."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)  # [n]
+        eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        roots = self.eigvecs * self.eigvals.sqrt()[:, None, :]  # [K, d, d] U Λ^½
+        return (self.means[k] + torch.einsum("ndj,nj->nd", roots[k], eps)).float()
