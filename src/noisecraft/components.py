@@ -1,0 +1,139 @@
+"""Save and load components (networks, text encoders): constructor config as JSON + safetensors weights.
+
+A component is an ``nn.Module`` whose ``__init__`` takes one config dataclass and whose class is
+registered here under a short type name. A saved component is a folder::
+
+    config.json        {"type": "unet", "config": {...}, "format": 1}
+    model.safetensors  the state dict (omitted when the component has no trainable state)
+
+Loading never unpickles anything: the type name picks a class from this registry, the JSON fills
+its dataclass, and safetensors fills the tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FORMAT = 1
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+COMPONENTS: dict[str, type[nn.Module]] = {}
+T = TypeVar("T", bound=type[nn.Module])
+
+
+class ComponentError(ValueError):
+    """A saved component that cannot be loaded: missing files, unknown type, mismatched weights."""
+
+
+def register_component(name: str):
+    """Class decorator: make ``cls`` loadable under ``name``; cls needs a ``config_class`` attribute."""
+
+    def wrap(cls: T) -> T:
+        if not dataclasses.is_dataclass(getattr(cls, "config_class", None)):
+            raise TypeError(f"{cls.__name__} needs a dataclass attribute `config_class`")
+        COMPONENTS[name] = cls
+        cls.component_type = name
+        return cls
+
+    return wrap
+
+
+def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
+    """Build a config dataclass from a dict, naming unknown or missing fields in the error."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ComponentError(
+            f"unknown field(s) {unknown} for {config_class.__name__}; accepted: {sorted(fields)}"
+        )
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return config_class(**values)
+    except TypeError as err:
+        raise ComponentError(f"bad {config_class.__name__}: {err}") from None
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_component(module: nn.Module, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    """Save a registered component to ``folder`` (created); ``dtype`` optionally casts float weights."""
+    name = getattr(type(module), "component_type", None)
+    if name is None:
+        raise TypeError(f"{type(module).__name__} is not a registered component")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    if state:
+        _atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
+    record = {"type": name, "format": FORMAT, "config": dataclasses.asdict(module.config)}
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    _atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    return folder
+
+
+def read_component_config(folder: str | os.PathLike) -> tuple[type[nn.Module], Any]:
+    """The class and config dataclass a saved component folder describes."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise ComponentError(f"{folder}: no {CONFIG_FILE} — not a saved noisecraft component")
+    try:
+        record = json.loads(path.read_text())
+        name, values = record["type"], record["config"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise ComponentError(f"{path}: unreadable component config ({err})") from None
+    if name not in COMPONENTS:
+        raise ComponentError(f"{path}: unknown component type {name!r}; known: {sorted(COMPONENTS)}")
+    cls = COMPONENTS[name]
+    return cls, config_from_dict(cls.config_class, values)
+
+
+def load_component(folder: str | os.PathLike, expected: type[nn.Module] | None = None) -> nn.Module:
+    """Rebuild a component saved by ``save_component``; weights are cast to the module's dtype."""
+    cls, config = read_component_config(folder)
+    if expected is not None and not issubclass(cls, expected):
+        raise ComponentError(f"{folder}: holds a {cls.__name__}, expected a {expected.__name__}")
+    module = cls(config)
+    expected_keys = module.state_dict()
+    weights = Path(folder) / WEIGHTS_FILE
+    if not expected_keys:
+        return module.eval()
+    if not weights.is_file():
+        raise ComponentError(f"{folder}: {WEIGHTS_FILE} is missing")
+    try:
+        state = load_file(weights)
+    except Exception as err:  # safetensors raises several types for corrupt files
+        raise ComponentError(f"{weights}: corrupt weights file ({err})") from None
+    missing, extra = sorted(set(expected_keys) - set(state)), sorted(set(state) - set(expected_keys))
+    if missing or extra:
+        raise ComponentError(
+            f"{weights}: weights do not fit the config (missing {missing[:5]}, extra {extra[:5]})"
+        )
+    for key, value in state.items():
+        if value.shape != expected_keys[key].shape:
+            raise ComponentError(
+                f"{weights}: {key} has shape {tuple(value.shape)}, expected {tuple(expected_keys[key].shape)}"
+            )
+        state[key] = value.to(expected_keys[key].dtype)
+    module.load_state_dict(state)
+    return module.eval()
