@@ -106,6 +106,7 @@ class ContinuousVPDenoiser(nn.Module):
         time_scale: float = 999.0,
     ):
         super().__init__()
+        x0_from_vp_prediction(torch.zeros(1), torch.zeros(1), torch.ones(1), prediction)  # validate
         self.net, self.prediction = net, prediction
         self.beta_min, self.beta_d, self.time_scale = beta_min, beta_max - beta_min, time_scale
 
@@ -155,11 +156,20 @@ class GaussianMixtureDenoiser(nn.Module):
             raise ValueError(
                 f"need means [K, d] and covs [K, d, d], got {tuple(means.shape)}, {tuple(covs.shape)}"
             )
+        if not (torch.isfinite(means).all() and torch.isfinite(covs).all()):
+            raise ValueError("means and covs must be finite")
+        if not torch.allclose(covs, covs.mT):  # eigh would silently read only the lower triangle
+            raise ValueError("every covariance must be symmetric")
         k = means.shape[0]
         weights = torch.full((k,), 1.0 / k) if weights is None else torch.as_tensor(weights)
         weights = weights.to(torch.float64)
-        if weights.shape != (k,) or (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"weights must be {k} non-negative numbers with a positive sum")
+        if (
+            weights.shape != (k,)
+            or not torch.isfinite(weights).all()
+            or (weights < 0).any()
+            or weights.sum() <= 0
+        ):
+            raise ValueError(f"weights must be {k} finite non-negative numbers with a positive sum")
         eigvals, eigvecs = torch.linalg.eigh(covs)  # [K, d], [K, d, d]
         if (eigvals < -1e-9).any():
             raise ValueError("every covariance must be positive semi-definite")

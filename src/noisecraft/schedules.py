@@ -65,7 +65,7 @@ def karras(
     n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, dtype: torch.dtype = torch.float32
 ) -> Tensor:
     """Karras et al. 2022, eq. 5: σ_i = (σ_max^(1/ρ) + i/(n−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ."""
-    _check_range(n, sigma_min, sigma_max)
+    _check_range(n, sigma_min, sigma_max, rho)
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return _finish((hi + ramp * (lo - hi)) ** rho, dtype)
@@ -82,17 +82,19 @@ def polyexponential(
     n: int, sigma_min: float, sigma_max: float, rho: float = 1.0, dtype: torch.dtype = torch.float32
 ) -> Tensor:
     """log σ interpolated with a polynomial ramp of power ρ (ρ = 1 is ``exponential``)."""
-    _check_range(n, sigma_min, sigma_max)
+    _check_range(n, sigma_min, sigma_max, rho)
     ramp = torch.linspace(1, 0, n, dtype=torch.float64) ** rho
     log_sigmas = ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min)
     return _finish(log_sigmas.exp(), dtype)
 
 
-def _check_range(n: int, sigma_min: float, sigma_max: float) -> None:
+def _check_range(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> None:
     if int(n) != n or n < 1:
         raise ValueError(f"number of steps must be a positive integer, got {n}")
     if not (0 < sigma_min < sigma_max < math.inf):
         raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got {sigma_min}, {sigma_max}")
+    if not 0 < rho < math.inf:
+        raise ValueError(f"rho must be positive and finite, got {rho}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,9 +111,12 @@ def vp_alphas_cumprod(
     """ᾱ_t for t = 0 … T−1 (Ho et al. 2020; cosine: Nichol & Dhariwal 2021), float64, [T]."""
     T = num_train_timesteps
     if beta_schedule == "linear":
-        betas = torch.linspace(beta_start or 1e-4, beta_end or 0.02, T, dtype=torch.float64)
+        lo = 1e-4 if beta_start is None else beta_start
+        hi = 0.02 if beta_end is None else beta_end
+        betas = torch.linspace(lo, hi, T, dtype=torch.float64)
     elif beta_schedule == "scaled_linear":
-        lo, hi = beta_start or 0.00085, beta_end or 0.012
+        lo = 0.00085 if beta_start is None else beta_start
+        hi = 0.012 if beta_end is None else beta_end
         betas = torch.linspace(lo**0.5, hi**0.5, T, dtype=torch.float64) ** 2
     elif beta_schedule == "cosine":
 
@@ -150,7 +155,10 @@ def vp_timesteps(n: int, num_train_timesteps: int, spacing: Spacing = "linspace"
     if spacing == "leading":
         return (torch.arange(n, dtype=torch.float64) * (T // n)).flip(0)
     if spacing == "trailing":
-        return (torch.arange(T, 0, -T / n, dtype=torch.float64)).round() - 1
+        # round(T·k/n) − 1 for k = n … 1: T·k is exact and the division correctly rounded, so a true
+        # tie stays a tie (rounded half-to-even) and there are always n values, where a float
+        # arange(T, 0, −T/n) can overshoot to n + 1 values ending at −1 (e.g. T = 1000, n = 61).
+        return (T * torch.arange(n, 0, -1, dtype=torch.float64) / n).round() - 1
     raise ValueError(f"unknown spacing {spacing!r}; valid: linspace, leading, trailing")
 
 
@@ -208,8 +216,8 @@ def flow_matching(
     if int(n) != n or n < 1:
         raise ValueError(f"number of steps must be a positive integer, got {n}")
     t_min = t_max / n if t_min is None else t_min
-    if not (0 < t_min <= t_max < 1) or shift <= 0:
-        raise ValueError(f"need 0 < t_min <= t_max < 1 and shift > 0, got {t_min}, {t_max}, {shift}")
+    if not (0 < t_min <= t_max < 1) or (n > 1 and t_min == t_max) or shift <= 0:
+        raise ValueError(f"need 0 < t_min < t_max < 1 and shift > 0, got {t_min}, {t_max}, {shift}")
     t = shift_flow_time(torch.linspace(t_max, t_min, n, dtype=torch.float64), shift)
     return _finish(flow_time_to_sigma(t), dtype)
 

@@ -1,0 +1,1 @@
+"""Datasets: every one yields (image tensor in [-1, 1], caption)."""
