@@ -1,0 +1,251 @@
+"""Building blocks shared by the networks: noise embedding, masked attention, transformer blocks.
+
+Attention always goes through ``F.scaled_dot_product_attention`` so each backend picks its fused
+kernel. Text padding is excluded with a boolean ``attn_mask`` (True = attend), never by zeroing
+tokens, so padding values cannot leak into the output.
+
+Every layer that does multiply-adds can report its forward FLOPs (2 per multiply-add) for one
+image; the counts cover exactly what ``torch.utils.flop_counter.FlopCounterMode`` counts: matmuls
+of linears, convolutions and the two attention matmuls (QKᵀ and weights·V). Norms, activations,
+softmax, resampling and bias additions are not counted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..conditioning import Conditioning
+
+NOISE_EMBEDDINGS = ("positional", "fourier")
+M = TypeVar("M", bound=nn.Module)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers.
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with min(32, C/4) groups as in EDM, reduced to a divisor of C (tiny nets: ≥ 1)."""
+    return nn.GroupNorm(math.gcd(channels, max(1, min(32, channels // 4))), channels, eps=1e-5)
+
+
+def zero_init(module: M) -> M:
+    """Zero a layer's parameters so its residual branch starts as the identity (ADM, DiT)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """Scale-shift modulation x·(1 + scale) + shift (FiLM, Perez et al. 2018; adaLN, Peebles & Xie 2023)."""
+    return torch.addcmul(shift, x, 1 + scale)
+
+
+def linear_flops(layer: nn.Linear, tokens: int) -> int:
+    """Forward FLOPs of ``layer`` applied to ``tokens`` vectors."""
+    return 2 * tokens * layer.in_features * layer.out_features
+
+
+def conv_flops(conv: nn.Conv2d, height_out: int, width_out: int) -> int:
+    """Forward FLOPs of ``conv`` producing a ``height_out × width_out`` map."""
+    kh, kw = conv.kernel_size
+    per_pixel = conv.out_channels * (conv.in_channels // conv.groups) * kh * kw
+    return 2 * height_out * width_out * per_pixel
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks shared by the networks: one clear ValueError per mistake.
+
+
+def check_image(x: Tensor, channels: int, divisor: int, name: str) -> int:
+    """Check x is [B, channels, H, W] with H, W divisible by ``divisor``; return B."""
+    if not isinstance(x, Tensor) or x.ndim != 4:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name}: x_in must be [B, C, H, W], got {got}")
+    if x.shape[1] != channels:
+        raise ValueError(
+            f"{name}: expected {channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})"
+        )
+    height, width = x.shape[-2:]
+    if height % divisor or width % divisor:
+        raise ValueError(
+            f"{name}: height and width must be divisible by {divisor} (its down-sampling factor), "
+            f"got {height}×{width}"
+        )
+    return x.shape[0]
+
+
+def noise_vector(c_noise: Tensor | float, batch: int, like: Tensor) -> Tensor:
+    """c_noise as a float vector [B] on x's device and dtype; a scalar is broadcast."""
+    c_noise = torch.as_tensor(c_noise, dtype=like.dtype, device=like.device)
+    if c_noise.ndim == 0:
+        c_noise = c_noise.expand(batch)
+    if c_noise.shape != (batch,):
+        raise ValueError(f"c_noise must be a scalar or shape [{batch}], got {tuple(c_noise.shape)}")
+    return c_noise
+
+
+def unpack_conditioning(
+    cond: Conditioning | None, batch: int, text_dim: int, name: str
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(tokens [B, L, D], mask [B, L] bool, pooled [B, D]) of a checked ``cond``; Nones when unconditional."""
+    if cond is None:
+        return None, None, None
+    if text_dim == 0:
+        raise ValueError(f"{name} is unconditional (text_dim=0) but was given a Conditioning")
+    tokens, mask, pooled = cond.tokens, cond.mask, cond.pooled
+    if tokens.ndim != 3 or tokens.shape[0] != batch or tokens.shape[2] != text_dim:
+        raise ValueError(f"{name}: cond.tokens must be [{batch}, L, {text_dim}], got {tuple(tokens.shape)}")
+    if mask.dtype != torch.bool or mask.shape != tokens.shape[:2]:
+        raise ValueError(
+            f"{name}: cond.mask must be bool {list(tokens.shape[:2])}, got {mask.dtype} {list(mask.shape)}"
+        )
+    if pooled.shape != (batch, text_dim):
+        raise ValueError(f"{name}: cond.pooled must be [{batch}, {text_dim}], got {tuple(pooled.shape)}")
+    return tokens, mask, pooled
+
+
+# ----------------------------------------------------------------------------------------------
+# Noise-level embedding.
+
+
+class NoiseEmbedding(nn.Module):
+    """Sinusoidal features of the per-sample noise input c_noise [B] → [B, channels].
+
+    ``positional`` (Vaswani et al. 2017; DDPM): cos/sin of ``scale·c_noise`` at frequencies
+    1 … 1/10⁴, spaced geometrically. One embedding serves both ranges the denoisers pass: integer
+    timesteps 0…999 (the slowest period, 2π·10⁴, never wraps) and EDM's ¼ ln σ ∈ [−2, 2] (the
+    fastest period, 2π, resolves it; EDM's own DDPM++ uses this embedding for ¼ ln σ).
+    ``fourier`` (Tancik et al. 2020; NCSN++): frequencies drawn once from N(0, 16²) with a fixed
+    seed (so they need not be saved); meant for c_noise of order one — use scale=1e-3 for timesteps.
+    """
+
+    def __init__(self, channels: int, kind: str = "positional", scale: float = 1.0, max_period: float = 1e4):
+        super().__init__()
+        if channels % 2:
+            raise ValueError(f"noise embedding channels must be even, got {channels}")
+        half = channels // 2
+        if kind == "positional":
+            freqs = max_period ** (-torch.arange(half, dtype=torch.float64) / half)
+        elif kind == "fourier":
+            generator = torch.Generator().manual_seed(0)
+            freqs = 2 * math.pi * 16.0 * torch.randn(half, generator=generator, dtype=torch.float64)
+        else:
+            raise ValueError(f"unknown noise embedding {kind!r}; valid: {', '.join(NOISE_EMBEDDINGS)}")
+        self.scale = scale
+        self.register_buffer("freqs", freqs.float(), persistent=False)  # [channels / 2]
+
+    def forward(self, c_noise: Tensor) -> Tensor:
+        args = (c_noise.to(self.freqs.dtype) * self.scale)[:, None] * self.freqs  # [B, channels / 2]
+        return torch.cat([args.cos(), args.sin()], dim=1)  # [B, channels]
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention and transformer blocks.
+
+
+class Attention(nn.Module):
+    """Multi-head attention through F.scaled_dot_product_attention: self, cross or joint.
+
+    self_attend without context → self-attention over x. A context without self_attend →
+    cross-attention from x to the context tokens. Both → joint attention: x's queries attend to x
+    and the context tokens under one softmax. In cross-attention a row with no real token (an
+    empty prompt) attends to nothing: its output is exactly zero, as with no context at all,
+    instead of the NaN of a softmax over an empty set.
+    """
+
+    def __init__(self, dim: int, head_dim: int, context_dim: int = 0, self_attend: bool = True):
+        super().__init__()
+        if dim % head_dim:
+            raise ValueError(f"attention width {dim} is not a multiple of head_dim {head_dim}")
+        if not (self_attend or context_dim):
+            raise ValueError("cross-attention needs context_dim > 0")
+        self.heads, self.self_attend, self.context_dim = dim // head_dim, self_attend, context_dim
+        if self_attend:
+            self.to_qkv = nn.Linear(dim, 3 * dim)  # one fused matmul for q, k, v
+        else:
+            self.to_q = nn.Linear(dim, dim)
+        self.to_kv = nn.Linear(context_dim, 2 * dim) if context_dim else None
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """x [B, N, dim], context [B, L, context_dim], mask [B, L] bool (True = real) → [B, N, dim]."""
+        if self.self_attend:
+            q, k, v = self.to_qkv(x).chunk(3, dim=-1)  # [B, N, dim] each
+        elif context is None:
+            raise ValueError("cross-attention needs a context")
+        else:
+            q, k, v = self.to_q(x), None, None
+        keep, empty = None, None  # keep: [B, keys] bool; empty: [B] rows with no key at all
+        if context is not None:
+            k_ctx, v_ctx = self.to_kv(context).chunk(2, dim=-1)  # [B, L, dim] each
+            if mask is None:
+                mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+            if self.self_attend:
+                k, v = torch.cat([k, k_ctx], dim=1), torch.cat([v, v_ctx], dim=1)
+                keep = torch.cat([mask.new_ones(x.shape[:2]), mask], dim=1)
+            else:
+                k, v = k_ctx, v_ctx
+                empty = ~mask.any(dim=1)
+                keep = mask | empty[:, None]  # any finite attention; zeroed below
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # [B, h, *, d]
+        attn_mask = None if keep is None else keep[:, None, None, :]  # [B, 1, 1, keys]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, h, N, d]
+        out = self.out(out.transpose(1, 2).flatten(2))  # [B, N, dim]
+        return out if empty is None else out.masked_fill(empty[:, None, None], 0.0)
+
+    def flops(self, tokens: int, context_tokens: int = 0) -> int:
+        """Forward FLOPs for one image: projections plus QKᵀ and weights·V (4·N·keys·dim)."""
+        dim = self.out.in_features
+        keys = (tokens if self.self_attend else 0) + (context_tokens if self.to_kv is not None else 0)
+        total = linear_flops(self.to_qkv if self.self_attend else self.to_q, tokens)
+        if self.to_kv is not None:
+            total += linear_flops(self.to_kv, context_tokens)
+        return total + 4 * tokens * keys * dim + linear_flops(self.out, tokens)
+
+
+class FeedForward(nn.Sequential):
+    """Two-layer MLP with tanh-GELU, as in GPT-2 / DiT."""
+
+    def __init__(self, dim: int, mult: int, dropout: float = 0.0):
+        super().__init__(
+            nn.Linear(dim, mult * dim),
+            nn.GELU(approximate="tanh"),
+            nn.Dropout(dropout),
+            nn.Linear(mult * dim, dim),
+        )
+
+    def flops(self, tokens: int) -> int:
+        """Forward FLOPs for ``tokens`` tokens."""
+        return linear_flops(self[0], tokens) + linear_flops(self[3], tokens)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: self-attention, cross-attention to text (if context_dim), MLP (Rombach et al. 2022)."""
+
+    def __init__(self, dim: int, head_dim: int, context_dim: int, mlp_ratio: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, head_dim)
+        if context_dim:
+            self.norm2 = nn.LayerNorm(dim)
+            self.cross = Attention(dim, head_dim, context_dim, self_attend=False)
+        else:
+            self.norm2, self.cross = None, None
+        self.norm3, self.mlp = nn.LayerNorm(dim), FeedForward(dim, mlp_ratio, dropout)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """x [B, N, dim]; context [B, L, context_dim] or None (no cross-attention contribution)."""
+        x = x + self.attn(self.norm1(x))
+        if context is not None:
+            x = x + self.cross(self.norm2(x), context, mask)
+        return x + self.mlp(self.norm3(x))
+
+    def flops(self, tokens: int, context_tokens: int) -> int:
+        """Forward FLOPs for one image of ``tokens`` tokens and a prompt of ``context_tokens``."""
+        total = self.attn.flops(tokens) + self.mlp.flops(tokens)
+        return total + (self.cross.flops(tokens, context_tokens) if self.cross is not None else 0)

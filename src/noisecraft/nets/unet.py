@@ -1,0 +1,266 @@
+"""A text-conditioned U-Net: ADM residual blocks (Dhariwal & Nichol 2021) + LDM transformers (Rombach 2022).
+
+Read top to bottom: the noise level c_noise and the pooled prompt make one embedding vector that
+modulates every residual block (scale-shift); the per-token prompt enters through cross-attention
+in the transformer blocks at the chosen resolutions; the decoder concatenates the encoder's skips.
+The output convolution, each residual block's last convolution and each transformer's output
+projection start at zero (ADM), so a fresh network outputs exactly 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..components import register_component
+from ..conditioning import Conditioning
+from .layers import (
+    NOISE_EMBEDDINGS,
+    NoiseEmbedding,
+    TransformerBlock,
+    check_image,
+    conv_flops,
+    group_norm,
+    linear_flops,
+    modulate,
+    noise_vector,
+    unpack_conditioning,
+    zero_init,
+)
+
+
+@dataclass
+class UNetConfig:
+    """Constructor arguments of ``UNet`` (saved as JSON beside the weights)."""
+
+    image_size: int = 32  # the size attention_resolutions and flops_per_image refer to
+    in_channels: int = 3  # 1 grey, 3 RGB, 4 latent; the output has as many
+    channels: int = 64  # width of the first level
+    channel_mult: tuple[int, ...] = (1, 2, 2)  # width of level i = channels · channel_mult[i]
+    blocks_per_level: int = 2  # residual blocks per level in the encoder (decoder: one more)
+    attention_resolutions: tuple[int, ...] = (16, 8)  # levels (by resolution at image_size) with transformers
+    head_dim: int = 32
+    mlp_ratio: int = 4  # transformer MLP hidden width = mlp_ratio · width
+    mid_attention: bool = True  # a transformer between the middle residual blocks
+    dropout: float = 0.0
+    text_dim: int = 0  # width D of the text encoder's tokens; 0 → an unconditional-only net
+    noise_embedding: str = "positional"  # see layers.NoiseEmbedding
+    noise_scale: float = 1.0  # c_noise is multiplied by this before the embedding
+
+    def __post_init__(self) -> None:
+        if min(self.image_size, self.in_channels, self.channels, self.blocks_per_level, self.head_dim) < 1:
+            raise ValueError(f"UNetConfig: sizes and counts must be positive: {self}")
+        if not self.channel_mult or min(self.channel_mult) < 1:
+            raise ValueError(f"UNetConfig: channel_mult must be positive integers, got {self.channel_mult}")
+        if self.image_size % self.downsampling:
+            raise ValueError(
+                f"UNetConfig: image_size {self.image_size} is not divisible by the down-sampling "
+                f"factor {self.downsampling} of {len(self.channel_mult)} levels"
+            )
+        unknown = set(self.attention_resolutions) - set(self.resolutions)
+        if unknown:
+            raise ValueError(
+                f"UNetConfig: attention_resolutions {sorted(unknown)} match no level; "
+                f"level resolutions at image_size {self.image_size}: {self.resolutions}"
+            )
+        for level, mult in enumerate(self.channel_mult):
+            attends = self.attends(level) or (self.mid_attention and level == len(self.channel_mult) - 1)
+            if attends and (self.channels * mult) % self.head_dim:
+                raise ValueError(f"UNetConfig: width {self.channels * mult} is not a multiple of head_dim")
+        if self.noise_embedding not in NOISE_EMBEDDINGS:
+            raise ValueError(f"UNetConfig: noise_embedding must be one of {NOISE_EMBEDDINGS}")
+        if self.text_dim < 0 or not 0 <= self.dropout < 1:
+            raise ValueError("UNetConfig: text_dim must be ≥ 0 and dropout in [0, 1)")
+
+    @property
+    def downsampling(self) -> int:
+        """The factor by which the deepest level is smaller than the input."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """Feature-map size of each level at ``image_size``."""
+        return tuple(self.image_size // 2**level for level in range(len(self.channel_mult)))
+
+    def attends(self, level: int) -> bool:
+        """Whether the encoder/decoder blocks of ``level`` carry a transformer."""
+        return self.resolutions[level] in self.attention_resolutions
+
+
+class ResBlock(nn.Module):
+    """Residual block whose second norm is modulated by the embedding (ADM's scale-shift norm)."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1, self.conv1 = group_norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * c_out)
+        self.norm2, self.dropout = group_norm(c_out), nn.Dropout(dropout)
+        self.conv2 = zero_init(nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        """x [B, c_in, H, W], emb [B, E] (already through SiLU) → [B, c_out, H, W]."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)  # [B, c_out, 1, 1] each
+        h = self.conv2(self.dropout(F.silu(modulate(self.norm2(h), shift, scale))))
+        return (x if self.skip is None else self.skip(x)) + h
+
+    def flops(self, size: int) -> int:
+        total = conv_flops(self.conv1, size, size) + conv_flops(self.conv2, size, size)
+        total += linear_flops(self.emb, 1)
+        return total + (conv_flops(self.skip, size, size) if self.skip is not None else 0)
+
+
+class SpatialTransformer(nn.Module):
+    """Feature map → tokens → TransformerBlock → feature map, added as a zero-initialised residual."""
+
+    def __init__(self, channels: int, config: UNetConfig):
+        super().__init__()
+        self.norm, self.proj_in = group_norm(channels), nn.Linear(channels, channels)
+        self.block = TransformerBlock(
+            channels, config.head_dim, config.text_dim, config.mlp_ratio, config.dropout
+        )
+        self.proj_out = zero_init(nn.Linear(channels, channels))
+
+    def forward(self, x: Tensor, tokens: Tensor | None, mask: Tensor | None) -> Tensor:
+        b, c, height, width = x.shape
+        h = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]; a free view when x is channels_last
+        h = self.proj_out(self.block(self.proj_in(h), tokens, mask))  # [B, HW, C]
+        return x + h.transpose(1, 2).reshape(b, c, height, width)
+
+    def flops(self, size: int, text_len: int) -> int:
+        n = size * size
+        return linear_flops(self.proj_in, n) + self.block.flops(n, text_len) + linear_flops(self.proj_out, n)
+
+
+class UNetBlock(nn.Module):
+    """One step of a level: a residual block, then (at attention resolutions) a transformer."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, config: UNetConfig, attention: bool):
+        super().__init__()
+        self.res = ResBlock(c_in, c_out, emb_dim, config.dropout)
+        self.attn = SpatialTransformer(c_out, config) if attention else None
+
+    def forward(self, x: Tensor, emb: Tensor, tokens: Tensor | None, mask: Tensor | None) -> Tensor:
+        x = self.res(x, emb)
+        return x if self.attn is None else self.attn(x, tokens, mask)
+
+    def flops(self, size: int, text_len: int) -> int:
+        return self.res.flops(size) + (self.attn.flops(size, text_len) if self.attn is not None else 0)
+
+
+class Downsample(nn.Conv2d):
+    """Halve the resolution with a stride-2 3×3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, 3, stride=2, padding=1)
+
+    def flops(self, size: int) -> int:  # size: the input resolution
+        return conv_flops(self, size // 2, size // 2)
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour then a 3×3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+    def flops(self, size: int) -> int:  # size: the input resolution
+        return conv_flops(self.conv, 2 * size, 2 * size)
+
+
+@register_component("unet")
+class UNet(nn.Module):
+    """Text-conditioned U-Net: forward(x_in [B, C, H, W], c_noise [B], cond) → raw [B, C, H, W]."""
+
+    config_class = UNetConfig
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = cfg = config
+        emb_dim = 4 * cfg.channels
+        self.noise_embed = NoiseEmbedding(cfg.channels, cfg.noise_embedding, cfg.noise_scale)
+        self.embed_mlp = nn.Sequential(
+            nn.Linear(cfg.channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        self.pooled_proj = nn.Linear(cfg.text_dim, emb_dim) if cfg.text_dim else None
+        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.channels, 3, padding=1)
+
+        widths, last = [cfg.channels * m for m in cfg.channel_mult], len(cfg.channel_mult) - 1
+        self.down, skips, c = nn.ModuleList(), [cfg.channels], cfg.channels
+        for level, width in enumerate(widths):
+            for _ in range(cfg.blocks_per_level):
+                self.down.append(UNetBlock(c, width, emb_dim, cfg, cfg.attends(level)))
+                c = width
+                skips.append(c)
+            if level < last:
+                self.down.append(Downsample(c))
+                skips.append(c)
+        self.mid = nn.ModuleList(
+            [UNetBlock(c, c, emb_dim, cfg, cfg.mid_attention), UNetBlock(c, c, emb_dim, cfg, False)]
+        )
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            for _ in range(cfg.blocks_per_level + 1):  # one more block: it takes the level's input skip
+                self.up.append(UNetBlock(c + skips.pop(), widths[level], emb_dim, cfg, cfg.attends(level)))
+                c = widths[level]
+            if level > 0:
+                self.up.append(Upsample(c))
+        self.norm_out = group_norm(c)
+        self.conv_out = zero_init(nn.Conv2d(c, cfg.in_channels, 3, padding=1))
+
+    def forward(self, x_in: Tensor, c_noise: Tensor | float, cond: Conditioning | None = None) -> Tensor:
+        """The raw output for noisy input x_in [B, C, H, W] at noise input c_noise [B]."""
+        batch = check_image(x_in, self.config.in_channels, self.config.downsampling, "UNet")
+        tokens, mask, pooled = unpack_conditioning(cond, batch, self.config.text_dim, "UNet")
+        emb = self.embed_mlp(self.noise_embed(noise_vector(c_noise, batch, x_in)))  # [B, E]
+        if pooled is not None:
+            emb = emb + self.pooled_proj(pooled)
+        emb = F.silu(emb)  # every block's modulation starts with SiLU: apply it once
+
+        h = self.conv_in(x_in)
+        skips = [h]
+        for block in self.down:
+            h = block(h, emb, tokens, mask) if isinstance(block, UNetBlock) else block(h)
+            skips.append(h)
+        for block in self.mid:
+            h = block(h, emb, tokens, mask)
+        for block in self.up:
+            if isinstance(block, UNetBlock):
+                h = block(torch.cat([h, skips.pop()], dim=1), emb, tokens, mask)
+            else:
+                h = block(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def num_params(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def flops_per_image(self, text_len: int = 32, image_size: int | None = None) -> int:
+        """Forward FLOPs for one image (default: config.image_size) and a prompt padded to text_len tokens.
+
+        Counts 2 × the multiply-adds of convolutions, linears and attention matmuls (see layers);
+        the cross-attention terms assume a prompt is given (text_dim > 0).
+        """
+        size = self.config.image_size if image_size is None else image_size
+        if size % self.config.downsampling:
+            raise ValueError(f"image_size {size} is not divisible by {self.config.downsampling}")
+        text_len = text_len if self.config.text_dim else 0
+        total = sum(linear_flops(m, 1) for m in self.embed_mlp if isinstance(m, nn.Linear))
+        total += linear_flops(self.pooled_proj, 1) if self.pooled_proj is not None else 0
+        total += conv_flops(self.conv_in, size, size)
+        for block in self.down:
+            total += block.flops(size, text_len) if isinstance(block, UNetBlock) else block.flops(size)
+            size = size if isinstance(block, UNetBlock) else size // 2
+        total += sum(block.flops(size, text_len) for block in self.mid)
+        for block in self.up:
+            total += block.flops(size, text_len) if isinstance(block, UNetBlock) else block.flops(size)
+            size = size if isinstance(block, UNetBlock) else size * 2
+        return total + conv_flops(self.conv_out, size, size)

@@ -1,0 +1,280 @@
+"""Networks: shapes, padding masks, batch independence, gradients, save/load, FLOP counts, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from noisecraft.components import load_component, save_component
+from noisecraft.conditioning import Conditioning
+from noisecraft.nets import DiT, DiTConfig, NoiseEmbedding, TransformerBlock, UNet, UNetConfig
+
+TEXT_DIM = 12
+KINDS = ("unet", "dit", "dit-joint")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny nets gain nothing from a second thread, and on a shared 2-core machine OpenMP's barrier
+    waits make each tiny op ~25× slower with 2 threads than with 1 (measured: 0.73 s vs 0.03 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_net(kind: str, in_channels: int = 3, text_dim: int = TEXT_DIM, seed: int = 0) -> torch.nn.Module:
+    """A tiny network (widths 8/16, two levels of attention) whose zero-initialised layers are perturbed.
+
+    Zero-initialised output layers make a fresh net output exactly 0 and block every gradient
+    upstream of them, which would make the mask, batch and gradient tests vacuous; filling every
+    all-zero parameter (zero-inits and zero biases) with small noise makes each path contribute.
+    """
+    torch.manual_seed(seed)  # nn.Module initialisers draw from the global generator
+    if kind == "unet":
+        config = UNetConfig(
+            image_size=16,
+            in_channels=in_channels,
+            channels=8,
+            channel_mult=(1, 2, 2),
+            blocks_per_level=1,
+            attention_resolutions=(8, 4),
+            head_dim=8,
+            text_dim=text_dim,
+        )
+        net = UNet(config)
+    else:
+        text_attention = "joint" if kind == "dit-joint" else "cross"
+        config = DiTConfig(
+            image_size=16,
+            in_channels=in_channels,
+            patch_size=2,
+            dim=32,
+            depth=2,
+            head_dim=8,
+            text_dim=text_dim,
+            text_attention=text_attention,
+            noise_channels=16,
+        )
+        net = DiT(config)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(0.2 * torch.randn(p.shape, generator=generator))
+    return net.eval()
+
+
+def make_cond(
+    lengths: list[int], pad_to: int, generator: torch.Generator, dtype=torch.float32
+) -> Conditioning:
+    """Random prompts with the given numbers of real tokens, padded (with random values) to pad_to."""
+    tokens = torch.randn(len(lengths), pad_to, TEXT_DIM, generator=generator, dtype=dtype)
+    mask = torch.arange(pad_to)[None, :] < torch.tensor(lengths)[:, None]
+    return Conditioning(tokens, mask, torch.randn(len(lengths), TEXT_DIM, generator=generator, dtype=dtype))
+
+
+def inputs(batch: int, channels: int, size: int, seed: int = 0, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, size, size, generator=generator, dtype=dtype)
+    c_noise = torch.randn(batch, generator=generator, dtype=dtype)
+    return x, c_noise, generator
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fresh_net_outputs_zero(kind):
+    """The zero-initialised output layer (ADM; DiT's adaLN-Zero) makes an untrained net output exactly 0."""
+    torch.manual_seed(0)
+    net = UNet(
+        UNetConfig(image_size=8, channels=8, channel_mult=(1, 2), attention_resolutions=(4,), head_dim=8)
+    )
+    if kind != "unet":
+        net = DiT(DiTConfig(image_size=8, in_channels=3, dim=32, depth=1, head_dim=8, noise_channels=16))
+    x, c_noise, _ = inputs(2, 3, 8)
+    assert torch.equal(net(x, c_noise), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_output_shape_any_divisible_size(kind, channels):
+    net = make_net(kind, in_channels=channels)
+    for size in (8, 16, 24):
+        x, c_noise, generator = inputs(2, channels, size)
+        out = net(x, c_noise, make_cond([3, 5], 6, generator))
+        assert out.shape == x.shape
+        assert torch.isfinite(out).all() and out.abs().max() > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_padding_tokens_change_nothing(kind):
+    """Appending padding (random values, mask False) or changing the values under the mask leaves the output.
+
+    float64 so the only differences are rounding in differently-sized kernels (≈ 1e-16 relative).
+    """
+    net = make_net(kind).double()
+    x, c_noise, generator = inputs(3, 3, 16, dtype=torch.float64)
+    cond = make_cond([2, 5, 1], 5, generator, dtype=torch.float64)
+    out = net(x, c_noise, cond)
+
+    extra = torch.randn(3, 4, TEXT_DIM, generator=generator, dtype=torch.float64)
+    padded = Conditioning(
+        torch.cat([cond.tokens, extra], dim=1),
+        torch.cat([cond.mask, torch.zeros(3, 4, dtype=torch.bool)], dim=1),
+        cond.pooled,
+    )
+    noisy_padding = torch.where(cond.mask[..., None], cond.tokens, 100 * torch.randn_like(cond.tokens))
+    repadded = Conditioning(noisy_padding, cond.mask, cond.pooled)
+    torch.testing.assert_close(net(x, c_noise, padded), out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(net(x, c_noise, repadded), out, rtol=0, atol=1e-12)
+
+    # The test is not vacuous: changing a real token does change the output.
+    changed = cond.tokens.clone()
+    changed[0, 0] += 1.0
+    assert (net(x, c_noise, Conditioning(changed, cond.mask, cond.pooled)) - out)[0].abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_batch_independence(kind):
+    """Row i of a batch equals the net on row i alone (no batch statistics, masks kept per row)."""
+    net = make_net(kind)
+    x, c_noise, generator = inputs(3, 3, 16)
+    cond = make_cond([4, 1, 6], 6, generator)
+    out = net(x, c_noise, cond)
+    for i in range(3):
+        alone = net(x[i : i + 1], c_noise[i : i + 1], cond[i : i + 1])
+        torch.testing.assert_close(out[i : i + 1], alone, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradient_reaches_every_parameter(kind):
+    net = make_net(kind).train()
+    x, c_noise, generator = inputs(2, 3, 16)
+    net(x, c_noise, make_cond([3, 6], 6, generator)).square().mean().backward()
+    dead = [name for name, p in net.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not dead, f"parameters without gradient: {dead}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_round_trip_is_bit_identical(kind, tmp_path):
+    net = make_net(kind, in_channels=4)
+    x, c_noise, generator = inputs(2, 4, 16)
+    cond = make_cond([2, 4], 5, generator)
+    save_component(net, tmp_path / "net")
+    loaded = load_component(tmp_path / "net", expected=torch.nn.Module)
+    assert type(loaded) is type(net) and loaded.config == net.config
+    assert torch.equal(loaded(x, c_noise, cond), net(x, c_noise, cond))
+
+
+def flop_counter() -> FlopCounterMode:
+    """FlopCounterMode that also counts the CPU fused attention kernel (absent from torch's table)."""
+    aten = torch.ops.aten
+
+    def cpu_sdpa(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(q_shape, k_shape, v_shape)
+
+    return FlopCounterMode(
+        display=False, custom_mapping={aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_flops_per_image_matches_flop_counter(kind):
+    net = make_net(kind)
+    for size, text_len in ((16, 7), (8, 3)):
+        x, c_noise, generator = inputs(1, 3, size)
+        with flop_counter() as counter, torch.no_grad():
+            net(x, c_noise, make_cond([2], text_len, generator))
+        assert counter.get_total_flops() > 0
+        assert net.flops_per_image(text_len, image_size=size) == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unconditional_and_empty_prompt(kind):
+    net = make_net(kind)
+    x, c_noise, generator = inputs(2, 3, 16)
+    uncond = net(x, c_noise, None)
+    assert torch.isfinite(uncond).all()
+    cond = make_cond([0, 3], 4, generator)  # row 0: an empty prompt with no real token
+    out = net(x, c_noise, cond)
+    assert torch.isfinite(out).all()
+    assert (out[1] - uncond[1]).abs().max() > 1e-4  # the prompt matters
+    # The empty row attends to nothing: its token values cannot matter.
+    other = Conditioning(torch.randn(cond.tokens.shape, generator=generator), cond.mask, cond.pooled)
+    torch.testing.assert_close(net(x, c_noise, other)[0], out[0], rtol=0, atol=1e-6)
+    # text_dim=0: an unconditional-only net.
+    plain = make_net(kind, text_dim=0)
+    assert torch.isfinite(plain(x, c_noise)).all()
+
+
+def test_cross_attention_to_an_empty_prompt_contributes_exactly_zero():
+    """A row with no real token attends to nothing: zero output (not NaN, not the projection bias),
+    so a transformer block given an empty prompt equals the block given no prompt at all."""
+    torch.manual_seed(0)
+    block = TransformerBlock(16, 8, TEXT_DIM, mlp_ratio=2)
+    torch.nn.init.normal_(block.cross.out.bias)  # a nonzero bias would leak through a plain masking
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 16, generator=generator)
+    cond = make_cond([0, 3], 4, generator)
+    cross = block.cross(block.norm2(x), cond.tokens, cond.mask)  # [2, 5, 16]
+    assert torch.equal(cross[0], torch.zeros(5, 16)) and cross[1].abs().max() > 0
+    torch.testing.assert_close(block(x, cond.tokens, cond.mask)[0], block(x[:1])[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_channels_last_input_gives_the_same_output(kind):
+    net = make_net(kind)
+    x, c_noise, generator = inputs(2, 3, 16)
+    cond = make_cond([3, 6], 6, generator)
+    fast = net.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last), c_noise, cond)
+    torch.testing.assert_close(fast, net(x.contiguous(), c_noise, cond), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["unet", "dit"])
+def test_bad_inputs_raise_value_error(kind):
+    net = make_net(kind)
+    x, c_noise, generator = inputs(2, 3, 16)
+    cond = make_cond([3, 6], 6, generator)
+    with pytest.raises(ValueError, match="expected 3 input channels, got 1"):
+        net(x[:, :1], c_noise, cond)
+    with pytest.raises(ValueError, match="divisible by"):
+        net(x[..., :15, :15], c_noise, cond)
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        net(x[0], c_noise, cond)
+    wide = Conditioning(torch.zeros(2, 6, TEXT_DIM + 1), cond.mask, torch.zeros(2, TEXT_DIM + 1))
+    with pytest.raises(ValueError, match=f"cond.tokens must be \\[2, L, {TEXT_DIM}\\]"):
+        net(x, c_noise, wide)
+    with pytest.raises(ValueError, match="cond.mask must be bool"):
+        net(x, c_noise, Conditioning(cond.tokens, cond.mask.float(), cond.pooled))
+    with pytest.raises(ValueError, match="c_noise must be a scalar or shape"):
+        net(x, c_noise[:1], cond)
+    with pytest.raises(ValueError, match="unconditional"):
+        make_net(kind, text_dim=0)(x, c_noise, cond)
+
+
+def test_bad_configs_raise_value_error():
+    with pytest.raises(ValueError, match="match no level"):
+        UNetConfig(image_size=32, channel_mult=(1, 2), attention_resolutions=(8,))
+    with pytest.raises(ValueError, match="not divisible"):
+        UNetConfig(image_size=30, channel_mult=(1, 2, 2))
+    with pytest.raises(ValueError, match="head_dim"):
+        UNetConfig(channels=24, head_dim=32)
+    with pytest.raises(ValueError, match="patch_size"):
+        DiTConfig(image_size=15, patch_size=2)
+    with pytest.raises(ValueError, match="text_attention"):
+        DiTConfig(text_attention="concat")
+
+
+def test_noise_embedding_closed_form():
+    """Positional features are cos/sin(scale·c·f_k) with f_k = 10⁴^(−k/half); a scalar c_noise broadcasts."""
+    embed = NoiseEmbedding(8, scale=2.0)
+    c = torch.tensor([0.0, -0.75, 999.0])
+    freqs = torch.tensor([1.0, 1e-1, 1e-2, 1e-3])
+    expected = torch.cat([(2 * c[:, None] * freqs).cos(), (2 * c[:, None] * freqs).sin()], dim=1)
+    torch.testing.assert_close(embed(c), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown noise embedding"):
+        NoiseEmbedding(8, kind="learned")
+    net = make_net("unet")
+    x, _, generator = inputs(2, 3, 16)
+    cond = make_cond([1, 2], 2, generator)
+    assert torch.equal(net(x, 0.5, cond), net(x, torch.full((2,), 0.5), cond))
