@@ -7,7 +7,9 @@ import torch
 
 from noisecraft.denoisers import GaussianMixtureDenoiser
 
-torch.set_num_threads(2)
+# One thread per test process: tiny tensors run fastest single-threaded, and `make test` runs
+# two test processes side by side (pytest-xdist) to use both cores.
+torch.set_num_threads(1)
 
 
 def make_mixture2d() -> GaussianMixtureDenoiser:
