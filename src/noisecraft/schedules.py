@@ -17,7 +17,8 @@ from torch import Tensor
 BetaSchedule = Literal["linear", "scaled_linear", "cosine"]
 Spacing = Literal["linspace", "leading", "trailing"]
 
-# The smallest ᾱ a zero-terminal-SNR table is clamped to, so that σ_max stays finite (≈ 4096).
+# The ᾱ a zero-terminal-SNR table's final 0 becomes, so that σ_max stays finite (≈ 4096, as diffusers);
+# lower only if the table already holds a smaller positive ᾱ (see ``vp_sigmas``).
 MIN_ALPHA_CUMPROD = 2.0**-24
 
 
@@ -140,8 +141,13 @@ def rescale_zero_terminal_snr(alphas_cumprod: Tensor) -> Tensor:
 
 
 def vp_sigmas(alphas_cumprod: Tensor) -> Tensor:
-    """σ of each training timestep, increasing: sqrt((1 − ᾱ)/ᾱ), ᾱ clamped to stay finite."""
-    alphas_cumprod = alphas_cumprod.to(torch.float64).clamp(min=MIN_ALPHA_CUMPROD)
+    """σ of each training timestep, increasing: sqrt((1 − ᾱ)/ᾱ), ᾱ = 0 replaced to stay finite."""
+    alphas_cumprod = alphas_cumprod.to(torch.float64)
+    positive = alphas_cumprod[alphas_cumprod > 0]
+    # Only ᾱ = 0 is replaced, and below every positive ᾱ (a linear zero-SNR table has ᾱ < 2^-24 at
+    # t = 996 … 998), so the table stays strictly increasing and σ_max maps back to t = T − 1.
+    floor = min(MIN_ALPHA_CUMPROD, positive.min().item() / 2) if positive.numel() else MIN_ALPHA_CUMPROD
+    alphas_cumprod = torch.where(alphas_cumprod > 0, alphas_cumprod, floor)
     return ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
 
 
@@ -173,7 +179,7 @@ def sigma_at_timestep(t: Tensor, table: Tensor) -> Tensor:
 def timestep_at_sigma(sigma: Tensor, table: Tensor) -> Tensor:
     """The exact inverse of ``sigma_at_timestep``: fractional timestep of each σ, clamped to [0, T−1]."""
     table = table.to(sigma.device)
-    s = sigma.to(table.dtype)
+    s = sigma.to(table.dtype).contiguous()  # an expanded scalar σ is strided; searchsorted warns
     hi = torch.searchsorted(table, s).clamp(1, len(table) - 1)
     lo = hi - 1
     w = (s - table[lo]) / (table[hi] - table[lo])
