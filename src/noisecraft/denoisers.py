@@ -211,3 +211,25 @@ class GaussianMixtureDenoiser(nn.Module):
         eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         roots = self.eigvecs * self.eigvals.sqrt()[:, None, :]  # [K, d, d] U Λ^½
         return (self.means[k] + torch.einsum("ndj,nj->nd", roots[k], eps)).float()
+
+
+PRECONDITIONINGS = ("edm", "flow", "vp_eps", "vp_v", "vp_x0")
+
+
+def precondition(
+    net: nn.Module, kind: str, sigma_data: float = 0.5, alphas_cumprod: Tensor | None = None
+) -> nn.Module:
+    """Wrap a raw network into a Denoiser by name: one of ``PRECONDITIONINGS``.
+
+    ``vp_*`` kinds are discrete-time DDPM networks and need the ``alphas_cumprod`` table they were
+    trained on.
+    """
+    if kind == "edm":
+        return EDMPrecond(net, sigma_data)
+    if kind == "flow":
+        return FlowDenoiser(net)
+    if kind in ("vp_eps", "vp_v", "vp_x0"):
+        if alphas_cumprod is None:
+            raise ValueError(f"preconditioning {kind!r} needs the alphas_cumprod table of its training")
+        return DiscreteVPDenoiser(net, alphas_cumprod, prediction=kind.removeprefix("vp_"))
+    raise ValueError(f"unknown preconditioning {kind!r}; valid: {', '.join(PRECONDITIONINGS)}")

@@ -1,0 +1,123 @@
+"""Pipeline on a tiny random model: seeds, batch independence, save/load, img2img, inpainting, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from noisecraft.images import METADATA_KEY
+from noisecraft.nets import UNet, UNetConfig
+from noisecraft.pipeline import Pipeline, PipelineConfig
+from noisecraft.text.builtin import BuiltinTextEncoder, BuiltinTextEncoderConfig
+
+
+def randomize(module: torch.nn.Module) -> None:
+    """Fill zero-initialised layers so the untrained net's output depends on everything."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+@pytest.fixture(scope="module")
+def pipe() -> Pipeline:
+    torch.manual_seed(0)
+    encoder = BuiltinTextEncoder(BuiltinTextEncoderConfig(dim=16, depth=1, heads=2, max_length=32))
+    net = UNet(
+        UNetConfig(
+            image_size=8,
+            channels=8,
+            channel_mult=(1, 2),
+            blocks_per_level=1,
+            attention_resolutions=(4,),
+            head_dim=8,
+            text_dim=16,
+            mid_attention=False,
+        )
+    )
+    randomize(net)
+    config = PipelineConfig(name="tiny", image_size=8, steps=4, sampler="euler", guidance=2.0, sigma_max=10.0)
+    return Pipeline(net, encoder, config)
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image)
+
+
+def test_same_seed_same_image_whatever_the_batch(pipe):
+    both = pipe.generate(["a red circle", "a blue square"], seed=5)
+    alone = pipe.generate("a blue square", seed=6)
+    assert np.array_equal(pixels(both[1]), pixels(alone[0]))
+    assert not np.array_equal(pixels(both[0]), pixels(pipe.generate("a red circle", seed=7)[0]))
+
+
+def test_num_images_and_metadata(pipe):
+    images = pipe.generate("a star", num_images=3, seed=2)
+    assert len(images) == 3 and images[0].size == (8, 8)
+    meta = images[2].info[METADATA_KEY]
+    assert meta["seed"] == 4 and meta["prompt"] == "a star" and meta["steps"] == 4 and meta["model"] == "tiny"
+    assert len(meta["weights"]) == 16
+
+
+def test_prompt_and_guidance_change_the_image(pipe):
+    a = pixels(pipe.generate("a red circle", seed=0)[0])
+    assert not np.array_equal(a, pixels(pipe.generate("a blue square", seed=0)[0]))
+    assert not np.array_equal(a, pixels(pipe.generate("a red circle", seed=0, guidance=6.0)[0]))
+    assert not np.array_equal(a, pixels(pipe.generate("a red circle", seed=0, negative_prompt="blue")[0]))
+
+
+def test_save_load_round_trip(pipe, tmp_path):
+    pipe.save(tmp_path / "model")
+    again = Pipeline.load(tmp_path / "model")
+    assert again.weights_hash == pipe.weights_hash
+    assert np.array_equal(
+        pixels(again.generate("a star", seed=3)[0]), pixels(pipe.generate("a star", seed=3)[0])
+    )
+
+
+def test_img2img_strength_bounds(pipe):
+    source = pipe.generate("a red circle", seed=0)[0]
+    same = pipe.img2img("a blue square", source, strength=0.0, seed=9)[0]
+    assert np.array_equal(pixels(same), pixels(source))
+    fresh = pipe.img2img("a blue square", source, strength=1.0, seed=9)[0]
+    assert np.array_equal(pixels(fresh), pixels(pipe.generate("a blue square", seed=9)[0]))
+    partial = pixels(pipe.img2img("a blue square", source, strength=0.5, seed=9)[0])
+    assert not np.array_equal(partial, pixels(source)) and not np.array_equal(partial, pixels(fresh))
+
+
+def test_inpaint_keeps_unmasked_pixels_exactly(pipe):
+    source = pipe.generate("a red circle", seed=0)[0]
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:6, 2:6] = 255
+    out = pixels(pipe.inpaint("a blue square", source, Image.fromarray(mask), seed=1)[0])
+    keep = mask == 0
+    assert np.array_equal(out[keep], pixels(source)[keep])
+    assert not np.array_equal(out[~keep], pixels(source)[~keep])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"steps": 0}, "steps"),
+        ({"guidance": float("nan")}, "guidance"),
+        ({"sampler": "nope"}, "unknown sampler"),
+        ({"num_images": 0}, "num_images"),
+    ],
+)
+def test_bad_settings(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipe.generate("a star", **kwargs)
+
+
+def test_bad_inputs(pipe, tmp_path):
+    with pytest.raises(ValueError, match="prompts"):
+        pipe.generate([])
+    with pytest.raises(ValueError, match="mask"):
+        pipe.inpaint("x", Image.new("RGB", (8, 8)), Image.new("L", (9, 9)))
+    with pytest.raises(ValueError, match="strength"):
+        pipe.img2img("x", Image.new("RGB", (8, 8)), strength=1.5)
+    with pytest.raises(ValueError, match="unknown model"):
+        Pipeline.load(tmp_path / "missing")
