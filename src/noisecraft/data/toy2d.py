@@ -32,3 +32,52 @@ def toy_mixture(name: str = "ring") -> GaussianMixtureDenoiser:
         covs = 0.004 * torch.eye(2) + 0.03 * tangents[:, :, None] * tangents[:, None, :]
         return GaussianMixtureDenoiser(means, covs)
     raise ValueError(f"unknown toy mixture {name!r}; valid: {', '.join(TOY_MIXTURES)}")
+
+
+_COMPASS = ("east", "north-east", "north", "north-west", "west", "south-west", "south", "south-east")
+
+
+def component_names(name: str) -> list[str]:
+    """A short caption per mixture component, in component order."""
+    if name == "ring":  # components at angles 0, 45°, … counter-clockwise from +x
+        return [f"the {d} point of the ring" for d in _COMPASS]
+    if name == "grid":  # means = cartesian_prod(axis, axis): x = axis[i // 3], y = axis[i % 3]
+        cols, rows = ("left", "middle", "right"), ("bottom", "middle", "top")
+        names = [f"the {rows[i % 3]} {cols[i // 3]} cell of the grid" for i in range(9)]
+        names[4] = "the center cell of the grid"
+        return names
+    if name == "moons":
+        return ["the upper moon"] * 7 + ["the lower moon"] * 7
+    raise ValueError(f"unknown toy mixture {name!r}; valid: {', '.join(TOY_MIXTURES)}")
+
+
+class Toy2DDataset(torch.utils.data.Dataset):
+    """``length`` fixed draws (point [2], caption naming its component) from a named mixture.
+
+    Points keep the mixture's own scale (≈ 1, not clipped to [-1, 1]) so ``self.denoiser`` stays the
+    exact optimal denoiser of this data.
+    """
+
+    def __init__(self, mixture: str = "ring", length: int = 10_000, seed: int = 0):
+        if length < 1:
+            raise ValueError(f"need length ≥ 1, got {length}")
+        self.denoiser = toy_mixture(mixture)
+        self.names = component_names(mixture)
+        g = torch.Generator().manual_seed(seed)
+        d = self.denoiser
+        self.components = torch.multinomial(d.weights, length, replacement=True, generator=g)  # [N]
+        eps = torch.randn(length, d.dim, generator=g, dtype=torch.float64)  # [N, 2]
+        roots = d.eigvecs * d.eigvals.sqrt()[:, None, :]  # [K, 2, 2] U Λ^½, so x = μ + U Λ^½ ε
+        self.points = (
+            d.means[self.components] + torch.einsum("ndj,nj->nd", roots[self.components], eps)
+        ).float()
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        return self.points[index], self.names[int(self.components[index])]
+
+    @property
+    def captions(self) -> list[str]:
+        return sorted(set(self.names))
