@@ -6,11 +6,28 @@ Every sampler has the signature of ``Sampler``; x is the starting noise already 
 
 from __future__ import annotations
 
+from .adaptive import ode_adaptive
+from .ancestral import ddim, ddpm, dpmpp_2s_ancestral, euler_ancestral
 from .base import Callback, Sampler, Step, noise_like
-from .ode import euler
+from .ode import dpmpp_2m, euler, heun, lms
+from .pc import pc
+from .sde import dpmpp_2m_sde, dpmpp_3m_sde
+from .unipc import unipc
 
 SAMPLERS: dict[str, Sampler] = {
     "euler": euler,
+    "heun": heun,
+    "lms": lms,
+    "dpmpp_2m": dpmpp_2m,
+    "unipc": unipc,
+    "ode_adaptive": ode_adaptive,
+    "euler_ancestral": euler_ancestral,
+    "ddim": ddim,
+    "ddpm": ddpm,
+    "dpmpp_2s_ancestral": dpmpp_2s_ancestral,
+    "dpmpp_2m_sde": dpmpp_2m_sde,
+    "dpmpp_3m_sde": dpmpp_3m_sde,
+    "pc": pc,
 }
 
 

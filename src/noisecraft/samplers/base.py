@@ -46,12 +46,14 @@ class Sampler(Protocol):
     ) -> Tensor: ...
 
 
-def check_inputs(x: Tensor, sigmas: Tensor) -> Tensor:
-    """Validate a sampler's inputs; return σ on x's device and dtype."""
+def check_inputs(x: Tensor, sigmas: Tensor, generator: Generator = None) -> Tensor:
+    """Validate a sampler's inputs (one generator per sample, if a list); return σ on x's device and dtype."""
     if not isinstance(x, Tensor) or x.ndim < 2:
         raise ValueError("x must be a tensor of shape [B, ...] with a batch dimension")
     if not torch.isfinite(x).all():
         raise ValueError("x contains NaN or infinity")
+    if not (generator is None or isinstance(generator, torch.Generator)) and len(generator) != x.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
     return check_sigmas(sigmas).to(device=x.device, dtype=x.dtype)
 
 
