@@ -49,3 +49,32 @@ class ToyEpsNet(torch.nn.Module):
 @pytest.fixture
 def toy_eps_net() -> ToyEpsNet:
     return ToyEpsNet()
+
+
+def make_tiny_pipeline():
+    """An untrained 8×8 text-to-image Pipeline whose output depends on prompt, seed and settings."""
+    from noisecraft.nets import UNet, UNetConfig
+    from noisecraft.pipeline import Pipeline, PipelineConfig
+    from noisecraft.text.builtin import BuiltinTextEncoder, BuiltinTextEncoderConfig
+
+    torch.manual_seed(0)
+    encoder = BuiltinTextEncoder(BuiltinTextEncoderConfig(dim=16, depth=1, heads=2, max_length=32))
+    net = UNet(
+        UNetConfig(
+            image_size=8, channels=8, channel_mult=(1, 2), blocks_per_level=1,
+            attention_resolutions=(4,), head_dim=8, text_dim=16, mid_attention=False,
+        )
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # fill the zero-initialised layers so everything matters
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    config = PipelineConfig(name="tiny", image_size=8, steps=4, sampler="euler", guidance=2.0, sigma_max=10.0)
+    return Pipeline(net, encoder, config)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """A tiny pipeline saved to a folder, as ``Pipeline.load`` and ``--model`` accept."""
+    return make_tiny_pipeline().save(tmp_path_factory.mktemp("models") / "tiny")

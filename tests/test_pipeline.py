@@ -4,43 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from conftest import make_tiny_pipeline
 from PIL import Image
 
 from noisecraft.images import METADATA_KEY
-from noisecraft.nets import UNet, UNetConfig
-from noisecraft.pipeline import Pipeline, PipelineConfig
-from noisecraft.text.builtin import BuiltinTextEncoder, BuiltinTextEncoderConfig
-
-
-def randomize(module: torch.nn.Module) -> None:
-    """Fill zero-initialised layers so the untrained net's output depends on everything."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+from noisecraft.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")
 def pipe() -> Pipeline:
-    torch.manual_seed(0)
-    encoder = BuiltinTextEncoder(BuiltinTextEncoderConfig(dim=16, depth=1, heads=2, max_length=32))
-    net = UNet(
-        UNetConfig(
-            image_size=8,
-            channels=8,
-            channel_mult=(1, 2),
-            blocks_per_level=1,
-            attention_resolutions=(4,),
-            head_dim=8,
-            text_dim=16,
-            mid_attention=False,
-        )
-    )
-    randomize(net)
-    config = PipelineConfig(name="tiny", image_size=8, steps=4, sampler="euler", guidance=2.0, sigma_max=10.0)
-    return Pipeline(net, encoder, config)
+    return make_tiny_pipeline()
 
 
 def pixels(image: Image.Image) -> np.ndarray:

@@ -27,14 +27,78 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=_positive_int, default=18, help="sampler steps (default: %(default)s)")
     p.add_argument("--points", type=_positive_int, default=2000, help="samples drawn (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--forward", metavar="IMAGE", help="instead: the forward process applied to a real image")
+    p.add_argument(
+        "--size", type=_positive_int, default=64, help="--forward: image size (default: %(default)s)"
+    )
     p.set_defaults(run=_run_explain)
 
 
 def _run_explain(args: argparse.Namespace) -> None:
-    from .explain import ExplainConfig, explain_toy2d
+    from .explain import ExplainConfig, explain_toy2d, forward_strip
+    from .images import load_image, save_png
 
+    if args.forward:
+        image = load_image(args.forward, 3, args.size)
+        strip = forward_strip(image, FORWARD_SIGMAS, args.seed, scale=max(1, 128 // args.size))
+        print(save_png(strip, f"{args.out}/forward-image.png"))
+        return
     config = ExplainConfig(args.mixture, args.sampler, args.steps, num_points=args.points, seed=args.seed)
     for path in explain_toy2d(args.out, config):
+        print(path)
+
+
+FORWARD_SIGMAS = [0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5, 3.0, 10.0, 80.0]
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="make images from text with a shipped or saved model")
+    p.add_argument("prompts", nargs="*", help="one or more prompts (each makes --num images)")
+    p.add_argument(
+        "--model", default=None, help="shipped model name or saved pipeline folder (default: emoji)"
+    )
+    p.add_argument("--negative", default=None, help="negative prompt: what the image should not be")
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps (default: the model's)")
+    p.add_argument("--sampler", default=None, help="a name from `noisecraft samplers` (default: the model's)")
+    p.add_argument("--guidance", type=_finite_float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
+    p.add_argument("--num", type=_positive_int, default=1, help="images per prompt (default: 1)")
+    p.add_argument("--out", default="outputs/generate", help="output folder (default: %(default)s)")
+    p.add_argument("--init", metavar="IMAGE", help="image-to-image: start from this picture (SDEdit)")
+    p.add_argument("--strength", type=_finite_float, default=0.6, help="--init: 0 keeps it, 1 ignores it")
+    p.add_argument("--mask", metavar="MASK", help="inpainting (with --init): repaint where the mask is white")
+    p.add_argument("--show-steps", action="store_true", help="also save a step strip and a GIF per image")
+    p.add_argument("--from-png", metavar="PNG", help="regenerate an image from the parameters it carries")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> None:
+    from .generation import GenerateRequest, check_model_matches, generate_to_files, request_from_png
+    from .images import read_png_metadata
+    from .pipeline import Pipeline
+
+    request = GenerateRequest(
+        args.prompts, args.negative, args.steps, args.sampler, args.guidance, args.seed, args.num,
+        args.init, args.strength, args.mask, args.show_steps, not args.quiet,
+    )  # fmt: skip
+    model = args.model or "emoji"
+    if args.from_png:
+        request, png_model = request_from_png(args.from_png, request)
+        model = args.model or png_model
+    elif not args.prompts:
+        raise ValueError("give at least one prompt (or --from-png IMAGE)")
+    pipe = Pipeline.load(model)
+    if args.from_png:
+        check_model_matches(pipe, read_png_metadata(args.from_png).get("weights"))
+    for path in generate_to_files(pipe, request, args.out):
         print(path)
 
 
@@ -43,13 +107,40 @@ def _add_samplers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=lambda args: print("\n".join(sorted(__import__("noisecraft").SAMPLERS))))
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a recipe (configs/*.toml); torchrun for DDP")
+    p.add_argument("config", help="a recipe file, or a recipe name in configs/ (toy2d, shapes32, ...)")
+    p.add_argument(
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+        help="override config fields, e.g. --set optim.lr=2e-4 sampling.every=0",
+    )  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue exactly from the last checkpoint in --out")
+    p.add_argument("--out", default=None, help="run folder (default: outputs/train/<recipe name>)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="total steps (= --set steps=N)")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from .training import TrainingDiverged, load_config, resolve_recipe, train
+
+    path = resolve_recipe(args.config)
+    overrides = [*args.overrides, *([f"steps={args.steps}"] if args.steps else [])]
+    config = load_config(path, overrides)
+    try:
+        train(config, args.out or f"outputs/train/{path.stem}", resume=args.resume)
+    except TrainingDiverged as err:  # exit code 1: the run failed (2 is for bad input)
+        raise SystemExit(f"noisecraft train: error: {err}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="noisecraft", description="Text-to-image diffusion.")
     parser.add_argument("--version", action="version", version=f"noisecraft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
     _add_explain(sub)
     _add_samplers(sub)
+    _add_train(sub)
     return parser
 
 

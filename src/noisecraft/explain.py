@@ -14,10 +14,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from .data.toy2d import toy_mixture  # noqa: E402
 from .denoisers import GaussianMixtureDenoiser, score  # noqa: E402
+from .images import step_strip, to_pil  # noqa: E402
 from .samplers import Step, get_sampler  # noqa: E402
 from .schedules import add_noise, karras  # noqa: E402
 
@@ -117,6 +119,14 @@ def plot_score(mixture: GaussianMixtureDenoiser, sigmas: list[float]) -> plt.Fig
     fig.suptitle("Score function ∇ log p_σ: arrows toward higher density, smoother as σ grows")
     fig.tight_layout()
     return fig
+
+
+def forward_strip(image: Tensor, sigmas: list[float], seed: int = 0, scale: int = 4) -> Image.Image:
+    """The forward process on a real image: x0 + σ·ε at each σ (shown on the VP scale, x/sqrt(1+σ²))."""
+    noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(seed))
+    frames = [add_noise(image[None], noise[None], s) / (1 + s**2) ** 0.5 for s in sigmas]  # [1, C, H, W]
+    cells = [to_pil(frame.clamp(-1, 1))[0] for frame in frames]
+    return step_strip([cells], [f"σ={s:g}" for s in sigmas], scale)
 
 
 def explain_toy2d(out_dir: str | Path, config: ExplainConfig | None = None) -> list[Path]:

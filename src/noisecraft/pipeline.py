@@ -78,6 +78,7 @@ class Pipeline:
             alphas = vp_alphas_cumprod(config.beta_schedule, config.num_train_timesteps)
         self.denoiser: Denoiser = precondition(net, config.precond, config.sigma_data, alphas)
         self._weights_hash: str | None = None
+        self.source: str | None = None  # what ``load`` was given: a shipped name or a folder
 
     # -- saving and loading -----------------------------------------------------------------
 
@@ -111,7 +112,9 @@ class Pipeline:
             raise ComponentError(f"{path / PIPELINE_FILE}: unreadable ({err})") from None
         net = load_component(path / "net")
         encoder = load_component(path / "text_encoder") if (path / "text_encoder").exists() else None
-        return cls(net, encoder, config)
+        pipe = cls(net, encoder, config)
+        pipe.source = str(name_or_path) if path.parent == SHIPPED_DIR else str(path.resolve())
+        return pipe
 
     @property
     def weights_hash(self) -> str:
@@ -281,7 +284,7 @@ class Pipeline:
                 "guidance": c.guidance if guidance is None else guidance,
                 "seed": seed + i,
                 "size": [c.image_size, c.image_size],
-                "model": c.name,
+                "model": self.source or c.name,
                 "weights": self.weights_hash,
                 **extra,
             }

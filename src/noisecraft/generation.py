@@ -1,0 +1,133 @@
+"""Generate images to files: PNGs with their parameters, a grid, step-by-step strips and GIFs.
+
+This is what ``noisecraft generate`` does once its arguments are parsed; it is plain library code so
+that scripts can do the same.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from PIL import Image
+
+from .callbacks import ProgressBar, StepRecorder, chain
+from .images import METADATA_KEY, load_image, make_grid, read_png_metadata, save_gif, save_png, upscale
+from .pipeline import Pipeline
+
+
+@dataclass
+class GenerateRequest:
+    """Everything one ``noisecraft generate`` call asks for (None → the model's default)."""
+
+    prompts: list[str] = field(default_factory=list)
+    negative_prompt: str | None = None
+    steps: int | None = None
+    sampler: str | None = None
+    guidance: float | None = None
+    seed: int = 0
+    num: int = 1
+    init: str | None = None  # image-to-image source
+    strength: float = 0.6
+    mask: str | None = None  # inpainting mask: white = repaint
+    show_steps: bool = False
+    progress: bool = True
+
+
+def request_from_png(
+    path: str | Path, overrides: GenerateRequest | None = None
+) -> tuple[GenerateRequest, str]:
+    """The request (and model name) that made a PNG, read back from its metadata."""
+    meta = read_png_metadata(path)
+    try:
+        request = GenerateRequest(
+            prompts=[meta["prompt"]],
+            negative_prompt=meta.get("negative_prompt"),
+            steps=int(meta["steps"]),
+            sampler=meta["sampler"],
+            guidance=float(meta["guidance"]),
+            seed=int(meta["seed"]),
+            init=meta.get("init"),
+            strength=float(meta.get("strength", 0.6)),
+            mask=meta.get("mask"),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: incomplete generation parameters ({err})") from None
+    if overrides is not None:
+        request = replace(request, show_steps=overrides.show_steps, progress=overrides.progress)
+    return request, meta.get("model", "")
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "image"
+
+
+def run(pipe: Pipeline, request: GenerateRequest) -> tuple[list[Image.Image], StepRecorder | None]:
+    """Call the pipeline's generate / img2img / inpaint as the request says."""
+    recorder = StepRecorder() if request.show_steps else None
+    progress = ProgressBar("sampling") if request.progress else None
+    kwargs = dict(
+        negative_prompt=request.negative_prompt,
+        steps=request.steps,
+        sampler=request.sampler,
+        guidance=request.guidance,
+        seed=request.seed,
+        callback=chain(progress, recorder),
+        num_images=request.num,
+    )
+    size, channels = pipe.config.image_size, pipe.config.channels
+    if request.mask is not None:
+        if request.init is None:
+            raise ValueError("--mask needs --init: the image whose masked part is repainted")
+        init = load_image(request.init, channels, size)
+        mask = load_image(request.mask, 1)
+        if tuple(mask.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"{request.mask}: mask is {mask.shape[-1]}×{mask.shape[-2]}, the model makes {size}×{size}"
+            )
+        images = pipe.inpaint(request.prompts, init, (mask > 0).float(), **kwargs)
+    elif request.init is not None:
+        init = load_image(request.init, channels, size)
+        images = pipe.img2img(request.prompts, init, request.strength, **kwargs)
+    else:
+        images = pipe.generate(request.prompts, **kwargs)
+    for image in images:
+        for key in ("init", "mask"):
+            if getattr(request, key) is not None:
+                image.info[METADATA_KEY][key] = str(Path(getattr(request, key)).resolve())
+    return images, recorder
+
+
+def save_outputs(images: list[Image.Image], recorder: StepRecorder | None, out_dir: str | Path) -> list[Path]:
+    """Write each image (with metadata), a grid when there are several, and step strips + GIFs."""
+    out_dir = Path(out_dir)
+    paths = []
+    for i, image in enumerate(images):
+        meta = image.info[METADATA_KEY]
+        name = f"{i:03d}-{_slug(meta['prompt'])}-s{meta['seed']}"
+        paths.append(save_png(image, out_dir / f"{name}.png", meta))
+        if recorder is not None:
+            paths.append(save_png(recorder.strip(i), out_dir / f"{name}-steps.png"))
+            paths.append(save_gif(recorder.animation(i), out_dir / f"{name}-steps.gif"))
+    if len(images) > 1:
+        scale = max(1, 128 // images[0].width)
+        paths.append(save_png(make_grid([upscale(im, scale) for im in images]), out_dir / "grid.png"))
+    return paths
+
+
+def generate_to_files(pipe: Pipeline, request: GenerateRequest, out_dir: str | Path) -> list[Path]:
+    """Generate as ``request`` says and save everything into ``out_dir``; returns the written paths."""
+    images, recorder = run(pipe, request)
+    return save_outputs(images, recorder, out_dir)
+
+
+def check_model_matches(pipe: Pipeline, png_meta_weights: str | None) -> None:
+    """Warn when regenerating a PNG with other weights than the ones that made it."""
+    if png_meta_weights and png_meta_weights != pipe.weights_hash:
+        warnings.warn(
+            f"the PNG was made with weights {png_meta_weights}, this model has {pipe.weights_hash}: "
+            "the image will differ",
+            stacklevel=2,
+        )

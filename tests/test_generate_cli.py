@@ -1,0 +1,131 @@
+"""`noisecraft generate` end to end on a tiny saved model: files, metadata round trip, strips, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from noisecraft.cli import main
+from noisecraft.images import read_png_metadata
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image).copy()
+
+
+def test_generate_writes_pngs_with_metadata_and_grid(tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "out"
+    code = main(["generate", "a red circle", "a star", "--model", str(tiny_pipeline_dir), "--num", "2",
+                 "--seed", "7", "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    pngs = sorted(p for p in out.glob("*.png") if p.name != "grid.png")
+    assert len(pngs) == 4 and (out / "grid.png").is_file()
+    meta = read_png_metadata(pngs[3])
+    assert meta["prompt"] == "a star" and meta["seed"] == 10 and meta["sampler"] == "euler"
+    assert meta["model"] == str(tiny_pipeline_dir.resolve())
+
+
+def test_from_png_reproduces_pixels(tiny_pipeline_dir, tmp_path):
+    args = ["--model", str(tiny_pipeline_dir), "--quiet"]
+    main(["generate", "a blue square", "--seed", "3", "--steps", "3", "--guidance", "3.5",
+          "--negative", "red", "--out", str(tmp_path / "a"), *args])  # fmt: skip
+    (first,) = (tmp_path / "a").glob("*.png")
+    # the model is read from the PNG too
+    assert main(["generate", "--from-png", str(first), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    (again,) = (tmp_path / "b").glob("*.png")
+    assert np.array_equal(pixels(first), pixels(again))
+    assert read_png_metadata(again) == read_png_metadata(first)
+
+
+def test_show_steps_writes_strip_and_gif(tiny_pipeline_dir, tmp_path):
+    main(
+        [
+            "generate",
+            "a star",
+            "--model",
+            str(tiny_pipeline_dir),
+            "--show-steps",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    (strip,) = tmp_path.glob("*-steps.png")
+    (gif,) = tmp_path.glob("*-steps.gif")
+    with Image.open(gif) as animation:
+        assert animation.n_frames == 4  # one frame per step of the model's default 4
+    with Image.open(strip) as image:
+        assert image.width > 4 * 8 * 4  # four columns of 8×8 images enlarged 4×
+
+
+def test_init_and_mask(tiny_pipeline_dir, tmp_path):
+    args = ["--model", str(tiny_pipeline_dir), "--quiet", "--seed", "1"]
+    main(["generate", "a star", "--out", str(tmp_path / "src"), *args])
+    (source,) = (tmp_path / "src").glob("*.png")
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:, 4:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    main(["generate", "a circle", "--init", str(source), "--mask", str(tmp_path / "mask.png"),
+          "--out", str(tmp_path / "inpaint"), *args])  # fmt: skip
+    (painted,) = (tmp_path / "inpaint").glob("*.png")
+    assert np.array_equal(pixels(painted)[:, :4], pixels(source)[:, :4])
+    assert read_png_metadata(painted)["inpaint"] is True
+    main(
+        [
+            "generate",
+            "a circle",
+            "--init",
+            str(source),
+            "--strength",
+            "0",
+            "--out",
+            str(tmp_path / "i2i"),
+            *args,
+        ]
+    )
+    (same,) = (tmp_path / "i2i").glob("*.png")
+    assert np.array_equal(pixels(same), pixels(source))
+
+
+def test_explain_forward_on_a_real_image(tmp_path):
+    image = Image.fromarray((np.indices((16, 16)).sum(0) * 8).astype(np.uint8)).convert("RGB")
+    image.save(tmp_path / "in.png")
+    assert (
+        main(["explain", "--forward", str(tmp_path / "in.png"), "--size", "16", "--out", str(tmp_path)]) == 0
+    )
+    assert (tmp_path / "forward-image.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model", "no-such-model"], "unknown model"),
+        (["--sampler", "nope"], "unknown sampler"),
+        (["--steps", "0"], "positive integer"),
+        (["--guidance", "nan"], "finite"),
+        (["--init", "NOT_AN_IMAGE"], "not a readable image"),
+        (["--init", "SOURCE", "--mask", "BIG_MASK"], "mask is 9×9"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(tiny_pipeline_dir, tmp_path, extra, message):
+    (tmp_path / "not-an-image.png").write_text("hello")
+    Image.new("RGB", (8, 8)).save(tmp_path / "source.png")
+    Image.new("L", (9, 9)).save(tmp_path / "big.png")
+    names = {"NOT_AN_IMAGE": "not-an-image.png", "SOURCE": "source.png", "BIG_MASK": "big.png"}
+    extra = [str(tmp_path / names[a]) if a in names else a for a in extra]
+    if "--model" not in extra:
+        extra += ["--model", str(tiny_pipeline_dir)]
+    result = subprocess.run(
+        [sys.executable, "-m", "noisecraft", "generate", "a star", "--quiet", "--out", str(tmp_path), *extra],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert message in lines[-1], lines
