@@ -2,6 +2,7 @@
 
 from .dit import DiT, DiTConfig
 from .layers import Attention, FeedForward, NoiseEmbedding, TransformerBlock
+from .mlp import MLP, MLPConfig
 from .unet import UNet, UNetConfig
 
 __all__ = [
@@ -9,6 +10,8 @@ __all__ = [
     "DiT",
     "DiTConfig",
     "FeedForward",
+    "MLP",
+    "MLPConfig",
     "NoiseEmbedding",
     "TransformerBlock",
     "UNet",

@@ -1,0 +1,164 @@
+"""Turn a TrainConfig into the objects of a run: network, denoiser, text encoder, objective, σ draws, lr.
+
+Model kinds come from a fixed registry of components (no class names in configs): ``mlp``,
+``unet`` and ``dit``. The objective module owns everything that trains (the denoiser and a
+trainable text encoder) and returns per-example losses, so DDP can wrap it whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..components import COMPONENTS, load_component
+from ..conditioning import Conditioning
+from ..denoisers import precondition
+from ..losses import denoising_loss, flow_matching_loss
+from ..schedules import edm_lognormal, logit_normal, vp_alphas_cumprod, vp_uniform_timestep
+from .config import ScheduleConfig, TrainConfig, from_dict
+
+TextEncoderFn = Callable[[list[str]], Conditioning]
+
+
+def net_class(kind: str) -> type[nn.Module]:
+    """The network component registered under ``kind`` (importing the networks registers them)."""
+    from .. import nets  # noqa: F401  (registers unet, dit)
+    from ..nets import mlp  # noqa: F401  (registers mlp)
+
+    return COMPONENTS[kind]
+
+
+def build_net(config: TrainConfig, text_dim: int) -> nn.Module:
+    """The network of ``model.kind`` from ``model.net``; text_dim is filled in from the text encoder."""
+    cls = net_class(config.model.kind)
+    values = dict(config.model.net)
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    if "text_dim" in fields:
+        given = values.setdefault("text_dim", text_dim)
+        if given != text_dim:
+            raise ValueError(f"model.net.text_dim is {given} but the text encoder gives {text_dim}-d vectors")
+    try:
+        net_config = from_dict(cls.config_class, values, "model.net")
+    except ValueError as err:
+        raise ValueError(str(err)) from None
+    return cls(net_config)
+
+
+def build_denoiser(net: nn.Module, config: TrainConfig) -> nn.Module:
+    """Wrap the raw network in the preconditioning ``model.precond`` names."""
+    alphas_cumprod = None
+    if config.model.precond.startswith("vp_"):
+        alphas_cumprod = vp_alphas_cumprod(config.schedule.beta_schedule, config.schedule.num_train_timesteps)
+    return precondition(net, config.model.precond, config.model.sigma_data, alphas_cumprod)
+
+
+def build_text_encoder(
+    config: TrainConfig, captions: list[str] = ()
+) -> tuple[nn.Module | None, TextEncoderFn | None]:
+    """(trainable encoder, frozen encoder function): the builtin trains along; MiniLM is frozen, and
+    each caption (the dataset's known ``captions`` up front, others on first use) is encoded once."""
+    kind = config.text.kind
+    if kind == "none":
+        return None, None
+    from ..text import (
+        BuiltinTextEncoder,
+        BuiltinTextEncoderConfig,
+        MiniLMTextEncoder,
+        MiniLMTextEncoderConfig,
+    )
+
+    if kind == "builtin":
+        return BuiltinTextEncoder(
+            from_dict(BuiltinTextEncoderConfig, config.text.encoder, "text.encoder")
+        ), None
+    from ..text import CachedTextEncoder
+
+    encoder = MiniLMTextEncoder(from_dict(MiniLMTextEncoderConfig, config.text.encoder, "text.encoder"))
+    return None, CachedTextEncoder(encoder, list(captions), fallback=True)
+
+
+class DiffusionObjective(nn.Module):
+    """Everything that trains, as one module: per-example loss of a batch, [B]."""
+
+    def __init__(self, denoiser: nn.Module, text_encoder: nn.Module | None, config: TrainConfig):
+        super().__init__()
+        self.denoiser, self.text_encoder = denoiser, text_encoder
+        self.loss, self.sigma_data = config.loss, config.model.sigma_data
+
+    def encode(self, captions: list[str]) -> Conditioning | None:
+        return self.text_encoder(captions) if self.text_encoder is not None else None
+
+    def forward(
+        self, x0: Tensor, sigma: Tensor, noise: Tensor, cond: Conditioning | list[str] | None
+    ) -> Tensor:
+        if isinstance(cond, list):  # captions for the trainable encoder: encoded inside DDP's forward
+            cond = self.encode(cond)
+        if self.loss.kind == "flow_matching":
+            return flow_matching_loss(self.denoiser, x0, sigma, noise, cond)
+        return denoising_loss(
+            self.denoiser,
+            x0,
+            sigma,
+            noise,
+            cond,
+            weighting=self.loss.weighting,
+            sigma_data=self.sigma_data,
+            gamma=self.loss.min_snr_gamma,
+        )
+
+
+def text_dim_of(trainable: nn.Module | None, frozen: TextEncoderFn | None) -> int:
+    encoder = trainable if trainable is not None else frozen
+    return 0 if encoder is None else int(encoder.dim)
+
+
+def draw_sigma(schedule: ScheduleConfig, n: int, generator: torch.Generator) -> Tensor:
+    """n training noise levels from the distribution ``schedule.kind`` names, [n] float32."""
+    if schedule.kind == "edm_lognormal":
+        return edm_lognormal(n, schedule.p_mean, schedule.p_std, generator=generator)
+    if schedule.kind == "logit_normal":
+        return logit_normal(n, schedule.mean, schedule.std, schedule.shift, generator=generator)
+    alphas_cumprod = vp_alphas_cumprod(schedule.beta_schedule, schedule.num_train_timesteps)
+    return vp_uniform_timestep(n, alphas_cumprod, generator=generator)
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to optim.lr over warmup_steps, then constant or cosine down to lr·min_lr_ratio."""
+    o = config.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    if o.lr_schedule == "constant":
+        return o.lr
+    progress = (step - o.warmup_steps) / max(1, config.steps - o.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cosine)
+
+
+class LatentSpace:
+    """Pixels ↔ the space the model trains in: identity, or a saved autoencoder's latents × scale.
+
+    The autoencoder hook: ``model.autoencoder`` names a saved component with ``encode(images) →
+    latents`` and ``decode(latents) → images``; it stays frozen.
+    """
+
+    def __init__(self, path: str, scale: float, device: torch.device):
+        self.autoencoder, self.scale = None, scale
+        if path:
+            module = load_component(path)
+            if not (callable(getattr(module, "encode", None)) and callable(getattr(module, "decode", None))):
+                raise ValueError(
+                    f"model.autoencoder: {path} holds a {type(module).__name__}, which has no encode/decode"
+                )
+            self.autoencoder = module.to(device).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        return images if self.autoencoder is None else self.autoencoder.encode(images) * self.scale
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        return latents if self.autoencoder is None else self.autoencoder.decode(latents / self.scale)

@@ -1,0 +1,240 @@
+"""The trainer: builds a run from a TrainConfig, saves and resumes it exactly, and exports the model.
+
+The loop itself (one optimizer step, logging, checkpoint cadence) is in ``loop.py``. Everything a
+step depends on lives in ``Trainer.state`` + model/EMA/optimizer tensors + one CPU generator, and
+all of it goes into the checkpoint, so a resumed run continues bit for bit (on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..components import save_component
+from .build import (
+    DiffusionObjective,
+    LatentSpace,
+    build_denoiser,
+    build_net,
+    build_text_encoder,
+    text_dim_of,
+)
+from .checkpoint import (
+    flatten_optimizer,
+    latest_checkpoint,
+    list_checkpoints,
+    restore_rng,
+    rng_tensors,
+    save_checkpoint,
+    unflatten_optimizer,
+)
+from .config import TrainConfig, resume_conflicts, to_dict
+from .data import Dataset, EpochSampler, make_training_dataset
+from .distributed import barrier, init_distributed
+from .ema import PowerEMA
+
+
+@dataclass
+class TrainState:
+    """The counters a checkpoint stores beside the tensors."""
+
+    step: int = 0  # optimizer steps taken, skipped (non-finite) ones included
+    batches: int = 0  # global micro-batches consumed: the data position
+    nonfinite_total: int = 0
+    nonfinite_streak: int = 0
+
+
+def resolve_precision(choice: str, device: torch.device) -> tuple[torch.dtype, bool]:
+    """(parameter dtype, bf16 autocast?): auto is bf16 autocast on CUDA and fp32 on CPU."""
+    if choice == "bf16" and device.type != "cuda":
+        raise ValueError("precision: 'bf16' needs a CUDA device (CPUs here have no bf16 units); use fp32")
+    if choice == "fp64":
+        return torch.float64, False
+    return torch.float32, choice == "bf16" or (choice == "auto" and device.type == "cuda")
+
+
+class Trainer:
+    """One training run in ``out_dir``: checkpoints/, metrics.jsonl, tensorboard/, samples/, model/."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        out_dir: str | Path,
+        *,
+        resume: bool = False,
+        dataset: Dataset | None = None,
+    ):
+        self.config, self.out = config, Path(out_dir)
+        self.checkpoints = self.out / "checkpoints"
+        if not resume and list_checkpoints(self.checkpoints):
+            raise ValueError(
+                f"{self.out} already holds checkpoints: pass --resume to continue, or another --out"
+            )
+        self.dist, self.device = init_distributed(config.device)
+        self.dtype, self.bf16 = resolve_precision(config.precision, self.device)
+        self.dataset = (
+            dataset if dataset is not None else make_training_dataset(config.data.name, config.data.options)
+        )
+        self.sampler = EpochSampler(len(self.dataset), self._micro_batch_size(), config.seed)
+        self._build_model()
+        self.generator = torch.Generator().manual_seed(config.seed)  # σ, noise, dropout: CPU on any device
+        self.state = TrainState()
+        self.resumed_from = self._resume() if resume else None
+        self.model = self.objective
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.objective, device_ids=ids)
+
+    def _micro_batch_size(self) -> int:
+        """The global micro-batch; every process takes an equal share of it."""
+        o, world = self.config.optim, self.dist.world_size
+        micro = o.batch_size // o.grad_accum
+        if micro % world:
+            raise ValueError(
+                f"optim.batch_size / optim.grad_accum = {micro} must be divisible by the {world} processes"
+            )
+        return micro
+
+    def _build_model(self) -> None:
+        c = self.config
+        torch.manual_seed(c.seed)  # the same initial weights in every process and every rerun
+        # a frozen encoder embeds the dataset's captions once, up front (listing them can take seconds)
+        captions = getattr(self.dataset, "captions", []) if c.text.kind == "minilm" else []
+        trainable_text, self.frozen_text = build_text_encoder(c, captions)
+        net = build_net(c, text_dim_of(trainable_text, self.frozen_text))
+        objective = DiffusionObjective(build_denoiser(net, c), trainable_text, c)
+        self.objective = objective.to(self.device, self.dtype).train()
+        self.latent = LatentSpace(c.model.autoencoder, c.model.latent_scale, self.device)
+        self.ema = PowerEMA(self.objective, c.ema.std) if c.ema.std > 0 else None
+        self.params = [p for p in self.objective.parameters() if p.requires_grad]
+        o = c.optim
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
+        )
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @property
+    def averaged(self) -> torch.nn.Module:
+        """The weights to sample and export: the EMA copy, or the live weights without EMA."""
+        return self.ema.module if self.ema is not None else self.objective
+
+    # ------------------------------------------------------------------------------------------
+    # Checkpoints.
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"model/{k}": v for k, v in self.objective.state_dict().items()}
+        if self.ema is not None:
+            tensors.update({f"ema/{k}": v for k, v in self.ema.state_dict().items()})
+        optim_tensors, _ = flatten_optimizer(self.optimizer)
+        return {**tensors, **optim_tensors, **rng_tensors(self.generator)}
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0), then wait for every process."""
+        path = None
+        if self.dist.is_main:
+            _, optim_meta = flatten_optimizer(self.optimizer)
+            meta = {
+                "config": to_dict(self.config),
+                "state": dataclasses.asdict(self.state),
+                "optimizer": optim_meta,
+                "ema": {"std": self.config.ema.std, "gamma": self.ema.gamma if self.ema else None},
+                "world_size": self.dist.world_size,
+            }
+            path = save_checkpoint(
+                self.checkpoints, self.state.step, self.state_tensors(), meta, self.config.checkpoint.keep
+            )
+        barrier()
+        return path
+
+    def _resume(self) -> Path:
+        found = latest_checkpoint(self.checkpoints)
+        if found is None:
+            raise ValueError(f"--resume: no checkpoint in {self.checkpoints}")
+        path, tensors, meta = found
+        check_resumable(meta["config"], to_dict(self.config), path)
+        self.objective.load_state_dict(_section(tensors, "model/"))
+        if self.ema is not None:
+            self.ema.load_state_dict(_section(tensors, "ema/"))
+        self.optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
+        restore_rng(tensors, self.generator)
+        self.state = TrainState(**meta["state"])
+        return path
+
+    def export(self, folder: str | Path | None = None) -> Path:
+        """Save the averaged network (and a trained text encoder) as components, plus training.json."""
+        folder = Path(folder) if folder is not None else self.out / "model"
+        model = self.averaged
+        save_component(model.denoiser.net, folder / "net")
+        if model.text_encoder is not None:
+            save_component(model.text_encoder, folder / "text_encoder")
+        elif self.frozen_text is not None:
+            save_component(self.frozen_text.encoder, folder / "text_encoder")
+        c = self.config.model
+        record: dict[str, Any] = {
+            "precond": c.precond,
+            "sigma_data": c.sigma_data,
+            "autoencoder": c.autoencoder,
+            "latent_scale": c.latent_scale,
+            "step": self.state.step,
+            "config": to_dict(self.config),
+        }
+        (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+        if "image_size" in c.net and not c.autoencoder:
+            write_pipeline_config(self.config, folder, self.out.name)
+        return folder
+
+
+def write_pipeline_config(config: TrainConfig, folder: Path, name: str) -> None:
+    """pipeline.json beside the components, so ``Pipeline.load(folder)`` can generate from the export."""
+    from ..pipeline import PIPELINE_FILE, PipelineConfig
+
+    m, s, sampling = config.model, config.schedule, config.sampling
+    pipeline = PipelineConfig(
+        name=name,
+        image_size=int(m.net["image_size"]),
+        channels=int(m.net.get("in_channels", 3)),
+        precond=m.precond,
+        sigma_data=m.sigma_data,
+        beta_schedule=s.beta_schedule,
+        num_train_timesteps=s.num_train_timesteps,
+        sigma_min=sampling.sigma_min,
+        sigma_max=sampling.sigma_max,
+        steps=20,
+        sampler="dpmpp_2m",
+        guidance=sampling.guidance,
+    )
+    text = json.dumps(dataclasses.asdict(pipeline), indent=2, sort_keys=True) + "\n"
+    (folder / PIPELINE_FILE).write_text(text)
+
+
+def _section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def check_resumable(saved: dict[str, Any], now: dict[str, Any], path: Path) -> None:
+    """One clear line when the config being resumed with changes what the checkpoint was trained with."""
+    conflicts = resume_conflicts(saved, now)
+    if conflicts:
+        key = conflicts[0]
+        old, new = _lookup(saved, key), _lookup(now, key)
+        raise ValueError(
+            f"--resume: {key} is {new!r} but {path.name} was trained with {old!r}; "
+            "only steps, device, threads, log.*, sampling.* and checkpoint.* may change on resume"
+        )
+
+
+def _lookup(values: dict[str, Any], dotted: str) -> Any:
+    for name in dotted.split("."):
+        values = values.get(name) if isinstance(values, dict) else None
+    return values
