@@ -11,7 +11,17 @@ import time
 import pytest
 import torch
 from PIL import Image
-from training_helpers import RECIPE, assert_identical, cli, final_tensors, popen, tiny_config, tiny_overrides
+from training_helpers import (
+    RECIPE,
+    TEXT,
+    TINY_UNET,
+    assert_identical,
+    cli,
+    final_tensors,
+    popen,
+    tiny_config,
+    tiny_overrides,
+)
 
 from noisecraft.cli import main
 from noisecraft.components import load_component
@@ -25,18 +35,6 @@ from noisecraft.training.checkpoint import latest_checkpoint, list_checkpoints, 
 from noisecraft.training.data import EpochSampler
 from noisecraft.training.ema import PowerEMA, gamma_to_std, std_to_gamma
 from noisecraft.training.metrics import crc32c, masked_crc32c
-
-# A text-conditioned variant: trains the builtin encoder with caption dropout and 2 micro-batches,
-# so an exact resume must also restore the encoder, its EMA and the dropout draws.
-TEXT = (
-    "text.kind=builtin",
-    "text.encoder.dim=16",
-    "text.encoder.depth=1",
-    "text.encoder.heads=2",
-    "text.encoder.max_length=40",
-    "text.cond_dropout=0.3",
-    "optim.grad_accum=2",
-)
 
 
 def test_resume_is_bit_identical(tmp_path):
@@ -263,18 +261,7 @@ class TinyImages:
 
 
 def test_text_to_image_unet_trains_previews_and_exports(tmp_path):
-    net = (
-        "model.kind=unet",
-        "model.net={}",
-        "model.net.image_size=8",
-        "model.net.in_channels=1",
-        "model.net.channels=8",
-        "model.net.channel_mult=[1, 2]",
-        "model.net.blocks_per_level=1",
-        "model.net.attention_resolutions=[4]",
-        "model.net.head_dim=8",
-        "model.net.mid_attention=false",
-    )
+    net = (*TINY_UNET, "model.net.in_channels=1")
     sampling = (
         'sampling.prompts=["dark", "light"]',
         "sampling.seeds=[0, 1, 2]",

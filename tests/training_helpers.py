@@ -28,6 +28,31 @@ TINY = [
     "checkpoint.every=1000",
 ]
 
+# A text-conditioned variant: trains the builtin encoder with caption dropout and 2 micro-batches,
+# so an exact resume must also restore the encoder, its EMA and the dropout draws.
+TEXT = (
+    "text.kind=builtin",
+    "text.encoder.dim=16",
+    "text.encoder.depth=1",
+    "text.encoder.heads=2",
+    "text.encoder.max_length=40",
+    "text.cond_dropout=0.3",
+    "optim.grad_accum=2",
+)
+
+# A tiny U-Net for 8 × 8 images (add model.net.in_channels): two levels, attention at 4 × 4.
+TINY_UNET = (
+    "model.kind=unet",
+    "model.net={}",
+    "model.net.image_size=8",
+    "model.net.channels=8",
+    "model.net.channel_mult=[1, 2]",
+    "model.net.blocks_per_level=1",
+    "model.net.attention_resolutions=[4]",
+    "model.net.head_dim=8",
+    "model.net.mid_attention=false",
+)
+
 
 def tiny_overrides(*extra: str) -> list[str]:
     return [*TINY, *extra]

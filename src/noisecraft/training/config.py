@@ -46,7 +46,7 @@ class TextConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "toy2d"  # a dataset of noisecraft.data: toy2d, shapes, emoji, mnist, folder
+    name: str = "toy2d"  # a dataset of noisecraft.data: toy2d, shapes, emoji, mnist, folder, shards
     options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the dataset
 
 

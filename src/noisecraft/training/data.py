@@ -1,17 +1,36 @@
-"""Feeding data to the trainer: index-addressable batches, so a resumed run replays the same ones.
+"""Feeding data to the trainer, from a position a checkpoint can store, so a resumed run sees the same data.
 
-Batch k of a run is a pure function of (seed, k): epoch e = k // batches_per_epoch uses its own
-seeded permutation of the dataset and batch k takes the next slice of it. The checkpoint stores
-only k. Every process computes the same global batch and keeps its own shard of it.
+Both sources answer ``take(k)``: this process's share of global micro-batch k, as
+([B, ...] examples, B captions).
+
+- Random-access datasets (``IndexedBatches``): batch k is a pure function of (seed, k). Epoch
+  e = k // batches_per_epoch uses its own seeded permutation and batch k takes the next slice of
+  it; every process computes the same global batch and keeps its own share. The checkpoint's
+  batch count k is the whole data position.
+- Streaming datasets (``StreamBatches``, e.g. ``shards``): read in order, in this process. The
+  dataset splits itself across ranks (``ShardsDataset`` deals each rank its shards after a seeded
+  per-epoch shard shuffle, ``data.options.shuffle_buffer`` > 0), and batches run on across epoch
+  ends. The position is (epoch, examples consumed in it) for every rank; a resume restarts that
+  epoch and skips the consumed examples. That is exact, but skipping costs the time of reading
+  and decoding them: up to one epoch of this rank's share.
+
+Datasets whose augmentation or caption choice depends on the epoch (``set_epoch``) are told it
+before they are read, so the epoch, like the rest of the position, is restored on resume.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+from torch.utils.data import IterableDataset
+
+from .distributed import all_reduce
+
+Example = tuple[Tensor, str]
+_END = object()  # the end of one epoch's stream
 
 
 class Dataset(Protocol):
@@ -19,7 +38,7 @@ class Dataset(Protocol):
 
     def __len__(self) -> int: ...
 
-    def __getitem__(self, index: int) -> tuple[Tensor, str]: ...
+    def __getitem__(self, index: int) -> Example: ...
 
 
 class EpochSampler:
@@ -54,22 +73,144 @@ def shard(indices: Tensor, rank: int, world_size: int) -> Tensor:
     return indices[rank * per_rank : (rank + 1) * per_rank]
 
 
-def collate(dataset: Dataset, indices: Sequence[int] | Tensor, epoch: int) -> tuple[Tensor, list[str]]:
-    """Stack the examples at ``indices`` of epoch ``epoch``: ([B, ...] tensor, B captions).
-
-    Datasets whose augmentation or caption choice depends on the epoch (``set_epoch``) are told it
-    first: a pure function of (seed, index, epoch), so a resumed run sees the same examples.
-    """
+def _set_epoch(dataset: object, epoch: int) -> None:
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
-    items = [dataset[int(i)] for i in indices]
+
+
+def stack(items: Sequence[Example]) -> tuple[Tensor, list[str]]:
+    """(example, caption) pairs as ([B, ...] tensor, B captions)."""
     return torch.stack([x for x, _ in items]), [caption for _, caption in items]
 
 
-def make_training_dataset(name: str, options: dict[str, Any]) -> Dataset:
-    """The dataset ``data.name`` names, built by ``noisecraft.data.make_dataset``, with errors naming keys."""
-    from torch.utils.data import IterableDataset
+def collate(dataset: Dataset, indices: Sequence[int] | Tensor, epoch: int) -> tuple[Tensor, list[str]]:
+    """Stack the examples at ``indices`` of epoch ``epoch``: a pure function of (seed, index, epoch)."""
+    _set_epoch(dataset, epoch)
+    return stack([dataset[int(i)] for i in indices])
 
+
+class IndexedBatches:
+    """Batches of a random-access dataset: global batch k is a pure function of (seed, k)."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, rank: int, world_size: int):
+        self.dataset, self.batch_size = dataset, batch_size
+        self.sampler = EpochSampler(len(dataset), batch_size, seed)
+        self.rank, self.world_size = rank, world_size
+
+    def take(self, k: int) -> tuple[Tensor, list[str]]:
+        """This process's share of global batch k: ([B / world_size, ...], captions)."""
+        indices = shard(self.sampler.batch(k), self.rank, self.world_size)
+        return collate(self.dataset, indices, self.sampler.epoch_of(k))
+
+    def epochs(self, k: int) -> float:
+        """Epochs completed after k batches."""
+        return k / self.sampler.batches_per_epoch
+
+    def example(self) -> Tensor:
+        """One example, for the shape of sample previews."""
+        return self.dataset[0][0]
+
+    def positions(self, device: torch.device) -> None:
+        """Nothing to store: the batch count k in the trainer's state is the whole position."""
+        return None
+
+    def restore(self, positions: Any) -> None:
+        """Nothing to restore (see ``positions``)."""
+
+
+class StreamBatches:
+    """Batches of a streamed dataset read in order; this rank's position is (epoch, examples consumed)."""
+
+    def __init__(self, dataset: IterableDataset, batch_size: int, rank: int, world_size: int):
+        _assign_rank(dataset, rank, world_size)
+        self.dataset, self.batch_size = dataset, batch_size
+        self.rank, self.world_size, self.per_rank = rank, world_size, batch_size // world_size
+        self.epoch, self.consumed = 0, 0
+        self._stream: Iterator[Example] | None = None
+
+    def _open(self) -> Iterator[Example]:
+        _set_epoch(self.dataset, self.epoch)  # before iter(): the epoch picks the shard order
+        return iter(self.dataset)
+
+    def _next(self) -> Example:
+        if self._stream is None:
+            self._stream = self._open()
+        while (item := next(self._stream, _END)) is _END:
+            if self.consumed == 0:
+                raise ValueError(
+                    f"the data stream gave process {self.rank} nothing in epoch {self.epoch}: every one "
+                    f"of the {self.world_size} processes needs at least one non-empty shard"
+                )
+            self.epoch, self.consumed = self.epoch + 1, 0
+            self._stream = self._open()
+        self.consumed += 1
+        return item
+
+    def take(self, k: int) -> tuple[Tensor, list[str]]:
+        """This process's next batch_size / world_size examples (k only counts, the stream is in order)."""
+        return stack([self._next() for _ in range(self.per_rank)])
+
+    def epochs(self, k: int) -> float:
+        """Epochs this rank completed (a stream's length is unknown until its end)."""
+        return float(self.epoch)
+
+    def example(self) -> Tensor:
+        """One example, for the shape of sample previews (from a separate iterator)."""
+        return next(iter(self.dataset))[0]
+
+    def positions(self, device: torch.device) -> list[dict[str, int]]:
+        """Every rank's (epoch, consumed), for rank 0's checkpoint: all processes must call it."""
+        table = torch.zeros(self.world_size, 2, dtype=torch.long, device=device)  # [world, 2]
+        table[self.rank] = torch.tensor([self.epoch, self.consumed])
+        table = all_reduce(table, op="max")  # the other rows are 0: max gathers them
+        return [{"epoch": e, "consumed": n} for e, n in table.tolist()]
+
+    def restore(self, positions: list[dict[str, int]] | None) -> None:
+        """Continue from a checkpoint's positions: restart this rank's epoch and skip what it consumed."""
+        if positions is None:
+            raise ValueError(
+                "--resume: the checkpoint holds no stream position (it read a random-access dataset)"
+            )
+        if len(positions) != self.world_size:
+            raise ValueError(
+                f"--resume: the checkpoint was written by {len(positions)} processes reading the stream, "
+                f"this run has {self.world_size}; a streamed dataset resumes only with the same number"
+            )
+        self.epoch, self.consumed = positions[self.rank]["epoch"], 0
+        self._stream = self._open()
+        for _ in range(positions[self.rank]["consumed"]):  # reads and decodes each skipped example
+            if next(self._stream, _END) is _END:
+                raise ValueError(
+                    f"--resume: epoch {self.epoch} of the data stream ended after {self.consumed} examples, "
+                    f"before the checkpoint's position ({positions[self.rank]['consumed']}): the data changed"
+                )
+            self.consumed += 1
+
+
+def _assign_rank(dataset: object, rank: int, world_size: int) -> None:
+    """Tell a dataset that splits itself across processes (``rank``, ``world_size``) which one this is."""
+    if not hasattr(dataset, "world_size"):
+        return
+    if dataset.world_size is None:
+        dataset.rank, dataset.world_size = rank, world_size
+    elif (dataset.rank, dataset.world_size) != (rank, world_size):
+        raise ValueError(
+            f"data.options: rank {dataset.rank} of world_size {dataset.world_size} given, but this is "
+            f"process {rank} of {world_size}; leave them out, the launcher sets them"
+        )
+
+
+def make_batches(
+    dataset: Dataset | IterableDataset, batch_size: int, seed: int, rank: int, world_size: int
+) -> IndexedBatches | StreamBatches:
+    """The batch source for a dataset: streamed when it has no random access."""
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
+        return StreamBatches(dataset, batch_size, rank, world_size)
+    return IndexedBatches(dataset, batch_size, seed, rank, world_size)
+
+
+def make_training_dataset(name: str, options: dict[str, Any]) -> Dataset | IterableDataset:
+    """The dataset ``data.name`` names, built by ``noisecraft.data.make_dataset``, with errors naming keys."""
     from ..data import DATASETS, dataset_options, make_dataset
 
     if name not in DATASETS:
@@ -81,12 +222,6 @@ def make_training_dataset(name: str, options: dict[str, Any]) -> Dataset:
             f"unknown key 'data.options.{unknown[0]}' for {name!r}; accepted keys: {list(accepted)}"
         )
     try:
-        dataset = make_dataset(name, **options)
-    except (ValueError, OSError) as err:  # a missing folder, a bad option value
+        return make_dataset(name, **options)
+    except (ValueError, OSError) as err:  # a missing folder, no shards, a bad option value
         raise ValueError(f"data.options ({name}): {err}") from None
-    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
-        raise ValueError(
-            f"data.name: {name!r} streams its examples, but exact resume needs random access; "
-            "use a finite dataset (shapes, emoji, mnist, folder, toy2d)"
-        )
-    return dataset

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.data import IterableDataset
 from tqdm import tqdm
 
 from .build import draw_sigma, learning_rate
 from .checkpoint import list_checkpoints
 from .config import TrainConfig
-from .data import Dataset, collate, shard
+from .data import Dataset
 from .distributed import all_reduce, barrier, shutdown_distributed
 from .interrupt import GracefulInterrupt
 from .metrics import MetricsLogger
@@ -46,13 +47,11 @@ class StepResult:
 
 def micro_batch(t: Trainer) -> tuple[Tensor, Tensor, Tensor, object]:
     """This process's share of the next global micro-batch: (x0, σ, ε, captions or Conditioning)."""
-    c, rank, world = t.config, t.dist.rank, t.dist.world_size
-    k = t.state.batches
-    global_batch = t.sampler.batch(k)
+    c, rank = t.config, t.dist.rank
+    x0, captions = t.batches.take(t.state.batches)
     t.state.batches += 1
-    x0, captions = collate(t.dataset, shard(global_batch, rank, world), t.sampler.epoch_of(k))
     x0 = t.latent.encode(x0.to(t.device, t.dtype))  # [b, ...] in the space the model trains in
-    n, b = len(global_batch), x0.shape[0]
+    n, b = t.batches.batch_size, x0.shape[0]  # the global micro-batch, this process's share
     mine = slice(rank * b, (rank + 1) * b)
     sigma = draw_sigma(c.schedule, n, t.generator)[mine]  # [b]
     noise = torch.randn((n, *x0.shape[1:]), generator=t.generator)[mine]  # [b, ...]
@@ -132,7 +131,7 @@ class Reporter:
                 "lr": result.lr,
                 "images_per_s": self.steps * t.config.optim.batch_size / self.seconds,
                 "nonfinite_total": t.state.nonfinite_total,
-                "epoch": t.state.batches / t.sampler.batches_per_epoch,
+                "epoch": t.batches.epochs(t.state.batches),
             }
             self.metrics.log(step, values)
             self.bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.0f}")
@@ -143,7 +142,7 @@ class Reporter:
         if not self.main:
             return None
         path = t.out / "samples" / f"step-{t.state.step:08d}.png"
-        shape = tuple(t.latent.encode(t.dataset[0][0][None].to(t.device, t.dtype)).shape[1:])
+        shape = tuple(t.latent.encode(t.batches.example()[None].to(t.device, t.dtype)).shape[1:])
         return write_samples(t.averaged, t.frozen_text, t.config.sampling, t.latent, shape, t.device, path)
 
     def close(self) -> None:
@@ -203,7 +202,7 @@ def train(
     *,
     resume: bool = False,
     stop_after: int | None = None,
-    dataset: Dataset | None = None,
+    dataset: Dataset | IterableDataset | None = None,
 ) -> Trainer:
     """Build a Trainer (resuming from out_dir's newest checkpoint if asked) and run it; returns it."""
     threads = torch.get_num_threads()

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import IterableDataset
 
 from ..components import save_component
 from .build import (
@@ -36,7 +37,7 @@ from .checkpoint import (
     unflatten_optimizer,
 )
 from .config import TrainConfig, resume_conflicts, to_dict
-from .data import Dataset, EpochSampler, make_training_dataset
+from .data import Dataset, make_batches, make_training_dataset
 from .distributed import barrier, init_distributed
 from .ema import PowerEMA
 
@@ -69,7 +70,7 @@ class Trainer:
         out_dir: str | Path,
         *,
         resume: bool = False,
-        dataset: Dataset | None = None,
+        dataset: Dataset | IterableDataset | None = None,
     ):
         self.config, self.out = config, Path(out_dir)
         self.checkpoints = self.out / "checkpoints"
@@ -82,7 +83,9 @@ class Trainer:
         self.dataset = (
             dataset if dataset is not None else make_training_dataset(config.data.name, config.data.options)
         )
-        self.sampler = EpochSampler(len(self.dataset), self._micro_batch_size(), config.seed)
+        self.batches = make_batches(
+            self.dataset, self._micro_batch_size(), config.seed, self.dist.rank, self.dist.world_size
+        )
         self._build_model()
         self.generator = torch.Generator().manual_seed(config.seed)  # σ, noise, dropout: CPU on any device
         self.state = TrainState()
@@ -141,7 +144,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0), then wait for every process."""
-        path = None
+        path, positions = None, self.batches.positions(self.device)  # a collective: every process
         if self.dist.is_main:
             _, optim_meta = flatten_optimizer(self.optimizer)
             meta = {
@@ -150,6 +153,7 @@ class Trainer:
                 "optimizer": optim_meta,
                 "ema": {"std": self.config.ema.std, "gamma": self.ema.gamma if self.ema else None},
                 "world_size": self.dist.world_size,
+                "data": positions,  # streamed data: each rank's (epoch, consumed); else None
             }
             path = save_checkpoint(
                 self.checkpoints, self.state.step, self.state_tensors(), meta, self.config.checkpoint.keep
@@ -169,6 +173,7 @@ class Trainer:
         self.optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
         restore_rng(tensors, self.generator)
         self.state = TrainState(**meta["state"])
+        self.batches.restore(meta.get("data"))
         return path
 
     def export(self, folder: str | Path | None = None) -> Path:
