@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .evaluation.cli import add_eval_parser
+from .server.cli import add_serve_parser
 
 
 def _positive_int(text: str) -> int:
@@ -141,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain(sub)
     _add_samplers(sub)
     _add_train(sub)
+    add_serve_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 

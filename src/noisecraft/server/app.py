@@ -1,0 +1,113 @@
+"""The FastAPI application: routes, the web page, the worker's lifetime, and errors that stay 4xx.
+
+app = create_app(ModelRegistry.load(["path/to/model"]), Limits(queue_size=8))
+uvicorn.run(app, host="127.0.0.1", port=7860)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from . import a1111, native
+from .jobs import Worker
+from .limits import Limits
+from .models import ModelRegistry
+from .state import ServerState
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("noisecraft.server")
+
+
+def create_app(models: ModelRegistry, limits: Limits | None = None) -> FastAPI:
+    """An app serving ``models``; its worker thread starts and stops with the app's lifespan."""
+    limits = limits or Limits()
+    worker = Worker(limits.queue_size)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker.start()
+        yield
+        worker.stop()
+
+    app = FastAPI(
+        title="noisecraft",
+        version=__version__,
+        description="Text-to-image diffusion: an AUTOMATIC1111-compatible API and a native streaming API.",
+        docs_url=None,  # FastAPI's Swagger UI loads from a CDN; /docs below is served from here
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.noisecraft = ServerState(models, worker, limits)
+    app.include_router(a1111.router)
+    app.include_router(native.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html")
+
+    return app
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 with the field named in each message, without echoing the input (maybe 10 MB)."""
+    detail = []
+    for error in exc.errors():
+        loc = [part for part in error.get("loc", ()) if isinstance(part, str | int)]
+        field = ".".join(map(str, loc[1:])) or ".".join(map(str, loc)) or "body"
+        detail.append(
+            {"loc": loc, "msg": f"{field}: {error.get('msg', 'invalid')}", "type": error.get("type", "")}
+        )
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+
+class BodyLimit:
+    """413 for a request body over ``limit`` bytes, by its Content-Length or while it streams in."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.limit:
+            response = JSONResponse({"detail": self.message}, status_code=413)
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:  # FastAPI re-raises an HTTPException from reading the body as is
+                raise HTTPException(413, self.message)
+            return message
+
+        await self.app(scope, counted, send)
+
+    @property
+    def message(self) -> str:
+        return f"request body larger than {self.limit} bytes"

@@ -1,0 +1,84 @@
+"""``noisecraft serve``: load the models, then run the app under uvicorn (imports happen on use)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+LIMIT_FLAGS = {
+    "queue_size": "requests waiting before a 429",
+    "max_batch": "images per request",
+    "max_steps": "sampler steps per request",
+    "max_pixels": "output width × height (A1111 endpoints)",
+    "max_prompt_chars": "characters per prompt",
+}
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``serve`` on the ``noisecraft`` command's subparsers."""
+    from .limits import Limits
+
+    d = Limits()
+    p = sub.add_parser("serve", help="HTTP API (A1111-compatible + streaming) and a web page")
+    p.add_argument(
+        "--model", dest="models", action="extend", nargs="+", default=[], metavar="NAME_OR_FOLDER",
+        help="shipped model names or saved pipeline folders, loaded at start (default: every shipped model)",
+    )  # fmt: skip
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)"
+    )
+    p.add_argument("--port", type=int, default=7860, help="port (default: %(default)s, as A1111)")
+    for field, meaning in LIMIT_FLAGS.items():
+        flag = "--" + field.replace("_", "-")
+        p.add_argument(
+            flag, type=_positive_int, default=getattr(d, field), help=f"{meaning} (default: %(default)s)"
+        )
+    p.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .app import create_app
+    from .limits import Limits
+    from .models import ModelRegistry
+
+    limits = Limits(**{field: getattr(args, field) for field in LIMIT_FLAGS})
+    models = ModelRegistry.load(args.models) if args.models else ModelRegistry.shipped()
+    print(f"noisecraft serve: {', '.join(models.pipelines)} on http://{args.host}:{args.port}/", flush=True)
+    app = create_app(models, limits)
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5
+    )
+    _server_class()(config, app.state.noisecraft.worker).run()
+
+
+def _server_class():
+    import asyncio
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """Ctrl+C first cancels the jobs, so open streams end now rather than after the grace period."""
+
+        def __init__(self, config: uvicorn.Config, worker):
+            super().__init__(config)
+            self.worker, self.loop = worker, None
+
+        async def startup(self, sockets=None) -> None:
+            self.loop = asyncio.get_running_loop()
+            await super().startup(sockets)
+
+        def handle_exit(self, sig, frame) -> None:
+            if self.loop is not None:  # a signal handler must not touch the queue's locks itself
+                self.loop.call_soon_threadsafe(self.worker.cancel_all)
+            super().handle_exit(sig, frame)
+
+    return Server

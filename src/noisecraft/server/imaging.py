@@ -1,0 +1,83 @@
+"""Images over HTTP: base64 in (checked before decoding), base64 PNG out with generation parameters."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import warnings
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+from ..images import METADATA_KEY
+
+
+class BadImage(ValueError):
+    """A client's image that cannot be used; the message names the field."""
+
+
+def decode_image(data: str, field: str, max_pixels: int) -> Image.Image:
+    """A base64 image (optionally a ``data:image/...;base64,`` URL) → a loaded PIL image."""
+    if not isinstance(data, str) or not data:
+        raise BadImage(f"{field}: expected a base64-encoded image")
+    if data.startswith("data:"):
+        data = data.partition(",")[2]
+    try:
+        raw = base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadImage(f"{field}: not valid base64") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(raw))
+            if image.width * image.height > max_pixels:  # checked from the header, before decoding
+                raise BadImage(f"{field}: {image.width}×{image.height} is more than {max_pixels} pixels")
+            image.load()
+    except BadImage:
+        raise
+    except Exception as err:  # Pillow raises assorted types (OSError, SyntaxError, bomb warnings ...)
+        raise BadImage(f"{field}: not a readable image ({type(err).__name__})") from None
+    return image
+
+
+def binary_mask(image: Image.Image, size: int, invert: bool = False) -> Image.Image:
+    """A size×size black/white mask: white (repaint) where the client's mask is mostly white.
+
+    A mask with transparency is read from its alpha channel (painted = opaque), as A1111 does.
+    """
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        alpha = image.convert("RGBA").getchannel("A")
+        gray = alpha if alpha.getextrema() != (255, 255) else image.convert("L")
+    else:
+        gray = image.convert("L")
+    gray = gray.resize((size, size), Image.Resampling.BOX)  # area average, then threshold at half
+    return gray.point(lambda v: 0 if (v >= 128) == invert else 255)
+
+
+def fit_output(image: Image.Image, width: int, height: int) -> Image.Image:
+    """The model's image stretched to width×height (nearest neighbour keeps small images crisp)."""
+    if image.size == (width, height):
+        return image
+    return image.resize((width, height), Image.Resampling.NEAREST)
+
+
+def encode_png(image: Image.Image, text: dict[str, Any] | None = None) -> str:
+    """Base64 PNG; ``text`` entries become PNG text chunks (dicts as JSON)."""
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value if isinstance(value, str) else json.dumps(value, sort_keys=True))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def png_text(image: Image.Image, infotext: str | None = None) -> dict[str, Any]:
+    """The text chunks of an output PNG: A1111's ``parameters`` line and noisecraft's JSON metadata."""
+    text: dict[str, Any] = {}
+    if infotext is not None:
+        text["parameters"] = infotext
+    if METADATA_KEY in image.info:
+        text[METADATA_KEY] = image.info[METADATA_KEY]
+    return text

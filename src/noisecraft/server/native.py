@@ -1,0 +1,135 @@
+"""The native API (``/v1``): generation as Server-Sent Events, one per sampler step, then the images.
+
+    POST /v1/generate  {"prompt": "a red circle", "steps": 20, "seed": 7}
+
+    event: queued   data: {"job": "…", "position": 1}
+    event: step     data: {"index": 0, "total": 20, "sigma": 80.0, "sigma_next": 57.3, "preview": "data:…"}
+    …
+    event: done     data: {"images": [{"image": "data:image/png;base64,…", "seed": 7, "parameters": {…}}], …}
+
+A request that fails its checks, or finds the queue full, gets a plain JSON 422 / 429 before any
+event; a failure while sampling arrives as ``event: error`` with ``status`` and ``detail``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from PIL import Image
+
+from ..images import METADATA_KEY, from_pil
+from . import state as st
+from .imaging import binary_mask, encode_png, png_text
+from .jobs import Job, job_events
+from .schemas import GenerateRequest, ModelInfo, ServerStatus
+
+router = APIRouter(prefix="/v1", tags=["native"])
+
+SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-Sent Events: queued, step…, done (or error)",
+        "content": {"text/event-stream": {}},
+    }
+}
+
+
+@router.post("/generate", response_class=StreamingResponse, responses=SSE_RESPONSES)
+async def generate(body: GenerateRequest, request: Request) -> StreamingResponse:
+    """Generate, streaming one event per step with σ and a preview of the predicted clean image."""
+    state = st.get_state(request)
+    job = await _job(body, state)
+    position = st.submit(state, job)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(_stream(job, position, request), media_type="text/event-stream", headers=headers)
+
+
+@router.get("/models", response_model=list[ModelInfo])
+async def models(request: Request) -> list[ModelInfo]:
+    """The models this server holds; ``default`` is the one a request without ``model`` gets."""
+    registry = st.get_state(request).models
+    out = []
+    for name, pipe in registry.pipelines.items():
+        c = pipe.config
+        out.append(
+            ModelInfo(
+                name=name, image_size=c.image_size, channels=c.channels, steps=c.steps, sampler=c.sampler,
+                guidance=c.guidance, weights=pipe.weights_hash, default=name == registry.default,
+                text_conditioned=pipe.text_encoder is not None,
+            )
+        )  # fmt: skip
+    return out
+
+
+@router.get("/samplers", response_model=list[str])
+async def samplers() -> list[str]:
+    return list(st.SAMPLERS)
+
+
+@router.get("/status", response_model=ServerStatus)
+async def status(request: Request) -> ServerStatus:
+    """The queue and what the worker has done since the server started."""
+    state = st.get_state(request)
+    worker = state.worker
+    limits = {
+        k: getattr(state.limits, k) for k in ("queue_size", "max_batch", "max_steps", "max_prompt_chars")
+    }
+    return ServerStatus(
+        queued=worker.queued(), running=worker.running() is not None, limits=limits, **worker.counts()
+    )
+
+
+async def _job(body: GenerateRequest, state: st.ServerState) -> Job:
+    limits = state.limits
+    texts = {"prompt": body.prompt, "negative_prompt": body.negative_prompt}
+    name, pipe = state.models.get(st.resolve_model(state, body.model, "model"))
+    st.check_common(limits, texts, body.steps or pipe.config.steps, body.num_images, "num_images")
+    sampler = st.resolve_sampler(body.sampler, "sampler")
+    if body.mask is not None and body.init_image is None:
+        raise st.reject("mask", "inpainting needs init_image too")
+    c = pipe.config
+    init = mask = None
+    if body.init_image is not None:
+        init = from_pil(await st.decode(body.init_image, "init_image", limits), c.channels, c.image_size)
+    if body.mask is not None:
+        mask = binary_mask(await st.decode(body.mask, "mask", limits), c.image_size)
+    seed = st.pick_seed(body.seed)
+    kwargs: dict[str, Any] = dict(negative_prompt=body.negative_prompt, steps=body.steps, sampler=sampler)
+    kwargs.update(guidance=body.guidance, seed=seed, num_images=body.num_images)
+
+    def batch(callback) -> list[Image.Image]:
+        if mask is not None:
+            return pipe.inpaint(body.prompt, init, mask, callback=callback, **kwargs)
+        if init is not None:
+            return pipe.img2img(body.prompt, init, body.strength, callback=callback, **kwargs)
+        return pipe.generate(body.prompt, callback=callback, **kwargs)
+
+    def finish(images: list[Image.Image], interrupted: bool) -> dict[str, Any]:
+        return {
+            "model": name,
+            "seed": seed,
+            "interrupted": interrupted,
+            "images": [
+                {
+                    "image": "data:image/png;base64," + encode_png(image, png_text(image)),
+                    "seed": seed + i,
+                    "parameters": image.info.get(METADATA_KEY),
+                }
+                for i, image in enumerate(images)
+            ],
+        }
+
+    return Job([batch], finish, body.steps or c.steps, previews=True)
+
+
+async def _stream(job: Job, position: int, request: Request) -> AsyncIterator[str]:
+    yield _event("queued", {"job": job.id, "position": position})
+    async for kind, data in job_events(job, request):
+        yield ": ping\n\n" if kind == "ping" else _event(kind, data)
+
+
+def _event(kind: str, data: Any) -> str:
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n"

@@ -1,0 +1,113 @@
+"""What every route shares: the server's models, worker and limits, and how requests are refused."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from fastapi import HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from ..samplers import SAMPLERS
+from .imaging import BadImage, decode_image
+from .jobs import Job, QueueFull, Worker
+from .limits import Limits
+from .models import ModelRegistry, UnknownModel
+
+# A1111 display names and aliases of our samplers (all σ schedules here are Karras et al. 2022).
+A1111_SAMPLERS: dict[str, tuple[str, list[str]]] = {
+    "euler_ancestral": ("Euler a", ["k_euler_a", "k_euler_ancestral"]),
+    "euler": ("Euler", ["k_euler"]),
+    "lms": ("LMS", ["k_lms"]),
+    "heun": ("Heun", ["k_heun"]),
+    "dpmpp_2m": ("DPM++ 2M", ["k_dpmpp_2m"]),
+    "dpmpp_2s_ancestral": ("DPM++ 2S a", ["k_dpmpp_2s_a"]),
+    "dpmpp_2m_sde": ("DPM++ 2M SDE", ["k_dpmpp_2m_sde"]),
+    "dpmpp_3m_sde": ("DPM++ 3M SDE", ["k_dpmpp_3m_sde"]),
+    "ddim": ("DDIM", []),
+    "ddpm": ("DDPM", []),
+    "unipc": ("UniPC", []),
+}
+
+
+@dataclass
+class ServerState:
+    models: ModelRegistry
+    worker: Worker
+    limits: Limits
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.noisecraft
+
+
+def reject(field: str, message: str, status: int = 422) -> HTTPException:
+    """An error in FastAPI's validation format, naming the field in ``loc`` and in the message."""
+    return HTTPException(
+        status, [{"loc": ["body", field], "msg": f"{field}: {message}", "type": "value_error"}]
+    )
+
+
+def sampler_label(name: str) -> str:
+    """The A1111 display name of one of our samplers (our name where A1111 has none)."""
+    return A1111_SAMPLERS.get(name, (name, []))[0]
+
+
+def resolve_sampler(name: str | None, field: str) -> str | None:
+    """Our sampler name for an A1111 name, alias or our own name (case-insensitive); None → the model's."""
+    if name is None or name.strip() == "":
+        return None
+    wanted = name.strip().lower().removesuffix(" karras")  # A1111 < 1.6 spelled the schedule into the name
+    for ours in SAMPLERS:
+        label, aliases = A1111_SAMPLERS.get(ours, (ours, []))
+        if wanted in (ours, label.lower(), *aliases):
+            return ours
+    raise reject(field, f"unknown sampler {name!r}; GET /sdapi/v1/samplers lists them")
+
+
+def resolve_model(state: ServerState, name: str | None, field: str) -> str:
+    try:
+        return state.models.resolve(name)
+    except UnknownModel as err:
+        raise reject(field, str(err)) from None
+
+
+def check_common(
+    limits: Limits, texts: dict[str, str | None], steps: int | None, images: int, field: str
+) -> None:
+    """The caps every generating request obeys: prompt lengths, steps, images per request."""
+    for name, text in texts.items():
+        if text is None:
+            continue
+        if len(text) > limits.max_prompt_chars:
+            raise reject(name, f"{len(text)} characters; at most {limits.max_prompt_chars}")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # JSON may carry lone surrogates ("\ud800"), which UTF-8 cannot
+                raise reject(name, "not valid Unicode (a lone surrogate)") from None
+    if steps is not None and steps > limits.max_steps:
+        raise reject("steps", f"{steps} steps; at most {limits.max_steps}")
+    if images > limits.max_batch:
+        raise reject(field, f"{images} images in one request; at most {limits.max_batch}")
+
+
+def pick_seed(seed: int) -> int:
+    """-1 → a random seed (reported back to the client); any other seed as given."""
+    return secrets.randbelow(2**32) if seed == -1 else seed
+
+
+async def decode(data: str, field: str, limits: Limits):
+    """Decode a base64 image off the event loop; a 422 naming the field when it is unusable."""
+    try:
+        return await run_in_threadpool(decode_image, data, field, limits.max_image_pixels)
+    except BadImage as err:
+        raise reject(field, str(err).removeprefix(f"{field}: ")) from None
+
+
+def submit(state: ServerState, job: Job) -> int:
+    """Queue the job; 429 with Retry-After when the queue is full."""
+    try:
+        return state.worker.submit(job)
+    except QueueFull as err:
+        raise HTTPException(429, str(err), headers={"Retry-After": str(err.retry_after)}) from None

@@ -1,0 +1,116 @@
+"""The web page in a real browser: Debian's headless Chromium, driven by Playwright, generates an image,
+watches the preview change at every step, then inpaints with the brush. Screenshots go to
+outputs/test-artifacts/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_tiny_pipeline
+from server_helpers import decode_png, pixels, serve
+
+from noisecraft.server.app import create_app
+from noisecraft.server.limits import Limits
+from noisecraft.server.models import ModelRegistry
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "outputs" / "test-artifacts"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(CHROMIUM) is None,
+    reason=f"BROWSER TEST SKIPPED: no {CHROMIUM}; install Debian's chromium (apt-get install chromium)",
+)
+
+# Counts every distinct image the preview shows, from the page's own DOM, independent of app.js.
+WATCH_PREVIEW = """() => {
+  window.previewSources = new Set();
+  const preview = document.getElementById('preview');
+  new MutationObserver(() => window.previewSources.add(preview.src))
+    .observe(preview, {attributes: true, attributeFilter: ['src']});
+}"""
+
+
+@pytest.fixture(scope="module")
+def url():
+    models = ModelRegistry({"tiny": make_tiny_pipeline()})
+    with serve(create_app(models, Limits(max_steps=200))) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def page(url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+        page.goto(url)
+        yield page
+        browser.close()
+        assert not errors, errors  # no script errors, nothing the page could not load
+
+
+def test_generate_shows_every_step_then_the_image(page):
+    page.wait_for_selector("#model option[value=tiny]", state="attached")
+    assert (
+        page.input_value("#sampler") == "euler" and page.input_value("#steps") == "4"
+    )  # the model's defaults
+    page.fill("#prompt", "a red circle")
+    page.fill("#steps", "12")
+    page.fill("#seed", "7")
+    page.evaluate(WATCH_PREVIEW)
+    page.click("#generate")
+    page.wait_for_selector("#gallery figure img")
+    assert page.evaluate("window.previewSources.size") >= 3  # the preview changed at least three times
+    assert int(page.get_attribute("#preview", "data-updates")) == 12  # one update per step
+    assert "step 12/12" in page.inner_text("#step-info")
+    card = page.inner_text("#gallery figure")
+    assert "a red circle" in card and "7" in card and "euler" in card
+    link = page.locator("#gallery figure a[download]")
+    assert link.get_attribute("download") == "noisecraft-7.png"
+    assert decode_png(link.get_attribute("href")).size == (8, 8)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "server-page.png"), full_page=True)
+    assert (ARTIFACTS / "server-page.png").stat().st_size > 10_000
+
+
+def test_inpainting_with_the_brush(page):
+    page.click("#gallery figure button")  # "use as start": switches to image → image
+    assert page.is_checked("input[value=img2img]")
+    page.check("input[value=inpaint]")
+    box = page.locator("#mask-canvas").bounding_box()
+    page.mouse.move(box["x"] + 60, box["y"] + 60)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 200, box["y"] + 180, steps=8)
+    page.mouse.up()
+    painted = page.evaluate(
+        "() => { const c = document.getElementById('mask-canvas');"
+        " const alpha = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " return alpha.filter((v, i) => i % 4 == 3 && v).length; }"
+    )
+    assert painted > 1000  # the brush left a stroke
+    assert page.is_hidden("#strength-label") and page.is_visible("#mask-tools")
+    page.fill("#seed", "8")
+    page.click("#generate")
+    page.wait_for_function("document.querySelectorAll('#gallery figure').length == 2")
+    assert "inpainted" in page.inner_text("#gallery figure >> nth=0")
+    hrefs = page.eval_on_selector_all("#gallery figure a[download]", "links => links.map(a => a.href)")
+    after, before = (pixels(decode_png(h)) for h in hrefs)
+    corners = (slice(None, None, 7), slice(None, None, 7))  # far from the stroke: kept exactly
+    assert np.array_equal(after[corners], before[corners]) and not np.array_equal(after, before)
+    page.screenshot(path=str(ARTIFACTS / "server-page-inpaint.png"), full_page=True)
+
+
+def test_docs_page_renders_the_spec_offline(page, url):
+    page.goto(f"{url}/docs")
+    page.wait_for_selector('.op h3 >> text="/sdapi/v1/img2img"')
+    text = page.inner_text("main")
+    for field in ("init_images", "denoising_strength", "cfg_scale", "num_images", "skip_current_image"):
+        assert field in text, field
+    page.screenshot(path=str(ARTIFACTS / "server-docs.png"), full_page=False)
