@@ -22,16 +22,6 @@ from noisecraft.likelihood import (
 SIGMA_MIN, SIGMA_MAX = 1e-3, 80.0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """An ODE solve is thousands of tiny ops: intra-op threads only add sync cost, and on a shared,
-    oversubscribed CPU two spinning threads made the 8-D test 40× slower (84 s vs 2 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def correlated_gaussian(d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A mean of scale 0.5 per coordinate and a well-conditioned covariance with strong correlations."""
     g = torch.Generator().manual_seed(seed)

@@ -14,16 +14,6 @@ TEXT_DIM = 12
 KINDS = ("unet", "dit", "dit-joint")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets gain nothing from a second thread, and on a shared 2-core machine OpenMP's barrier
-    waits make each tiny op ~25× slower with 2 threads than with 1 (measured: 0.73 s vs 0.03 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_net(kind: str, in_channels: int = 3, text_dim: int = TEXT_DIM, seed: int = 0) -> torch.nn.Module:
     """A tiny network (widths 8/16, two levels of attention) whose zero-initialised layers are perturbed.
 

@@ -27,15 +27,6 @@ SHAPE = (2, 3, 8, 8)
 ALPHAS_CUMPROD = vp_alphas_cumprod("linear", T)  # [T] float64, β from 1e-4 to 0.02 like diffusers' default
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: thread hand-offs on 2 shared cores cost more than the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def net() -> ToyEpsNet:
     return ToyEpsNet(channels=SHAPE[1]).double().requires_grad_(False)

@@ -41,15 +41,6 @@ STEPS = {
 DEFAULT_STEPS = 200  # a sampler added later: assume first order
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: thread hand-offs on 2 shared cores cost more than the arithmetic (≈ 30×)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def energy_distance(a: Tensor, b: Tensor, bb_sum: Tensor | None = None) -> float:
     """Székely's two-sample energy statistic 2E|X−Y| − E|X−X'| − E|Y−Y'| (U-statistics), ≥ 0 in mean."""
     n, m = len(a), len(b)

@@ -34,15 +34,6 @@ if "heun" in SAMPLERS:
 IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items()) for name, opts in STOCHASTIC]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: thread hand-offs on 2 shared cores cost more than the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def vp_model() -> DiscreteVPDenoiser:
     """An ε-network on a discrete linear-β VP schedule, float64."""
