@@ -182,6 +182,7 @@ def run(t: Trainer, stop_after: int | None = None) -> TrainState:
             while t.state.step < end:
                 start = time.perf_counter()
                 result = train_step(t, interrupt.requested)
+                t.state.train_seconds += time.perf_counter() - start
                 reporter.step(result, time.perf_counter() - start)
                 _after_step(t, reporter, result)
         if t.state.step % c.checkpoint.every:  # the last step was not a cadence step

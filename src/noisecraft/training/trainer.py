@@ -50,6 +50,7 @@ class TrainState:
     batches: int = 0  # global micro-batches consumed: the data position
     nonfinite_total: int = 0
     nonfinite_streak: int = 0
+    train_seconds: float = dataclasses.field(default=0.0, compare=False)  # wall time in steps, all runs
 
 
 def resolve_precision(choice: str, device: torch.device) -> tuple[torch.dtype, bool]:
@@ -192,6 +193,8 @@ class Trainer:
             "autoencoder": c.autoencoder,
             "latent_scale": c.latent_scale,
             "step": self.state.step,
+            "images_seen": self.state.step * self.config.optim.batch_size,
+            "train_seconds": round(self.state.train_seconds, 1),
             "config": to_dict(self.config),
         }
         (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n")
