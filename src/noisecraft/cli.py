@@ -134,6 +134,24 @@ def _run_train(args: argparse.Namespace) -> None:
         raise SystemExit(f"noisecraft train: error: {err}") from None
 
 
+def _add_ship(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ship", help="package a trained model (fp16) with a MODEL_CARD.md")
+    p.add_argument("model", help="the model/ folder of a `noisecraft train` run")
+    p.add_argument("--name", required=True, help="the name `--model NAME` will load it by")
+    p.add_argument(
+        "--recipe", required=True, help="the recipe it was trained with, e.g. configs/shapes32.toml"
+    )
+    p.add_argument("--eval", default=None, help="JSON written by `noisecraft eval` to put on the card")
+    p.add_argument("--dest", default=None, help="folder to write (default: the package's models/NAME)")
+    p.set_defaults(run=_run_ship)
+
+
+def _run_ship(args: argparse.Namespace) -> None:
+    from .model_card import ship
+
+    print(ship(args.model, args.name, args.recipe, args.eval, args.dest))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="noisecraft", description="Text-to-image diffusion.")
@@ -143,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain(sub)
     _add_samplers(sub)
     _add_train(sub)
+    _add_ship(sub)
     add_serve_parser(sub)
     add_eval_parser(sub)
     return parser

