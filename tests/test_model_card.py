@@ -18,21 +18,8 @@ def test_ship_writes_fp16_pipeline_and_card(tmp_path):
     (model / "training.json").write_text(json.dumps(training))
     (tmp_path / "eval.json").write_text(json.dumps({"fid": 12.5, "adherence": 0.93, "settings": {"n": 4}}))
     dest = tmp_path / "shipped"
-    assert (
-        main(
-            [
-                "ship",
-                str(model),
-                "--name",
-                "shapes",
-                "--eval",
-                str(tmp_path / "eval.json"),
-                "--dest",
-                str(dest),
-            ]
-        )
-        == 0
-    )
+    args = ["--name", "shapes", "--recipe", "configs/shapes32.toml", "--eval", str(tmp_path / "eval.json")]
+    assert main(["ship", str(model), *args, "--dest", str(dest)]) == 0
     card = (dest / "MODEL_CARD.md").read_text()
     for fact in ("# shapes", "| steps | 1234 |", "| images seen | 78976 |", "2.00 h", "| fid | 12.5 |",
                  "| adherence | 0.93 |", "procedural scenes", "configs/shapes32.toml"):  # fmt: skip
