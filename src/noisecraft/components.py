@@ -66,9 +66,9 @@ def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: never a half-written file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; saved models are meant to be shared
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; saved models are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

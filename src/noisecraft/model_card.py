@@ -49,9 +49,20 @@ def hardware() -> str:
     return f"{cpu} ({os.cpu_count()} logical cores){gpu}"
 
 
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested eval results as dotted keys: {"a": {"b": 0.9}} → {"a.b": 0.9}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        elif not isinstance(value, list):
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _figures_table(figures: dict[str, Any]) -> str:
     rows = [f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
-            for key, value in figures.items() if not isinstance(value, dict | list)]  # fmt: skip
+            for key, value in _flatten(figures).items()]  # fmt: skip
     return "\n".join(["| figure | value |", "|---|---|", *rows]) if rows else "No figures measured yet."
 
 
@@ -84,7 +95,7 @@ A text-to-image model trained with noisecraft's own `noisecraft train`.
 ```bash
 noisecraft train {recipe} --out runs/{name}
 noisecraft eval runs/{name}/model --dataset {data}
-noisecraft ship runs/{name}/model --name {name} --eval outputs/eval/{name}-{data}.json
+noisecraft ship runs/{name}/model --name {name} --recipe {recipe} --eval outputs/eval/{name}-{data}.json
 ```
 """
 
