@@ -18,11 +18,16 @@ transformers (self-attention, cross-attention, MLP) at 16×16 and 8×8 and in th
 - Empty prompts: ours gives a prompt with no real token zero cross-attention, diffusers a uniform
   one over padding; the prompts here all have ≥ 2 real tokens (like [CLS] [SEP]), so neither path runs.
 
-Training step = forward + mean-squared-error loss + backward + AdamW step on random inputs.
+Training step = forward + mean-squared-error loss + backward + AdamW step (torch's defaults, as the
+trainer builds it) on random inputs.
 Generation = 20 steps of dpmpp_2m on a Karras schedule with classifier-free guidance (4 prompts,
 each call a batch of 4 conditional + 4 unconditional rows), through the same code for both nets:
 EDM preconditioning → ClassifierFreeGuidance → sampler, as ``Pipeline.sample`` runs it; the peer is
 wrapped as a ``Net(x_in, c_noise, cond)``, so all that differs between the two is the network.
+
+--compile adds ``torch.compile(ours, dynamic=False)`` for training and the same with freezing
+(weights as constants) for generation; in the library, ``net.compile(dynamic=False)`` does this in
+place and keeps the state_dict keys (``torch.compile(net)`` prefixes them with ``_orig_mod.``).
 """
 
 from __future__ import annotations

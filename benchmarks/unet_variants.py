@@ -9,7 +9,7 @@ outside (a wrapper or a swapped method), so nets/ changes only for what wins her
 - channels_last + weights: the convolution weights stored NHWC as well;
 - linears as 1×1 convs: token-wise linears through oneDNN's 1×1 convolution instead of MKL sgemm;
 - out-of-place residuals: ``x + h`` as before, where nets/ now adds the residual in place into the
-  branch's fresh output (``layers.add_residual``; kept because this A/B showed it ≈ 2 % faster);
+  branch's fresh output (``layers.add_residual``; kept: 1–2 % faster here, half the page faults);
 - torch.compile (with --compile): ``torch.compile(net, dynamic=False)``.
 
 Jobs: a training step (forward, MSE, backward, AdamW) at --batch, and one no-grad forward of a

@@ -46,6 +46,20 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return torch.addcmul(shift, x, 1 + scale)
 
 
+def add_residual(branch: Tensor, x: Tensor) -> Tensor:
+    """x + branch, written into ``branch`` when that is the same tensor (same shape, no dtype promotion).
+
+    Only for a branch that is a fresh layer output autograd does not keep (a linear's or a
+    convolution's). One activation allocation fewer per residual: on CPU, about half the page
+    faults of a U-Net training step and 1–2 % of its time (benchmarks/unet_variants.py), with a
+    bit-identical output. Under autocast a bf16 branch meets an fp32 stream: then the sum is made
+    out of place, in fp32, as before.
+    """
+    if branch.shape == x.shape and torch.promote_types(branch.dtype, x.dtype) == branch.dtype:
+        return branch.add_(x)
+    return x + branch
+
+
 def linear_flops(layer: nn.Linear, tokens: int) -> int:
     """Forward FLOPs of ``layer`` applied to ``tokens`` vectors."""
     return 2 * tokens * layer.in_features * layer.out_features
@@ -240,10 +254,10 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """x [B, N, dim]; context [B, L, context_dim] or None (no cross-attention contribution)."""
-        x = x + self.attn(self.norm1(x))
+        x = add_residual(self.attn(self.norm1(x)), x)  # each branch ends in a linear layer
         if context is not None:
-            x = x + self.cross(self.norm2(x), context, mask)
-        return x + self.mlp(self.norm3(x))
+            x = add_residual(self.cross(self.norm2(x), context, mask), x)
+        return add_residual(self.mlp(self.norm3(x)), x)
 
     def flops(self, tokens: int, context_tokens: int) -> int:
         """Forward FLOPs for one image of ``tokens`` tokens and a prompt of ``context_tokens``."""

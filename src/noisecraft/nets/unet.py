@@ -21,6 +21,7 @@ from .layers import (
     NOISE_EMBEDDINGS,
     NoiseEmbedding,
     TransformerBlock,
+    add_residual,
     check_image,
     conv_flops,
     group_norm,
@@ -106,7 +107,7 @@ class ResBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(x)))
         scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)  # [B, c_out, 1, 1] each
         h = self.conv2(self.dropout(F.silu(modulate(self.norm2(h), shift, scale))))
-        return (x if self.skip is None else self.skip(x)) + h
+        return add_residual(h, x if self.skip is None else self.skip(x))  # h: conv2's fresh output
 
     def flops(self, size: int) -> int:
         total = conv_flops(self.conv1, size, size) + conv_flops(self.conv2, size, size)
