@@ -106,7 +106,13 @@ def _run_generate(args: argparse.Namespace) -> None:
 
 def _add_samplers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("samplers", help="list the sampler names")
-    p.set_defaults(run=lambda args: print("\n".join(sorted(__import__("noisecraft").SAMPLERS))))
+    p.set_defaults(run=_run_samplers)
+
+
+def _run_samplers(args: argparse.Namespace) -> None:
+    from .samplers import SAMPLERS
+
+    print("\n".join(sorted(SAMPLERS)))
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -166,6 +166,17 @@ def _bits_per_dim(pipeline: Pipeline, dataset: str, options, num: int, seed: int
     return {"bpd": float(bpd.mean()), "bpd_std": std, "bpd_num": len(bpd), "bpd_split": split or "all"}
 
 
+def _settings(pipeline: Pipeline, dataset: str, num_samples: int, metrics, seed: int, **sample) -> dict:
+    """The settings an evaluation ran with, the head of its results."""
+    c = pipeline.config
+    return {
+        "model": c.name, "weights": pipeline.weights_hash, "dataset": dataset, "num_samples": num_samples,
+        "seed": seed, "image_size": c.image_size, "channels": c.channels, "metrics": list(metrics),
+        "steps": sample["steps"] or c.steps, "sampler": sample["sampler"] or c.sampler,
+        "guidance": c.guidance if sample["guidance"] is None else sample["guidance"],
+    }  # fmt: skip
+
+
 def evaluate(
     pipeline: Pipeline,
     dataset: str,
@@ -196,12 +207,7 @@ def evaluate(
     check_compatible(pipeline, dataset, next(iter(data))[0] if streamed else data[0][0])
     kind = features or ("domain" if dataset in shipped_classifiers() else "inception")
     sample = {"steps": steps, "sampler": sampler, "guidance": guidance}
-    results: dict = {
-        "model": c.name, "weights": pipeline.weights_hash, "dataset": dataset, "num_samples": num_samples,
-        "seed": seed, "image_size": c.image_size, "channels": c.channels, "metrics": list(metrics),
-        "steps": steps or c.steps, "sampler": sampler or c.sampler,
-        "guidance": c.guidance if guidance is None else guidance,
-    }  # fmt: skip
+    results = _settings(pipeline, dataset, num_samples, metrics, seed, **sample)
     distribution = {"fid", "kid", "pr"} & set(metrics)
     generated, indices = None, None
     if distribution or ("adherence" in metrics and dataset in ("mnist", "emoji")):

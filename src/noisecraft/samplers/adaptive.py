@@ -76,6 +76,20 @@ def control(t: Tensor, h: Tensor, err: Tensor, active: Tensor, span: float) -> t
     return ok, torch.where(ok, t_new, t), torch.where(active, h_new, h)
 
 
+def _check_options(rtol: float, atol: float, max_steps: int | None) -> None:
+    if not (rtol > 0 and atol > 0):
+        raise ValueError(f"rtol and atol must be positive, got {rtol}, {atol}")
+    if max_steps is not None and (int(max_steps) != max_steps or max_steps < 1):
+        raise ValueError(f"max_steps must be a positive integer or None, got {max_steps}")
+
+
+def _out_of_steps(max_steps: int, sigma_reached: float, sigma_min: float) -> RuntimeError:
+    return RuntimeError(
+        f"ode_adaptive: max_steps={max_steps} attempted steps reached σ = {sigma_reached:.4g}, "
+        f"not σ_min = {sigma_min:.4g}; raise max_steps, rtol or atol"
+    )
+
+
 def ode_adaptive(
     denoiser: Denoiser,
     x: Tensor,
@@ -99,10 +113,7 @@ def ode_adaptive(
     calls on the batch) and each sample's accepted and rejected step counts.
     """
     sigmas = check_inputs(x, sigmas)
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be positive, got {rtol}, {atol}")
-    if max_steps is not None and (int(max_steps) != max_steps or max_steps < 1):
-        raise ValueError(f"max_steps must be a positive integer or None, got {max_steps}")
+    _check_options(rtol, atol, max_steps)
     sigma_max, sigma_min = float(sigmas[0]), float(sigmas[-2])
     span = math.log(sigma_max / sigma_min)  # t runs from 0 to span
     counts = {"nfe": 0, "accepted": [0] * x.shape[0], "rejected": [0] * x.shape[0]}
@@ -121,18 +132,15 @@ def ode_adaptive(
         if not active.any():
             break
         if max_steps is not None and attempt >= max_steps:
-            sigma_reached = sigma_max * math.exp(-t.min().item())
-            raise RuntimeError(
-                f"ode_adaptive: max_steps={max_steps} attempted steps reached σ = {sigma_reached:.4g}, "
-                f"not σ_min = {sigma_min:.4g}; raise max_steps, rtol or atol"
-            )
+            raise _out_of_steps(max_steps, sigma_max * math.exp(-t.min().item()), sigma_min)
         h = torch.where(active, torch.minimum(h, span - t), torch.zeros_like(h))
         x_new, k_new, err = dopri_step(slope, x, t, h, k, rtol, atol)
         if not torch.isfinite(err[active]).all():
             raise RuntimeError("ode_adaptive: the denoiser returned NaN or infinity")
         sigma_before = sigma_max * math.exp(-t.min().item())
         ok, t, h = control(t, h, err, active, span)
-        x, k = torch.where(_per_sample(ok, x) > 0, x_new, x), torch.where(_per_sample(ok, x) > 0, k_new, k)
+        accepted = _per_sample(ok, x) > 0
+        x, k = torch.where(accepted, x_new, x), torch.where(accepted, k_new, k)
         for b in active.nonzero().flatten().tolist():
             counts["accepted" if ok[b] else "rejected"][b] += 1
         if ok.any() and callback is not None:
