@@ -10,6 +10,11 @@ PIP := $(BIN)/pip install --quiet $(FIND_LINKS)
 
 demo: $(VENV)/.installed
 	$(BIN)/noisecraft explain --out outputs/explain
+	$(BIN)/noisecraft generate "a watermelon slice" "red apple" "rocket" "smiling face with sunglasses" \
+		--model emoji --num 4 --out outputs/demo/emoji
+	$(BIN)/noisecraft generate "a big red circle to the left of a small blue square" --model shapes \
+		--num 4 --show-steps --out outputs/demo/shapes
+	@echo "images: outputs/demo/emoji/grid.png, outputs/demo/shapes/grid.png (+ step strips and GIFs)"
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests

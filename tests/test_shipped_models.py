@@ -1,0 +1,89 @@
+"""The models that ship inside the package: they load by name, generate through the API and the CLI,
+carry a complete model card, fit the size budget, and draw what they are asked for."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from noisecraft.cli import main
+from noisecraft.data.shapes_oracle import read_scene
+from noisecraft.images import read_png_metadata
+from noisecraft.pipeline import SHIPPED_DIR, Pipeline, shipped_models
+
+REQUIRED = ("emoji", "shapes")
+PROMPTS = {"shapes": "a red circle", "emoji": "red apple"}
+MAX_BYTES = 25 * 1024 * 1024
+
+
+def test_the_required_models_ship():
+    assert set(REQUIRED) <= set(shipped_models()), shipped_models()
+
+
+@pytest.fixture(scope="module", params=shipped_models())
+def shipped(request) -> tuple[str, Pipeline]:
+    return request.param, Pipeline.load(request.param)
+
+
+def test_generates_through_the_api_batch_independently(shipped):
+    name, pipe = shipped
+    images = pipe.generate(PROMPTS.get(name, "a picture"), steps=4, seed=5, num_images=2)
+    assert [im.size for im in images] == [(pipe.config.image_size,) * 2] * 2
+    alone = pipe.generate(PROMPTS.get(name, "a picture"), steps=4, seed=6)[0]
+    assert np.array_equal(np.asarray(alone), np.asarray(images[1]))
+    assert not np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
+
+
+def test_generates_through_the_cli_with_metadata(shipped, tmp_path):
+    name, pipe = shipped
+    args = ["generate", PROMPTS.get(name, "a picture"), "--model", name, "--steps", "3", "--num", "2"]
+    assert main([*args, "--out", str(tmp_path), "--quiet"]) == 0
+    pngs = sorted(p for p in tmp_path.glob("*.png") if p.name != "grid.png")
+    assert len(pngs) == 2 and (tmp_path / "grid.png").is_file()
+    meta = read_png_metadata(pngs[0])
+    assert meta["model"] == name and meta["weights"] == pipe.weights_hash and meta["steps"] == 3
+
+
+def test_model_card_and_size_budget(shipped):
+    name, _ = shipped
+    folder = SHIPPED_DIR / name
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size <= MAX_BYTES, f"{name}: {size / 2**20:.1f} MiB"
+    assert not list(folder.rglob("*.pt")) and not list(folder.rglob("*.bin")), "safetensors + JSON only"
+    card = (folder / "MODEL_CARD.md").read_text()
+    for fact in ("| recipe |", "| steps |", "| images seen |", "| wall time", "| hardware |", "| data |"):
+        assert fact in card, f"{name} card lacks {fact!r}"
+    assert re.search(r"noisecraft train \S+", card), "the card says how to reproduce the model"
+    assert "## Measured" in card
+
+
+@pytest.mark.skipif("shapes" not in shipped_models(), reason="shapes not shipped")
+def test_shapes_draws_the_asked_colours():
+    """Colour is the first thing a text-to-image model learns: the oracle must read it back."""
+    pipe = Pipeline.load("shapes")
+    colours = ("red", "blue", "green", "yellow")
+    images = pipe.generate([f"a big {c} square in the middle" for c in colours], steps=20, seed=0)
+    read = [[s.colour for s in read_scene(im).shapes] for im in images]
+    assert sum(c in r for c, r in zip(colours, read)) >= 3, read
+
+
+@pytest.mark.skipif("emoji" not in shipped_models(), reason="emoji not shipped")
+def test_emoji_images_resemble_the_prompted_emoji():
+    """Generated images are nearer (in pixels) to the prompted emoji than to almost every other one."""
+    from noisecraft.data.emoji import DEFAULT_FONT, EmojiDataset
+
+    if not Path(DEFAULT_FONT).is_file():
+        pytest.skip("fonts-noto-color-emoji not installed")
+    data = EmojiDataset(size=32, caption_variants=False)
+    index = {e.name: i for i, e in enumerate(data.entries)}
+    names = ["red apple", "rocket", "grinning face", "red heart"]
+    pipe = Pipeline.load("emoji")
+    images = torch.stack([torch.from_numpy(np.asarray(im)).permute(2, 0, 1) for im in pipe.generate(names)])
+    gallery = torch.stack([data[i][0] for i in range(len(data))])  # [N, 3, 32, 32] in [-1, 1]
+    distances = torch.cdist(images.flatten(1).double() / 127.5 - 1, gallery.flatten(1).double())
+    ranks = [(distances[i] < distances[i, index[n]]).sum().item() for i, n in enumerate(names)]
+    assert sum(r < 20 for r in ranks) >= 3, dict(zip(names, ranks))  # chance: 20 / 1899 per image
