@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import add_common_arguments, append_results, markdown_table, setup, time_interleaved
+
 from noisecraft.pipeline import Pipeline, shipped_models
 
 TARGET_SECONDS = 5.0
@@ -69,9 +69,9 @@ def main() -> None:
                      warm[name].spread, cold, verdict])  # fmt: skip
     header = ["model", "settings", "warm median s", "min–max s", "cold CLI s", f"< {TARGET_SECONDS:g} s"]
     body = markdown_table(header, rows) + (
-        f"\n\nWarm: `pipe.generate(prompt, num_images=4)` with the model's defaults, {args.repeats} calls per "
-        f"model interleaved after {args.warmup} warm-up, {args.threads} threads. Cold: the CLI command in "
-        "a fresh process, once (imports and loading included)."
+        f"\n\nWarm: `pipe.generate(prompt, num_images=4)` with the model's defaults, {args.repeats} calls "
+        f"per model interleaved after {args.warmup} warm-up, {args.threads} threads. Cold: the CLI command "
+        "in a fresh process, once (imports and loading included)."
     )
     print(body)
     if not args.no_append:

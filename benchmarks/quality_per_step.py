@@ -36,7 +36,9 @@ ADAPTIVE = {"ode_adaptive"}
 
 def count_nfe(sampler: str, steps: int) -> int:
     """Network calls of ``sampler`` at ``steps`` steps, counted on a 2-D Gaussian-mixture denoiser."""
-    mixture = GaussianMixtureDenoiser(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]), 0.1 * torch.eye(2).expand(2, 2, 2))
+    mixture = GaussianMixtureDenoiser(
+        torch.tensor([[-1.0, 0.0], [1.0, 0.0]]), 0.1 * torch.eye(2).expand(2, 2, 2)
+    )
     calls = 0
 
     def counted(x, sigma, cond=None):
@@ -116,7 +118,9 @@ def main() -> None:
 def report(args: argparse.Namespace, pipe: Pipeline, results: dict[str, dict[int, float]]) -> None:
     """The table, the plot and the target check; appended to RESULTS.md unless --no-append."""
     columns = sorted({n for curve in results.values() for n in curve})
-    rows = [[name] + [f"{curve[n]:.2f}" if n in curve else "" for n in columns] for name, curve in results.items()]
+    rows = [
+        [name] + [f"{curve[n]:.2f}" if n in curve else "" for n in columns] for name, curve in results.items()
+    ]
     top = max(columns)
     best_top = min(curve.get(top, math.inf) for curve in results.values())
     best_10 = min((f for curve in results.values() for n, f in curve.items() if n <= 10), default=math.inf)
@@ -125,9 +129,9 @@ def report(args: argparse.Namespace, pipe: Pipeline, results: dict[str, dict[int
     plot(results, f"{pipe.config.name} on {args.dataset}: FID vs NFE (n={args.num})", image)
     body = (
         markdown_table(["sampler \\ NFE", *map(str, columns)], rows)
-        + f"\n\nBest FID at ≤ 10 NFE: {best_10:.3f}; best at {top} NFE: {best_top:.3f}; target (within 10 %): "
-        + f"{verdict}. Plot: `{image.name}`. n = {args.num} images per point, features: "
-        + f"{args.features or 'domain'}; model weights {pipe.weights_hash}."
+        + f"\n\nBest FID at ≤ 10 NFE: {best_10:.3f}; best at {top} NFE: {best_top:.3f}; "
+        + f"target (within 10 %): {verdict}. Plot: `{image.name}`. n = {args.num} images per point, "
+        + f"features: {args.features or 'domain'}; model weights {pipe.weights_hash}."
     )
     print(body)
     if not args.no_append:
