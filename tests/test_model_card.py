@@ -19,12 +19,15 @@ def test_ship_writes_fp16_pipeline_and_card(tmp_path):
     (tmp_path / "eval.json").write_text(
         json.dumps({"fid": 12.5, "adherence": {"oracle_accuracy": 0.93}, "metrics": ["fid"]})
     )
+    (tmp_path / "notes.md").write_text("## Status\n\nBelow the quality bar.\n")
     dest = tmp_path / "shipped"
     args = ["--name", "shapes", "--recipe", "configs/shapes32.toml", "--eval", str(tmp_path / "eval.json")]
+    args += ["--notes", str(tmp_path / "notes.md")]
     assert main(["ship", str(model), *args, "--dest", str(dest)]) == 0
     card = (dest / "MODEL_CARD.md").read_text()
     facts = ["# shapes", "| steps | 1234 |", "| images seen | 78976 |", "2.00 h", "| fid | 12.5 |"]
     facts += ["| adherence.oracle_accuracy | 0.93 |", "procedural scenes", "configs/shapes32.toml"]
+    facts += ["## Status\n\nBelow the quality bar."]
     for fact in facts:
         assert fact in card, fact
     shipped = Pipeline.load(dest)

@@ -149,13 +149,14 @@ def _add_ship(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--eval", default=None, help="JSON written by `noisecraft eval` to put on the card")
     p.add_argument("--dest", default=None, help="folder to write (default: the package's models/NAME)")
+    p.add_argument("--notes", default=None, help="a Markdown file appended to the card (status, caveats)")
     p.set_defaults(run=_run_ship)
 
 
 def _run_ship(args: argparse.Namespace) -> None:
     from .model_card import ship
 
-    print(ship(args.model, args.name, args.recipe, args.eval, args.dest))
+    print(ship(args.model, args.name, args.recipe, args.eval, args.dest, args.notes))
 
 
 def build_parser() -> argparse.ArgumentParser:

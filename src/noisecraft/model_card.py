@@ -66,8 +66,10 @@ def _figures_table(figures: dict[str, Any]) -> str:
     return "\n".join(["| figure | value |", "|---|---|", *rows]) if rows else "No figures measured yet."
 
 
-def card_text(name: str, recipe: str, training: dict[str, Any], figures: dict[str, Any], machine: str) -> str:
-    """The Markdown of a model card from the export's training.json and the measured figures."""
+def card_text(
+    name: str, recipe: str, training: dict[str, Any], figures: dict[str, Any], machine: str, notes: str = ""
+) -> str:
+    """The Markdown of a model card from the export's training.json, the measured figures and notes."""
     config = training.get("config", {})
     data, text = config.get("data", {}).get("name", "?"), config.get("text", {}).get("kind", "none")
     hours = training.get("train_seconds", 0) / 3600
@@ -97,7 +99,7 @@ noisecraft train {recipe} --out runs/{name}
 noisecraft eval runs/{name}/model --dataset {data}
 noisecraft ship runs/{name}/model --name {name} --recipe {recipe} --eval outputs/eval/{name}-{data}.json
 ```
-"""
+""" + (f"\n{notes.strip()}\n" if notes.strip() else "")
 
 
 def ship(
@@ -106,8 +108,10 @@ def ship(
     recipe: str,
     eval_json: str | Path | None = None,
     dest: str | Path | None = None,
+    notes: str | Path | None = None,
 ) -> Path:
-    """Copy an exported model as fp16 into ``dest`` (default: the package's models/NAME) with its card."""
+    """Copy an exported model as fp16 into ``dest`` (default: the package's models/NAME) with its card;
+    ``notes`` is a Markdown file appended to the card (status, caveats, how the figures were taken)."""
     model_dir = Path(model_dir)
     training_file = model_dir / "training.json"
     if not training_file.is_file():
@@ -116,6 +120,7 @@ def ship(
         )
     training = json.loads(training_file.read_text())
     figures = json.loads(Path(eval_json).read_text()) if eval_json else {}
+    note_text = Path(notes).read_text() if notes else ""
     dest = Path(dest) if dest else SHIPPED_DIR / name
     if dest.exists():
         shutil.rmtree(dest)
@@ -123,5 +128,5 @@ def ship(
     pipe.config.name = name
     pipe.save(dest, dtype=torch.float16)
     shutil.copy(training_file, dest / "training.json")
-    (dest / "MODEL_CARD.md").write_text(card_text(name, recipe, training, figures, hardware()))
+    (dest / "MODEL_CARD.md").write_text(card_text(name, recipe, training, figures, hardware(), note_text))
     return dest
