@@ -333,3 +333,21 @@ def test_toy2d_learns_the_mixture_score(tmp_path):
     mixture = toy_mixture("ring")
     before, after = _score_error(initial, mixture), _score_error(trained, mixture)
     assert after < 0.3 * before, (before, after)
+
+
+def test_model_init_starts_from_trained_weights_and_refuses_a_mismatch(tmp_path):
+    """model.init copies a trained net (and so its EMA start); a different architecture is one clear error."""
+    first = train(tiny_config("steps=3"), tmp_path / "first")
+    trained = load_component(tmp_path / "first" / "model" / "net").state_dict()
+    second = Trainer(tiny_config(f"model.init={tmp_path / 'first' / 'model'}"), tmp_path / "second")
+    for module in (second.objective, second.averaged):
+        got = module.denoiser.net.state_dict()
+        assert all(torch.equal(got[k], v) for k, v in trained.items()) and got.keys() == trained.keys()
+    fresh = Trainer(tiny_config(), tmp_path / "fresh").objective.denoiser.net.state_dict()
+    assert not all(torch.equal(fresh[k], v) for k, v in trained.items())
+    assert first.state.step == 3
+    source = f"model.init={tmp_path / 'first' / 'model'}"
+    with pytest.raises(ValueError, match="do not fit"):
+        Trainer(tiny_config("model.net.width=16", source), tmp_path / "x")
+    with pytest.raises(ValueError, match="neither a shipped model"):
+        Trainer(tiny_config(f"model.init={tmp_path / 'nothing'}"), tmp_path / "y")

@@ -48,6 +48,27 @@ def build_net(config: TrainConfig, text_dim: int) -> nn.Module:
     return cls(net_config)
 
 
+def init_from(net: nn.Module, source: str) -> None:
+    """Copy the weights of a trained network into ``net``: ``source`` is a shipped model name or a
+    saved folder holding ``net/`` (a pipeline or a run's ``model/``); the architectures must match."""
+    from pathlib import Path
+
+    from ..pipeline import SHIPPED_DIR  # lazy: the pipeline is only needed to find shipped models
+
+    folder = SHIPPED_DIR / source if (SHIPPED_DIR / source / "net").is_dir() else Path(source)
+    if not (folder / "net").is_dir():
+        raise ValueError(f"model.init: {source!r} is neither a shipped model nor a folder with net/")
+    trained = load_component(folder / "net")
+    mine, theirs = net.state_dict(), trained.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in mine.items()}
+    if type(trained) is not type(net) or shapes != {k: tuple(v.shape) for k, v in theirs.items()}:
+        raise ValueError(
+            f"model.init: {folder / 'net'} holds a {type(trained).__name__} whose weights do not fit this "
+            f"recipe's {type(net).__name__} (compare its config.json with model.net)"
+        )
+    net.load_state_dict({k: v.to(mine[k].dtype) for k, v in theirs.items()})
+
+
 def build_denoiser(net: nn.Module, config: TrainConfig) -> nn.Module:
     """Wrap the raw network in the preconditioning ``model.precond`` names."""
     alphas_cumprod = None

@@ -35,6 +35,7 @@ class ModelConfig:
     sigma_data: float = 0.5  # EDM's σ_data: the data's standard deviation
     autoencoder: str = ""  # a saved autoencoder component: train in its latent space ("" = pixels)
     latent_scale: float = 1.0  # latents are multiplied by this (Rombach et al. 2022's scale factor)
+    init: str = ""  # start from trained weights: a shipped model name or a folder with net/ ("" = fresh)
 
 
 @dataclass

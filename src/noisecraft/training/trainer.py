@@ -25,6 +25,7 @@ from .build import (
     build_denoiser,
     build_net,
     build_text_encoder,
+    init_from,
     text_dim_of,
 )
 from .checkpoint import (
@@ -113,6 +114,8 @@ class Trainer:
         captions = getattr(self.dataset, "captions", []) if c.text.kind == "minilm" else []
         trainable_text, self.frozen_text = build_text_encoder(c, captions)
         net = build_net(c, text_dim_of(trainable_text, self.frozen_text))
+        if c.model.init:  # before the EMA copy is taken, so the average starts from these weights too
+            init_from(net, c.model.init)
         objective = DiffusionObjective(build_denoiser(net, c), trainable_text, c)
         self.objective = objective.to(self.device, self.dtype).train()
         self.latent = LatentSpace(c.model.autoencoder, c.model.latent_scale, self.device)
