@@ -46,7 +46,7 @@ from torch import Tensor
 from noisecraft.data.mnist import MNISTDataset
 from noisecraft.denoisers import DiscreteVPDenoiser
 from noisecraft.evaluation.evaluate import generate_images
-from noisecraft.evaluation.features import make_features
+from noisecraft.evaluation.features import make_features, to_8bit
 from noisecraft.evaluation.metrics import frechet_distance, gaussian_stats
 from noisecraft.evaluation.reference import extract_features, pick_indices, reference_features
 from noisecraft.pipeline import Pipeline
@@ -144,7 +144,7 @@ def reference(budget: float, batch: int, seed: int) -> tuple[Run, Tensor]:
         unet.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8
     )
     ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
-    holder: dict = {}
+    lr = get_scheduler("cosine", optimizer, num_warmup_steps=500, num_training_steps=10**9)  # calibration
 
     def step() -> None:
         index = torch.randint(len(data), (batch,), generator=g)
@@ -155,7 +155,7 @@ def reference(budget: float, batch: int, seed: int) -> tuple[Run, Tensor]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
-        holder["lr"].step()
+        lr.step()
         optimizer.zero_grad(set_to_none=True)
         ema.step(unet.parameters())
 
@@ -164,12 +164,9 @@ def reference(budget: float, batch: int, seed: int) -> tuple[Run, Tensor]:
         ema.copy_to(averaged.parameters())
         return averaged.eval()
 
-    holder["lr"] = get_scheduler("cosine", optimizer, num_warmup_steps=500, num_training_steps=10**9)
     per_step = calibrate(step)
     total = max(1, math.ceil(budget / per_step))
-    holder["lr"] = get_scheduler(
-        "cosine", optimizer, num_warmup_steps=min(500, total // 2), num_training_steps=total
-    )
+    lr = get_scheduler("cosine", optimizer, num_warmup_steps=min(500, total // 2), num_training_steps=total)
     return Run("diffusers DDPM", step, snapshot), noise_scheduler.alphas_cumprod
 
 
@@ -183,23 +180,25 @@ def sample_reference(unet, alphas_cumprod: Tensor, num: int, steps: int, sampler
         gens = [torch.Generator().manual_seed(i) for i in range(start, min(start + batch, num))]
         x = torch.stack([torch.randn(1, 28, 28, generator=g) for g in gens]) * sigmas[0]
         x = SAMPLERS[sampler](denoiser, x, sigmas, generator=gens)
-        out.append(((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1)  # the 8-bit grid, as ours
+        out.append(to_8bit(x.clamp(-1, 1)) / 127.5 - 1)  # the 8-bit grid, as generate_images does
     return torch.cat(out)
 
 
 # ----------------------------------------------------------------------------------------------
 
 
-def fid_against_mnist(images: Tensor, progress: bool) -> float:
+def mnist_fid() -> Callable[[Tensor], float]:
+    """FID of digits [N, 1, 28, 28] against the cached MNIST reference; classifier and cache read once."""
     extractor = make_features("domain", "mnist")
-    ref = reference_features("mnist", extractor, size=28, num=REF_NUM, progress=progress)
-    fake = extract_features(extractor, images, progress=progress)
-    return frechet_distance(ref.mean, ref.cov, *gaussian_stats(fake))
+    ref = reference_features("mnist", extractor, size=28, num=REF_NUM, progress=False)
+    return lambda images: frechet_distance(
+        ref.mean, ref.cov, *gaussian_stats(extract_features(extractor, images, progress=False))
+    )
 
 
 def score(run_ours: Run, run_ref: Run, alphas: Tensor, args: argparse.Namespace) -> list[list[object]]:
     """One row per mark: minutes, steps and FIDs of both runs."""
-    rows = []
+    rows, fid = [], mnist_fid()
     data = MNISTDataset(split="train", size=28)
     prompts = [data[i][1] for i in pick_indices(len(data), args.num, args.seed)]  # captions of real digits
     for (sec_o, steps_o, folder), (_, steps_r, unet) in zip(run_ours.kept, run_ref.kept):
@@ -208,7 +207,7 @@ def score(run_ours: Run, run_ref: Run, alphas: Tensor, args: argparse.Namespace)
         uncond = generate_images(pipe, [""] * args.num, seed=0, guidance=1.0, progress=False)
         c = pipe.config
         ref_images = sample_reference(unet, alphas, args.num, c.steps, c.sampler, 50)
-        fids = [fid_against_mnist(x, progress=False) for x in (prompted, uncond, ref_images)]
+        fids = [fid(x) for x in (prompted, uncond, ref_images)]
         rows.append([f"{sec_o / 60:.1f}", steps_o, steps_r, *(f"{f:.2f}" for f in fids)])
         print(rows[-1], flush=True)
     return rows

@@ -90,6 +90,12 @@ def _out_of_steps(max_steps: int, sigma_reached: float, sigma_min: float) -> Run
     )
 
 
+def _tally(counts: dict, ok: Tensor, active: Tensor) -> None:
+    """Count one attempt per active sample, as accepted or rejected."""
+    for b in active.nonzero().flatten().tolist():
+        counts["accepted" if ok[b] else "rejected"][b] += 1
+
+
 def ode_adaptive(
     denoiser: Denoiser,
     x: Tensor,
@@ -141,8 +147,7 @@ def ode_adaptive(
         ok, t, h = control(t, h, err, active, span)
         accepted = _per_sample(ok, x) > 0
         x, k = torch.where(accepted, x_new, x), torch.where(accepted, k_new, k)
-        for b in active.nonzero().flatten().tolist():
-            counts["accepted" if ok[b] else "rejected"][b] += 1
+        _tally(counts, ok, active)
         if ok.any() and callback is not None:
             callback(Step(index, sigma_before, x, x + k, sigma_max * math.exp(-t.min().item()), 0))
         index += int(ok.any())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -51,8 +52,6 @@ def build_net(config: TrainConfig, text_dim: int) -> nn.Module:
 def init_from(net: nn.Module, source: str) -> None:
     """Copy the weights of a trained network into ``net``: ``source`` is a shipped model name or a
     saved folder holding ``net/`` (a pipeline or a run's ``model/``); the architectures must match."""
-    from pathlib import Path
-
     from ..pipeline import SHIPPED_DIR  # lazy: the pipeline is only needed to find shipped models
 
     folder = SHIPPED_DIR / source if (SHIPPED_DIR / source / "net").is_dir() else Path(source)
