@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -101,6 +103,17 @@ def test_explain_forward_on_a_real_image(tmp_path):
     assert (tmp_path / "forward-image.png").is_file()
 
 
+def bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width×height pixels: Pillow refuses it as a decompression bomb."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -110,13 +123,19 @@ def test_explain_forward_on_a_real_image(tmp_path):
         (["--guidance", "nan"], "finite"),
         (["--init", "NOT_AN_IMAGE"], "not a readable image"),
         (["--init", "SOURCE", "--mask", "BIG_MASK"], "mask is 9×9"),
+        (["--init", "BOMB"], "not a readable image"),
+        (["--init", "SOURCE", "--mask", "BOMB"], "not a readable image"),
+        (["--from-png", "BOMB"], "not a readable image"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(tiny_pipeline_dir, tmp_path, extra, message):
     (tmp_path / "not-an-image.png").write_text("hello")
     Image.new("RGB", (8, 8)).save(tmp_path / "source.png")
     Image.new("L", (9, 9)).save(tmp_path / "big.png")
-    names = {"NOT_AN_IMAGE": "not-an-image.png", "SOURCE": "source.png", "BIG_MASK": "big.png"}
+    (tmp_path / "bomb.png").write_bytes(bomb_png(100_000, 100_000))
+    names = {
+        "NOT_AN_IMAGE": "not-an-image.png", "SOURCE": "source.png", "BIG_MASK": "big.png", "BOMB": "bomb.png"
+    }  # fmt: skip
     extra = [str(tmp_path / names[a]) if a in names else a for a in extra]
     if "--model" not in extra:
         extra += ["--model", str(tiny_pipeline_dir)]

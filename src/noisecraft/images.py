@@ -42,7 +42,7 @@ def load_image(path: str | os.PathLike, channels: int = 3, size: int | None = No
             return from_pil(image, channels, size)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path}: not a readable image ({err})") from None
 
 
@@ -64,7 +64,7 @@ def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
             text = getattr(image, "text", {}).get(METADATA_KEY)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path}: not a readable image ({err})") from None
     if text is None:
         raise ValueError(f"{path}: carries no noisecraft generation parameters")
