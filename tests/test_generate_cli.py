@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from noisecraft.cli import main
-from noisecraft.images import read_png_metadata
+from noisecraft.images import read_png_metadata, save_png
 
 
 def pixels(path) -> np.ndarray:
@@ -42,6 +42,17 @@ def test_from_png_reproduces_pixels(tiny_pipeline_dir, tmp_path):
     (again,) = (tmp_path / "b").glob("*.png")
     assert np.array_equal(pixels(first), pixels(again))
     assert read_png_metadata(again) == read_png_metadata(first)
+
+
+@pytest.mark.parametrize("field", ["model", "init", "mask", "negative_prompt"])
+def test_from_png_with_a_non_text_field_is_one_line(tiny_pipeline_dir, tmp_path, capsys, field):
+    meta = {"prompt": "a star", "steps": 2, "sampler": "euler", "guidance": 2.0, "seed": 0}
+    png = save_png(
+        Image.new("RGB", (8, 8)), tmp_path / "in.png", {**meta, "model": str(tiny_pipeline_dir), field: 5}
+    )
+    assert main(["generate", "--from-png", str(png), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert f"{field} must be a string, got 5" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
 
 
 def test_show_steps_writes_strip_and_gif(tiny_pipeline_dir, tmp_path):

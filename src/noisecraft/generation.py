@@ -10,6 +10,7 @@ import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -44,20 +45,29 @@ def request_from_png(
     try:
         request = GenerateRequest(
             prompts=[meta["prompt"]],
-            negative_prompt=meta.get("negative_prompt"),
+            negative_prompt=_text(meta, "negative_prompt"),
             steps=int(meta["steps"]),
             sampler=meta["sampler"],
             guidance=float(meta["guidance"]),
             seed=int(meta["seed"]),
-            init=meta.get("init"),
+            init=_text(meta, "init"),
             strength=float(meta.get("strength", 0.6)),
-            mask=meta.get("mask"),
+            mask=_text(meta, "mask"),
         )
+        model = _text(meta, "model") or ""
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: incomplete generation parameters ({err})") from None
     if overrides is not None:
         request = replace(request, show_steps=overrides.show_steps, progress=overrides.progress)
-    return request, meta.get("model", "")
+    return request, model
+
+
+def _text(meta: dict[str, Any], key: str) -> str | None:
+    """An optional text field of PNG metadata; TypeError when it holds anything but a string."""
+    value = meta.get(key)
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{key} must be a string, got {value!r}")
+    return value
 
 
 def _slug(text: str, limit: int = 40) -> str:
