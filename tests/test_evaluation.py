@@ -301,6 +301,8 @@ def test_eval_refuses_channel_and_size_mismatch(tmp_path):
         evaluate(tiny_pipeline(16, 3), "shapes", 4, ["fud"], progress=False)
     with pytest.raises(ValueError, match="cannot evaluate images against dataset 'toy2d'"):
         evaluate(tiny_pipeline(16, 3), "toy2d", 4, progress=False)
+    with pytest.raises(ValueError, match=r"seed must be .* to 2\*\*64 - 4 \(image i uses seed \+ i\)"):
+        evaluate(tiny_pipeline(16, 3), "shapes", 4, seed=2**64 - 2, cache_dir=tmp_path, progress=False)
 
 
 def test_cli_eval_prints_summary_and_writes_json(tmp_path, capsys):

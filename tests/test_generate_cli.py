@@ -137,6 +137,7 @@ def bomb_png(width: int, height: int) -> bytes:
         (["--init", "BOMB"], "not a readable image"),
         (["--init", "SOURCE", "--mask", "BOMB"], "not a readable image"),
         (["--from-png", "BOMB"], "not a readable image"),
+        (["--seed", "99999999999999999999"], "seed must be an integer from -2**63 to 2**64 - 1"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(tiny_pipeline_dir, tmp_path, extra, message):

@@ -78,6 +78,8 @@ def test_inpaint_keeps_unmasked_pixels_exactly(pipe):
         ({"guidance": float("nan")}, "guidance"),
         ({"sampler": "nope"}, "unknown sampler"),
         ({"num_images": 0}, "num_images"),
+        ({"seed": 2**64}, "seed must be an integer from -2\\*\\*63"),
+        ({"seed": 2**64 - 1, "num_images": 2}, r"to 2\*\*64 - 2 .*got 18446744073709551615"),
     ],
 )
 def test_bad_settings(pipe, kwargs, message):

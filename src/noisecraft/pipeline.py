@@ -214,6 +214,7 @@ class Pipeline:
         steps = c.steps if steps is None else steps
         guidance = c.guidance if guidance is None else guidance
         _check_settings(steps, guidance, strength)
+        check_seed(seed, len(prompts))
         sample_fn = get_sampler(sampler or c.sampler)
         sigmas = karras(steps, c.sigma_min, c.sigma_max, c.rho)
         gens = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
@@ -319,3 +320,11 @@ def _check_settings(steps: int, guidance: float, strength: float) -> None:
         raise ValueError(f"guidance must be a finite number, got {guidance}")
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
+
+
+def check_seed(seed: int, count: int = 1) -> None:
+    """ValueError unless seeds ``seed`` … ``seed + count - 1`` can all seed a torch generator (64 bits)."""
+    if int(seed) != seed or not -(2**63) <= seed <= 2**64 - count:
+        raise ValueError(
+            f"seed must be an integer from -2**63 to 2**64 - {count} (image i uses seed + i), got {seed}"
+        )

@@ -23,7 +23,7 @@ from torch.utils.data import IterableDataset
 from tqdm.auto import tqdm
 
 from ..likelihood import image_bits_per_dim
-from ..pipeline import Pipeline
+from ..pipeline import Pipeline, check_seed
 from . import ADHERENCE_DATASETS, IMAGE_DATASETS, METRICS
 from .adherence import class_accuracy, heldout_shapes_captions, retrieval_accuracy, shapes_oracle_accuracy
 from .classifier import load_domain_classifier, shipped_classifiers
@@ -70,7 +70,7 @@ def generate_images(
     return torch.cat(chunks)
 
 
-def _check_request(pipeline: Pipeline, dataset: str, metrics, num_samples: int) -> tuple[str, ...]:
+def _check_request(pipeline: Pipeline, dataset: str, metrics, num_samples: int, seed: int) -> tuple[str, ...]:
     if not isinstance(pipeline, Pipeline):
         raise ValueError(f"evaluate needs a Pipeline, got {type(pipeline).__name__}")
     if dataset not in IMAGE_DATASETS:
@@ -85,6 +85,7 @@ def _check_request(pipeline: Pipeline, dataset: str, metrics, num_samples: int) 
         raise ValueError(f"no adherence measure for {dataset!r}; defined for {', '.join(ADHERENCE_DATASETS)}")
     if int(num_samples) != num_samples or num_samples < 2:
         raise ValueError(f"num_samples must be an integer ≥ 2, got {num_samples}")
+    check_seed(seed, num_samples)
     return metrics
 
 
@@ -200,7 +201,7 @@ def evaluate(
     ``features``: "domain" (the shipped classifier of the dataset) when there is one, else "inception".
     """
     start_time = time.perf_counter()
-    metrics = _check_request(pipeline, dataset, metrics, num_samples)
+    metrics = _check_request(pipeline, dataset, metrics, num_samples, seed)
     c = pipeline.config
     data = build_dataset(dataset, c.image_size, "train", dataset_options)
     streamed = isinstance(data, IterableDataset)  # shards: no len(), no indexing
