@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 from conftest import make_tiny_pipeline
@@ -96,3 +99,31 @@ def test_bad_inputs(pipe, tmp_path):
         pipe.img2img("x", Image.new("RGB", (8, 8)), strength=1.5)
     with pytest.raises(ValueError, match="unknown model"):
         Pipeline.load(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ({"image_size": "big"}, r"pipeline\.json: image_size must be a positive integer, got 'big'"),
+        ({"image_size": -4}, "image_size must be a positive integer, got -4"),
+        ({"channels": 2}, r"channels must be 1 \(grey\) or 3 \(RGB\), got 2"),
+        ({"guidance": None}, "guidance must be a finite number, got None"),
+        ([1, 2], "expected a JSON object, got list"),
+    ],
+)
+def test_load_refuses_a_damaged_pipeline_json(pipe, tmp_path, damage, message):
+    folder = pipe.save(tmp_path / "model")
+    values = json.loads((folder / "pipeline.json").read_text())
+    values = {**values, **damage} if isinstance(damage, dict) else damage
+    (folder / "pipeline.json").write_text(json.dumps(values))
+    with pytest.raises(ValueError, match=message):
+        Pipeline.load(folder)
+
+
+def test_load_refuses_a_text_model_without_its_encoder(pipe, tmp_path):
+    folder = pipe.save(tmp_path / "model")
+    shutil.rmtree(folder / "text_encoder")
+    with pytest.raises(
+        ValueError, match=r"takes text of width 16 but the text encoder gives 0 \(no text_encoder/"
+    ):
+        Pipeline.load(folder)

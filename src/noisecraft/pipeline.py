@@ -53,10 +53,27 @@ class PipelineConfig:
     guidance: float = 4.0
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
         if self.precond not in PRECONDITIONINGS:
             raise ValueError(f"unknown precond {self.precond!r}; valid: {', '.join(PRECONDITIONINGS)}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+
+
+def _check_field_types(config: PipelineConfig) -> None:
+    """ValueError naming the first field of a (hand-edited) pipeline.json that has the wrong type."""
+    for field in dataclasses.fields(config):
+        value, kind = getattr(config, field.name), type(field.default)
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{field.name} must be a positive integer, got {value!r}")
+        if kind is float and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+        ):
+            raise ValueError(f"{field.name} must be a finite number, got {value!r}")
+        if kind is str and not isinstance(value, str):
+            raise ValueError(f"{field.name} must be a string, got {value!r}")
 
 
 def shipped_models() -> list[str]:
@@ -107,11 +124,16 @@ class Pipeline:
 
         try:
             values = json.loads((path / PIPELINE_FILE).read_text())
+            if not isinstance(values, dict):
+                raise TypeError(f"expected a JSON object, got {type(values).__name__}")
             config = config_from_dict(PipelineConfig, values)
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
             raise ComponentError(f"{path / PIPELINE_FILE}: unreadable ({err})") from None
+        except ValueError as err:  # a field of the wrong type or out of range
+            raise ComponentError(f"{path / PIPELINE_FILE}: {err}") from None
         net = load_component(path / "net")
         encoder = load_component(path / "text_encoder") if (path / "text_encoder").exists() else None
+        _check_text_width(path, net, encoder)
         pipe = cls(net, encoder, config)
         pipe.source = str(name_or_path) if path.parent == SHIPPED_DIR else str(path.resolve())
         return pipe
@@ -290,6 +312,17 @@ class Pipeline:
                 **extra,
             }
         return images
+
+
+def _check_text_width(path: Path, net: nn.Module, encoder: nn.Module | None) -> None:
+    """ComponentError when the network reads text of another width than the encoder gives (or none)."""
+    want = getattr(net.config, "text_dim", None)
+    have = 0 if encoder is None else getattr(encoder, "dim", None)
+    if want is not None and want != have:
+        missing = " (no text_encoder/ folder)" if encoder is None else ""
+        raise ComponentError(
+            f"{path}: the network takes text of width {want} but the text encoder gives {have}{missing}"
+        )
 
 
 class _KeepKnown(nn.Module):
