@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from conftest import make_tiny_pipeline
 
 from noisecraft.cli import main
@@ -44,3 +45,54 @@ def test_ship_refuses_a_folder_without_training_record(tmp_path):
     assert (
         main(["ship", str(model), "--name", "x", "--recipe", "r.toml", "--dest", str(tmp_path / "out")]) == 2
     )
+
+
+def _trained_model(folder):
+    """A saved tiny pipeline with the training.json of a `noisecraft train` export."""
+    model = make_tiny_pipeline().save(folder)
+    (model / "training.json").write_text(json.dumps({"step": 1, "config": {"data": {"name": "shapes"}}}))
+    return model
+
+
+def test_ship_keeps_the_existing_model_when_the_new_one_is_broken(tmp_path, capsys):
+    dest = _trained_model(tmp_path / "shipped")
+    (dest / "MODEL_CARD.md").write_text("the model shipped before\n")
+    broken = _trained_model(tmp_path / "run" / "model")
+    (broken / "net" / "model.safetensors").unlink()
+    assert main(["ship", str(broken), "--name", "x", "--recipe", "r.toml", "--dest", str(dest)]) == 2
+    assert "model.safetensors is missing" in capsys.readouterr().err
+    assert (dest / "MODEL_CARD.md").read_text() == "the model shipped before\n"
+    Pipeline.load(dest)  # still whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "shipped"]  # no temporary left behind
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("dest_holds_other_files", "exists and is not a saved model: refusing to replace it"),
+        ("name_is_a_path", "--name '../x': use letters, digits"),
+        ("training_is_a_list", "training.json: expected a JSON object, got list"),
+        ("training_config_is_a_list", "training.json: unexpected contents"),
+        ("eval_is_a_list", "eval.json: expected a JSON object, got list"),
+        ("eval_is_not_json", "eval.json: not valid JSON"),
+    ],
+)
+def test_ship_bad_input_is_one_line_and_nothing_is_lost(tmp_path, capsys, change, message):
+    model = _trained_model(tmp_path / "model")
+    dest, name, extra = tmp_path / "dest", "x", []
+    if change == "dest_holds_other_files":
+        dest.mkdir()
+        (dest / "precious.txt").write_text("keep me")
+    elif change == "name_is_a_path":
+        name = "../x"
+    elif change.startswith("training"):
+        value = [1] if change == "training_is_a_list" else {"config": [1]}
+        (model / "training.json").write_text(json.dumps(value))
+    else:
+        (tmp_path / "eval.json").write_text("[1]" if change == "eval_is_a_list" else "{fid")
+        extra = ["--eval", str(tmp_path / "eval.json")]
+    args = ["ship", str(model), "--name", name, "--recipe", "r.toml", "--dest", str(dest), *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not dest.exists() or [p.name for p in dest.iterdir()] == ["precious.txt"]

