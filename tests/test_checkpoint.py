@@ -7,8 +7,10 @@ import signal
 
 import pytest
 import torch
-from training_helpers import assert_identical, cli, final_tensors, popen, tiny_config
+from safetensors.torch import save_file
+from training_helpers import RECIPE, assert_identical, cli, final_tensors, popen, tiny_config, tiny_overrides
 
+from noisecraft.cli import main
 from noisecraft.training import train
 from noisecraft.training.checkpoint import (
     META_FILE,
@@ -22,6 +24,7 @@ from noisecraft.training.checkpoint import (
     save_checkpoint,
     unflatten_optimizer,
 )
+from noisecraft.training.trainer import Trainer
 
 
 def _tensors(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -139,3 +142,47 @@ def test_kill_9_while_writing_a_checkpoint_then_resume(tmp_path):
     assert trainer.resumed_from.name == "step-00000004" and trainer.state.step == 12
     assert not list(folder.glob(".tmp-*"))
     assert_identical(final_tensors(killed), final_tensors(straight))
+
+
+def test_a_checkpoint_whose_metadata_is_not_an_object_is_unreadable(tmp_path):
+    path = save_checkpoint(tmp_path, 1, _tensors(), {}, keep=3)
+    (path / META_FILE).write_text("[1, 2]")
+    with pytest.raises(ValueError, match="unreadable checkpoint .*state.json is not a JSON object"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("no_config", "is damaged or not from this code (KeyError: 'config')"),
+        ("no_optimizer_scalars", "is damaged or not from this code (KeyError: 'scalars')"),
+        ("step_is_text", "state.step: expected int, got 'x'"),
+        ("no_rng", "is damaged or not from this code (KeyError: 'rng/train')"),
+        (
+            "weights_of_another_shape",
+            "(RuntimeError: Error(s) in loading state_dict for DiffusionObjective: size",
+        ),
+    ],
+)
+def test_resume_from_a_damaged_checkpoint_is_one_line_and_keeps_it(tmp_path, capsys, damage, message):
+    Trainer(tiny_config(), tmp_path).save()  # a checkpoint of step 0; nothing is trained
+    (folder,) = list_checkpoints(tmp_path / "checkpoints")
+    tensors, meta = load_checkpoint(folder)
+    if damage == "no_config":
+        del meta["config"]
+    elif damage == "no_optimizer_scalars":
+        meta["optimizer"] = {}
+    elif damage == "step_is_text":
+        meta["state"]["step"] = "x"
+    elif damage == "no_rng":
+        del tensors["rng/train"]
+    else:
+        key = next(k for k, v in tensors.items() if k.startswith("model/") and v.ndim == 2)
+        tensors[key] = tensors[key][:1].clone()
+    save_file(tensors, folder / TENSORS_FILE)
+    (folder / META_FILE).write_text(json.dumps(meta))
+    code = main(["train", str(RECIPE), "--out", str(tmp_path), "--resume", "--set", *tiny_overrides()])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("noisecraft train: error: --resume: "), err
+    assert message in err[0], err
+    assert list_checkpoints(tmp_path / "checkpoints") == [folder] and (folder / TENSORS_FILE).is_file()

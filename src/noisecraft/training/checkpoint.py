@@ -119,6 +119,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
         tensors = load_file(path / TENSORS_FILE)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, SafetensorError) as err:
         raise ValueError(f"{path}: unreadable checkpoint ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: unreadable checkpoint ({META_FILE} is not a JSON object)")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: checkpoint format {meta.get('format')!r}, this version reads {FORMAT}")
     return tensors, meta

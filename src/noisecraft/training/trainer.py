@@ -37,7 +37,7 @@ from .checkpoint import (
     save_checkpoint,
     unflatten_optimizer,
 )
-from .config import TrainConfig, resume_conflicts, to_dict
+from .config import TrainConfig, from_dict, resume_conflicts, to_dict
 from .data import Dataset, make_batches, make_training_dataset
 from .distributed import barrier, init_distributed
 from .ema import PowerEMA
@@ -170,15 +170,26 @@ class Trainer:
         if found is None:
             raise ValueError(f"--resume: no checkpoint in {self.checkpoints}")
         path, tensors, meta = found
-        check_resumable(meta["config"], to_dict(self.config), path)
+        try:
+            check_resumable(meta["config"], to_dict(self.config), path)
+            self._restore(path, tensors, meta)
+        except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as err:
+            detail = " ".join(f"{type(err).__name__}: {err}".split())  # torch's messages span lines
+            raise ValueError(f"--resume: {path} is damaged or not from this code ({detail})") from None
+        return path
+
+    def _restore(self, path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Put back the model, EMA, optimizer, RNG, counters and data position a checkpoint holds."""
         self.objective.load_state_dict(_section(tensors, "model/"))
         if self.ema is not None:
             self.ema.load_state_dict(_section(tensors, "ema/"))
         self.optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
         restore_rng(tensors, self.generator)
-        self.state = TrainState(**meta["state"])
+        try:
+            self.state = from_dict(TrainState, meta["state"], "state")
+        except ValueError as err:  # a counter of the wrong type, or an unknown one
+            raise ValueError(f"--resume: {path}: {err}") from None
         self.batches.restore(meta.get("data"))
-        return path
 
     def export(self, folder: str | Path | None = None) -> Path:
         """Save the averaged network (and a trained text encoder) as components, plus training.json."""
