@@ -36,6 +36,8 @@ def test_bad_arguments_one_line_nonzero_exit():
         ["explain", "--steps", "0"],
         ["explain", "--sampler", "nope"],
         ["explain", "--mixture", "x"],
+        ["serve", "--port", "99999"],
+        ["serve", "--port", "-1"],
     ):
         result = _run(*args)
         assert result.returncode == 2

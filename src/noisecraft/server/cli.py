@@ -12,6 +12,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text}")
+    return value
+
+
 LIMIT_FLAGS = {
     "queue_size": "requests waiting before a 429",
     "max_batch": "images per request",
@@ -34,7 +41,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)"
     )
-    p.add_argument("--port", type=int, default=7860, help="port (default: %(default)s, as A1111)")
+    p.add_argument("--port", type=_port, default=7860, help="port (default: %(default)s, as A1111)")
     for field, meaning in LIMIT_FLAGS.items():
         flag = "--" + field.replace("_", "-")
         p.add_argument(
