@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from noisecraft.components import WEIGHTS_FILE, load_component, save_component
 from noisecraft.conditioning import Conditioning
@@ -240,6 +241,16 @@ def test_local_incomplete_folder_names_missing_file(clip_dir, tmp_path, remove):
     (broken / remove).unlink()
     with pytest.raises(ValueError, match=remove.replace(".", r"\.")):
         LocalTextEncoder(LocalTextEncoderConfig(str(broken)))
+
+
+def test_local_refuses_pickled_weights_without_unpickling_them(clip_dir, tmp_path, monkeypatch):
+    pickled = tmp_path / "pickled"
+    shutil.copytree(clip_dir, pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: pytest.fail("a user's file was unpickled"))
+    with pytest.raises(ValueError, match=r"missing: weights \(model\.safetensors or"):
+        LocalTextEncoder(LocalTextEncoderConfig(str(pickled)))
 
 
 def test_local_bad_folder_and_length(clip_dir, tmp_path):

@@ -2,7 +2,8 @@
 
 Accepts a folder written by ``save_pretrained`` (config.json + weights + tokenizer files), or the
 diffusers layout with the tokenizer in a sibling folder (``tokenizer_path``). The weights stay in
-that folder: a saved component records the path only.
+that folder: a saved component records the path only. Weights are read from safetensors only: a
+folder with just a pickled ``pytorch_model.bin`` is refused, never unpickled.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .hf import FrozenHFTextEncoder, missing_files
 KINDS = {"clip_text_model": "clip", "clip": "clip", "t5": "t5"}  # config.json model_type → kind
 MODEL_FILES = {
     "config": [["config.json"]],
-    "weights": [["model.safetensors"], ["model.safetensors.index.json"], ["pytorch_model.bin"]],
+    "weights": [["model.safetensors"], ["model.safetensors.index.json"]],  # never a pickled .bin
 }
 TOKENIZER_FILES = {
     "tokenizer": [["tokenizer.json"], ["vocab.json", "merges.txt"], ["spiece.model"]],
@@ -80,7 +81,7 @@ class LocalTextEncoder(FrozenHFTextEncoder):
         from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel  # slow import
 
         model_class = CLIPTextModel if self.kind == "clip" else T5EncoderModel
-        model = model_class.from_pretrained(model_dir, local_files_only=True)
+        model = model_class.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         context = context_length(self.kind, model, tokenizer)
         if config.max_length is not None and not 2 <= config.max_length <= context:
