@@ -11,6 +11,7 @@ import types
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from noisecraft.cli import main
 from noisecraft.components import save_component
@@ -269,6 +270,19 @@ def test_reference_features_are_cached(tmp_path):
     stamp = first.path.stat().st_mtime_ns
     second = reference_features("shapes", MeanColour(), size=16, num=6, cache_dir=tmp_path, progress=False)
     assert torch.equal(second.features, first.features) and first.path.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other_tensors"])
+def test_a_damaged_reference_cache_is_recomputed(tmp_path, damage):
+    first = reference_features("shapes", MeanColour(), size=16, num=6, cache_dir=tmp_path, progress=False)
+    if damage == "truncated":
+        first.path.write_bytes(first.path.read_bytes()[:50])
+    else:
+        save_file({"features": torch.zeros(6, 3)}, first.path)
+    with pytest.warns(UserWarning, match="recomputing the damaged reference cache"):
+        again = reference_features("shapes", MeanColour(), size=16, num=6, cache_dir=tmp_path, progress=False)
+    assert torch.equal(again.features, first.features) and torch.equal(again.cov, first.cov)
+    assert torch.equal(load_file(first.path)["features"], first.features)  # the cache is whole again
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,9 +110,9 @@ def reference_features(
     if "split" not in dataset_options(name):
         split = None
     path = _cache_path(cache_root(cache_dir), name, split, size, num, extractor.name, options)
-    if path.is_file():
-        stored = load_file(path)
-        return Reference(stored["features"], stored["mean"], stored["cov"], path)
+    cached = _read_cache(path) if path.is_file() else None
+    if cached is not None:
+        return cached
     dataset = build_dataset(name, size, split, options)
     images, _ = dataset_images(dataset, num, seed)
     features = extract_features(extractor, images, desc=f"reference {name}", progress=progress).float()
@@ -121,4 +122,18 @@ def reference_features(
     meta = {"dataset": name, "split": str(split), "size": str(size), "features": extractor.name}
     save_file({"features": features.contiguous(), "mean": mean, "cov": cov}, str(tmp), metadata=meta)
     os.replace(tmp, path)  # atomic: a concurrent run never reads half a file
+    return Reference(features, mean, cov, path)
+
+
+def _read_cache(path: Path) -> Reference | None:
+    """A cached reference file, or None (with a warning, so it is recomputed) when it is damaged."""
+    try:
+        stored = load_file(path)
+        features, mean, cov = stored["features"], stored["mean"], stored["cov"]
+        dim = features.shape[-1]
+        if features.ndim != 2 or mean.shape != (dim,) or cov.shape != (dim, dim):
+            raise ValueError(f"shapes {[tuple(t.shape) for t in (features, mean, cov)]}")
+    except Exception as err:  # safetensors raises several types for corrupt files; KeyError, ValueError
+        warnings.warn(f"recomputing the damaged reference cache {path} ({err})", stacklevel=3)
+        return None
     return Reference(features, mean, cov, path)
