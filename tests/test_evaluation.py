@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from noisecraft.cli import main
 from noisecraft.components import save_component
+from noisecraft.evaluation import evaluate as evaluate_module
 from noisecraft.evaluation import features as features_module
 from noisecraft.evaluation.adherence import (
     heldout_shapes_captions,
@@ -347,3 +348,15 @@ def test_cli_eval_prints_summary_and_writes_json(tmp_path, capsys):
 
     assert main(["eval", str(tmp_path / "model"), "--dataset", "shapes", "--cache", str(tmp_path)]) == 2
     assert "channels differ" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("out", ["a_folder", "under_a_file"])
+def test_cli_eval_checks_out_before_evaluating(tmp_path, capsys, monkeypatch, out):
+    tiny_pipeline(16, 3).save(tmp_path / "model")
+    (tmp_path / "file.json").write_text("{}")
+    target = tmp_path if out == "a_folder" else tmp_path / "file.json" / "results.json"
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda *a, **k: pytest.fail("evaluated before --out"))
+    argv = ["eval", str(tmp_path / "model"), "--dataset", "shapes", "--out", str(target)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("noisecraft eval: error: ") and str(target.parent) in err[0]

