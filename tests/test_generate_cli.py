@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from noisecraft import generation
 from noisecraft.cli import main
 from noisecraft.images import read_png_metadata, save_png
 
@@ -53,6 +54,16 @@ def test_from_png_with_a_non_text_field_is_one_line(tiny_pipeline_dir, tmp_path,
     assert main(["generate", "--from-png", str(png), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert f"{field} must be a string, got 5" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_out_fails_before_sampling(tiny_pipeline_dir, tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("keep me")
+    monkeypatch.setattr(generation, "run", lambda *args: pytest.fail("sampled before checking --out"))
+    for out in (tmp_path / "file", tmp_path / "file" / "below"):
+        args = ["generate", "a star", "--model", str(tiny_pipeline_dir), "--quiet", "--out", str(out)]
+        assert main(args) == 2
+        assert capsys.readouterr().err.startswith("noisecraft generate: error: ")
+    assert (tmp_path / "file").read_text() == "keep me"
 
 
 def test_show_steps_writes_strip_and_gif(tiny_pipeline_dir, tmp_path):

@@ -129,6 +129,7 @@ def save_outputs(images: list[Image.Image], recorder: StepRecorder | None, out_d
 
 def generate_to_files(pipe: Pipeline, request: GenerateRequest, out_dir: str | Path) -> list[Path]:
     """Generate as ``request`` says and save everything into ``out_dir``; returns the written paths."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)  # a bad folder fails now, not after sampling
     images, recorder = run(pipe, request)
     return save_outputs(images, recorder, out_dir)
 
