@@ -155,6 +155,21 @@ def test_minilm_is_frozen_and_saves_no_weights(minilm, tmp_path):
     assert_same(loaded(["a red apple", "a dog"]), cond)
 
 
+def test_minilm_loads_without_a_progress_bar_and_restores_the_setting(capfd):
+    from transformers.utils import logging
+
+    assert logging.is_progress_bar_enabled()
+    MiniLMTextEncoder()
+    assert "Loading weights" not in capfd.readouterr().err
+    assert logging.is_progress_bar_enabled()  # the user's own setting is left as it was
+    logging.disable_progress_bar()
+    try:
+        MiniLMTextEncoder()
+        assert not logging.is_progress_bar_enabled()
+    finally:
+        logging.enable_progress_bar()
+
+
 def test_minilm_padding_and_truncation(minilm):
     minilm.double()  # float64 through the hidden model too (tests the .to() forwarding)
     try:

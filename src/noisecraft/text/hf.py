@@ -9,6 +9,8 @@ to the hidden model, and ``train()`` leaves it in eval mode.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,20 @@ from torch import Tensor, nn
 
 from ..conditioning import Conditioning
 from .tokenizer import check_prompts, warn_truncated
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-load "Loading weights" bar (a user sees one for every model load)."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
 
 
 class FrozenHFTextEncoder(nn.Module):

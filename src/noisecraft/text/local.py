@@ -17,7 +17,7 @@ from typing import Any
 from torch import Tensor
 
 from ..components import register_component
-from .hf import FrozenHFTextEncoder, missing_files
+from .hf import FrozenHFTextEncoder, missing_files, quiet_loading
 
 KINDS = {"clip_text_model": "clip", "clip": "clip", "t5": "t5"}  # config.json model_type → kind
 MODEL_FILES = {
@@ -81,7 +81,8 @@ class LocalTextEncoder(FrozenHFTextEncoder):
         from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel  # slow import
 
         model_class = CLIPTextModel if self.kind == "clip" else T5EncoderModel
-        model = model_class.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
+        with quiet_loading():
+            model = model_class.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         context = context_length(self.kind, model, tokenizer)
         if config.max_length is not None and not 2 <= config.max_length <= context:

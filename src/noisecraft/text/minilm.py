@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..components import register_component
-from .hf import FrozenHFTextEncoder
+from .hf import FrozenHFTextEncoder, quiet_loading
 
 CONTEXT = 512  # BERT's position table
 
@@ -52,5 +52,6 @@ class MiniLMTextEncoder(FrozenHFTextEncoder):
         from transformers import AutoModel, AutoTokenizer  # slow import: only when an encoder is built
 
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModel.from_pretrained(folder, local_files_only=True)
+        with quiet_loading():
+            model = AutoModel.from_pretrained(folder, local_files_only=True)
         self._set_model(model, tokenizer, self.config.max_length)
