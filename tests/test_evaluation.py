@@ -235,6 +235,30 @@ def test_shipped_mnist_classifier_accuracy():
     assert classifier_accuracy(model, images[:1000], labels[:1000]) >= 0.97
 
 
+def test_shipped_shapes_classifier_reads_colour_and_kind():
+    from noisecraft.data.shapes import ShapesDataset, render
+    from noisecraft.evaluation.classifier import shapes_classes
+
+    model = load_domain_classifier("shapes")
+    classes = shapes_classes()
+    assert model.config.class_names == classes and len(classes) == 24
+    data = ShapesDataset(32, 300, seed=7, split="heldout")  # seeds the classifier never saw (101, 102)
+    singles = [scene for scene in map(data.scene, range(len(data))) if len(scene.shapes) == 1]
+    images = torch.stack([render(scene) for scene in singles])  # [N, 3, 32, 32]
+    labels = torch.tensor([classes.index(f"{s.shapes[0].colour} {s.shapes[0].kind}") for s in singles])
+    assert len(singles) >= 50 and classifier_accuracy(model, images, labels) >= 0.95
+
+
+def test_shipped_emoji_classifier_tells_the_emoji_apart():
+    from noisecraft.evaluation.classifier import _random_shift, emoji_arrays
+
+    model = load_domain_classifier("emoji")
+    images, labels = emoji_arrays("test")
+    assert model.config.num_classes == len(labels) > 1800
+    shifted = _random_shift(images, 1, torch.Generator().manual_seed(3))  # as generated emoji may sit
+    assert classifier_accuracy(model, shifted, labels) >= 0.8  # measured 0.825 (chance: 0.0005)
+
+
 # ---------------------------------------------------------------------------------------------
 # Adherence and reference caching
 
