@@ -40,6 +40,35 @@ def test_ship_writes_fp16_pipeline_and_card(tmp_path):
     assert np.abs(a - b).max() <= 8
 
 
+def test_card_of_a_model_trained_in_several_runs_totals_them_and_chains_the_commands():
+    from noisecraft.model_card import card_text
+    from noisecraft.training import load_config
+    from noisecraft.training.config import resolve_recipe, to_dict
+
+    def run(step: int, *overrides: str, parent: dict | None = None) -> dict:
+        config = to_dict(load_config(resolve_recipe("toy2d"), [f"steps={step}", *overrides]))
+        record = {"step": step, "images_seen": 10 * step, "train_seconds": 1800.0 * step, "config": config}
+        return record if parent is None else {**record, "parent": {**parent, "source": "somewhere/model"}}
+
+    first = run(5)
+    third = run(2, "optim.lr=0.0005", "model.init=x", parent=run(4, "model.init=y", parent=first))
+    card = card_text("toy", "toy2d", third, {}, "cpu")
+    assert (
+        "in 3 runs" in card
+        and "| steps | 11 (5 + 4 + 2) |" in card
+        and "| images seen | 110 (50 + 40 + 20) |" in card
+    )
+    assert "5.50 h" in card
+    assert "noisecraft train toy2d --out runs/toy-1 --set steps=5\n" in card  # toy2d's own steps differ
+    assert "--out runs/toy-2 --set steps=4 model.init=runs/toy-1/model\n" in card
+    assert "--out runs/toy-3 --set steps=2 model.init=runs/toy-2/model optim.lr=0.0005\n" in card
+    assert "noisecraft eval runs/toy-3/model" in card
+    single = card_text("toy", "toy2d", run(5), {}, "cpu")
+    assert (
+        "| steps | 5 |" in single and "--out runs/toy --set steps=5\n" in single and "in 1 runs" not in single
+    )
+
+
 def test_ship_refuses_a_folder_without_training_record(tmp_path):
     model = make_tiny_pipeline().save(tmp_path / "model")
     assert (

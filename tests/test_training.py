@@ -351,3 +351,23 @@ def test_model_init_starts_from_trained_weights_and_refuses_a_mismatch(tmp_path)
         Trainer(tiny_config("model.net.width=16", source), tmp_path / "x")
     with pytest.raises(ValueError, match="neither a shipped model"):
         Trainer(tiny_config(f"model.init={tmp_path / 'nothing'}"), tmp_path / "y")
+
+
+def test_a_run_from_model_init_records_its_lineage_and_resumes_without_the_source(tmp_path):
+    """The export's training.json nests the source's as ``parent`` (steps, config, its own parent);
+    a checkpoint keeps it, so resuming needs neither the source folder nor loses the lineage."""
+    first = tmp_path / "first"
+    train(tiny_config("steps=3"), first)
+    source = f"model.init={first / 'model'}"
+    train(tiny_config("steps=2", "checkpoint.every=1", source), tmp_path / "second")
+    record = json.loads((tmp_path / "second" / "model" / "training.json").read_text())
+    parent = record["parent"]
+    assert parent["source"] == str(first / "model") and parent["step"] == 3 and "parent" not in parent
+    assert parent["config"]["steps"] == 3 and record["step"] == 2
+    for path in (first / "model").rglob("*"):  # the source is gone: a resume takes the checkpoint's weights
+        if path.is_file():
+            path.unlink()
+    resumed = train(tiny_config("steps=4", "checkpoint.every=1", source), tmp_path / "second", resume=True)
+    assert resumed.state.step == 4
+    again = json.loads((tmp_path / "second" / "model" / "training.json").read_text())
+    assert again["parent"] == parent and again["step"] == 4

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from .pipeline import PIPELINE_FILE, SHIPPED_DIR, Pipeline
+from .training.config import load_config, resolve_recipe, to_dict
 
 # Where each dataset comes from and under which licence it is used.
 DATA_SOURCES = {
@@ -74,16 +76,19 @@ def card_text(
     """The Markdown of a model card from the export's training.json, the measured figures and notes."""
     config = training.get("config", {})
     data, text = config.get("data", {}).get("name", "?"), config.get("text", {}).get("kind", "none")
-    hours = training.get("train_seconds", 0) / 3600
+    runs = lineage(training)
+    hours = sum(run.get("train_seconds", 0) for run in runs) / 3600
+    commands = reproduce_commands(name, recipe, runs)
+    final = f"runs/{name}" if len(runs) == 1 else f"runs/{name}-{len(runs)}"
     return f"""# {name}
 
-A text-to-image model trained with noisecraft's own `noisecraft train`.
+A text-to-image model trained with noisecraft's own `noisecraft train`{_runs_phrase(runs)}.
 
 | | |
 |---|---|
-| recipe | `{recipe}` (the full resolved config is in `training.json` beside this card) |
-| steps | {training.get("step", "?")} |
-| images seen | {training.get("images_seen", "?")} |
+| recipe | `{recipe}` (the full resolved config is in `training.json` beside this card{_parent_hint(runs)}) |
+| steps | {_total(runs, "step")} |
+| images seen | {_total(runs, "images_seen")} |
 | wall time in training steps | {hours:.2f} h |
 | hardware | {machine} |
 | data | {DATA_SOURCES.get(data, data)} |
@@ -97,11 +102,87 @@ A text-to-image model trained with noisecraft's own `noisecraft train`.
 ## Reproduce
 
 ```bash
-noisecraft train {recipe} --out runs/{name}
-noisecraft eval runs/{name}/model --dataset {data}
-noisecraft ship runs/{name}/model --name {name} --recipe {recipe} --eval outputs/eval/{name}-{data}.json
+{commands}
+noisecraft eval {final}/model --dataset {data}
+noisecraft ship {final}/model --name {name} --recipe {recipe} --eval outputs/eval/{name}-{data}.json
 ```
 """ + (f"\n{notes.strip()}\n" if notes.strip() else "")
+
+
+def lineage(training: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs behind a model, oldest first: its training.json and the ``parent`` chain in it."""
+    runs, record = [], training
+    while isinstance(record, dict):
+        runs.append(record)
+        record = record.get("parent")
+    return runs[::-1]
+
+
+def _runs_phrase(runs: list[dict[str, Any]]) -> str:
+    return "" if len(runs) == 1 else f" in {len(runs)} runs, each starting from the one before (`model.init`)"
+
+
+def _parent_hint(runs: list[dict[str, Any]]) -> str:
+    return "" if len(runs) == 1 else "; each earlier run's under `parent`"
+
+
+def _total(runs: list[dict[str, Any]], key: str) -> str:
+    """One run's figure, or the sum over the lineage with each run's share."""
+    values = [run.get(key, "?") for run in runs]
+    if len(values) == 1 or not all(isinstance(v, int | float) for v in values):
+        return " + ".join(str(v) for v in values)
+    return f"{sum(values)} ({' + '.join(str(v) for v in values)})"
+
+
+def reproduce_commands(name: str, recipe: str, runs: list[dict[str, Any]]) -> str:
+    """One `noisecraft train` line per run, with the `--set` overrides that run used on top of the recipe."""
+    lines = []
+    for k, run in enumerate(runs, start=1):
+        out = f"runs/{name}" if len(runs) == 1 else f"runs/{name}-{k}"
+        init = f"runs/{name}-{k - 1}/model" if k > 1 else None
+        overrides = recipe_overrides(recipe, run.get("config", {}), init)
+        line = f"noisecraft train {recipe} --out {out}"
+        if overrides is None:
+            line += "  # plus the overrides in training.json"
+        elif overrides:
+            line += f" --set {' '.join(overrides)}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def recipe_overrides(recipe: str, config: dict[str, Any], init: str | None) -> list[str] | None:
+    """``key=value`` arguments that turn the recipe into the recorded config, with model.init set to
+    ``init`` when given; None when the recipe cannot be read."""
+    try:
+        base = _flatten(to_dict(load_config(resolve_recipe(recipe))))
+    except (ValueError, OSError):
+        return None
+    recorded = _flatten(config)
+    if init is not None:
+        recorded["model.init"] = init
+    changed = {k: v for k, v in recorded.items() if v is not None and base.get(k, _MISSING) != v}
+    return [shlex.quote(f"{key}={_toml_literal(value)}") for key, value in changed.items()]
+
+
+_MISSING = object()
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} → {"a.b": 1}; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _toml_literal(value: Any) -> str:
+    """A value as `--set` reads it: bare words stay bare, everything else as a TOML/JSON literal."""
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_./-]+", value):
+        return value
+    return json.dumps(value)
 
 
 def ship(

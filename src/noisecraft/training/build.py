@@ -8,9 +8,11 @@ trainable text encoder) and returns per-example losses, so DDP can wrap it whole
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -49,14 +51,20 @@ def build_net(config: TrainConfig, text_dim: int) -> nn.Module:
     return cls(net_config)
 
 
-def init_from(net: nn.Module, source: str) -> None:
-    """Copy the weights of a trained network into ``net``: ``source`` is a shipped model name or a
-    saved folder holding ``net/`` (a pipeline or a run's ``model/``); the architectures must match."""
+def init_folder(source: str) -> Path:
+    """The folder ``model.init`` names: a shipped model, or a saved folder holding ``net/``."""
     from ..pipeline import SHIPPED_DIR  # lazy: the pipeline is only needed to find shipped models
 
     folder = SHIPPED_DIR / source if (SHIPPED_DIR / source / "net").is_dir() else Path(source)
     if not (folder / "net").is_dir():
         raise ValueError(f"model.init: {source!r} is neither a shipped model nor a folder with net/")
+    return folder
+
+
+def init_from(net: nn.Module, source: str) -> None:
+    """Copy the weights of a trained network into ``net``: ``source`` is a shipped model name or a
+    saved folder holding ``net/`` (a pipeline or a run's ``model/``); the architectures must match."""
+    folder = init_folder(source)
     trained = load_component(folder / "net")
     mine, theirs = net.state_dict(), trained.state_dict()
     shapes = {k: tuple(v.shape) for k, v in mine.items()}
@@ -66,6 +74,19 @@ def init_from(net: nn.Module, source: str) -> None:
             f"recipe's {type(net).__name__} (compare its config.json with model.net)"
         )
     net.load_state_dict({k: v.to(mine[k].dtype) for k, v in theirs.items()})
+
+
+def parent_record(source: str) -> dict[str, Any] | None:
+    """The training.json of the model ``model.init`` starts from, plus ``source`` (None for a fresh
+    run): exports nest it as ``parent``, so a model trained over several runs keeps its lineage."""
+    if not source:
+        return None
+    path = init_folder(source) / "training.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    return {**record, "source": source} if isinstance(record, dict) else {"source": source}
 
 
 def build_denoiser(net: nn.Module, config: TrainConfig) -> nn.Module:

@@ -26,6 +26,7 @@ from .build import (
     build_net,
     build_text_encoder,
     init_from,
+    parent_record,
     text_dim_of,
 )
 from .checkpoint import (
@@ -88,7 +89,7 @@ class Trainer:
         self.batches = make_batches(
             self.dataset, self._micro_batch_size(), config.seed, self.dist.rank, self.dist.world_size
         )
-        self._build_model()
+        self._build_model(fresh=not resume)
         self.generator = torch.Generator().manual_seed(config.seed)  # σ, noise, dropout: CPU on any device
         self.state = TrainState()
         self.resumed_from = self._resume() if resume else None
@@ -107,15 +108,19 @@ class Trainer:
             )
         return micro
 
-    def _build_model(self) -> None:
+    def _build_model(self, fresh: bool) -> None:
+        """Networks, EMA and optimizer; a fresh run with model.init starts from those weights (a resumed
+        one takes them from its checkpoint, so the model.init folder need not exist any more)."""
         c = self.config
         torch.manual_seed(c.seed)  # the same initial weights in every process and every rerun
         # a frozen encoder embeds the dataset's captions once, up front (listing them can take seconds)
         captions = getattr(self.dataset, "captions", []) if c.text.kind == "minilm" else []
         trainable_text, self.frozen_text = build_text_encoder(c, captions)
         net = build_net(c, text_dim_of(trainable_text, self.frozen_text))
-        if c.model.init:  # before the EMA copy is taken, so the average starts from these weights too
+        self.parent = None  # the training.json of the model.init source: the model's lineage
+        if c.model.init and fresh:  # before the EMA copy is taken, so the average starts from it too
             init_from(net, c.model.init)
+            self.parent = parent_record(c.model.init)
         objective = DiffusionObjective(build_denoiser(net, c), trainable_text, c)
         self.objective = objective.to(self.device, self.dtype).train()
         self.latent = LatentSpace(c.model.autoencoder, c.model.latent_scale, self.device)
@@ -159,6 +164,8 @@ class Trainer:
                 "world_size": self.dist.world_size,
                 "data": positions,  # streamed data: each rank's (epoch, consumed); else None
             }
+            if self.parent is not None:
+                meta["parent"] = self.parent
             path = save_checkpoint(
                 self.checkpoints, self.state.step, self.state_tensors(), meta, self.config.checkpoint.keep
             )
@@ -190,6 +197,12 @@ class Trainer:
         except ValueError as err:  # a counter of the wrong type, or an unknown one
             raise ValueError(f"--resume: {path}: {err}") from None
         self.batches.restore(meta.get("data"))
+        self.parent = meta.get("parent")
+        if self.parent is None and self.config.model.init:  # a checkpoint from before lineages were kept
+            try:
+                self.parent = parent_record(self.config.model.init)
+            except ValueError:  # the model.init folder is gone: keep at least its name
+                self.parent = {"source": self.config.model.init}
 
     def export(self, folder: str | Path | None = None) -> Path:
         """Save the averaged network (and a trained text encoder) as components, plus training.json."""
@@ -211,6 +224,8 @@ class Trainer:
             "train_seconds": round(self.state.train_seconds, 1),
             "config": to_dict(self.config),
         }
+        if self.parent is not None:
+            record["parent"] = self.parent  # the run model.init started from, and its own parent, …
         (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n")
         if "image_size" in c.net and not c.autoencoder:
             write_pipeline_config(self.config, folder, self.out.name)
