@@ -8,6 +8,7 @@ import math
 import socket
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -249,14 +250,17 @@ def test_shipped_shapes_classifier_reads_colour_and_kind():
     assert len(singles) >= 50 and classifier_accuracy(model, images, labels) >= 0.95
 
 
-def test_shipped_emoji_classifier_tells_the_emoji_apart():
-    from noisecraft.evaluation.classifier import _random_shift, emoji_arrays
+def test_emoji_classifier_data_is_one_class_per_emoji():
+    from noisecraft.data.emoji import DEFAULT_FONT
+    from noisecraft.evaluation.classifier import emoji_arrays, emoji_classes
 
-    model = load_domain_classifier("emoji")
-    images, labels = emoji_arrays("test")
-    assert model.config.num_classes == len(labels) > 1800
-    shifted = _random_shift(images, 1, torch.Generator().manual_seed(3))  # as generated emoji may sit
-    assert classifier_accuracy(model, shifted, labels) >= 0.8  # measured 0.825 (chance: 0.0005)
+    if not Path(DEFAULT_FONT).is_file():
+        pytest.skip("fonts-noto-color-emoji not installed")
+    images, labels = emoji_arrays("train", size=16)
+    names = emoji_classes()
+    assert images.shape == (len(names), 3, 16, 16) and torch.equal(labels, torch.arange(len(names)))
+    assert len(set(names)) == len(names) > 1800 and "red apple" in names
+    assert not torch.equal(images[names.index("red apple")], images[names.index("rocket")])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """A small CNN classifier per domain: fast FID features and class accuracy.
 
-MNIST: the digit; shapes: colour and kind of a scene's largest shape (24 classes); emoji: which of
-the ≈ 1,900 emoji (one class each, learnt from its single image under random shifts).
+MNIST: the digit; shapes: colour and kind of a scene's largest shape (24 classes). Emoji (which of
+the ≈ 1,900, one class each, learnt from its single image under random shifts) can be trained but
+does not ship: it identifies 85% of the emoji, yet its features are sparse (≈ 95% zeros) and FID in
+them rose from 592 to 792 between two emoji models whose retrieval accuracy doubled.
 
 InceptionV3 costs ~6 GFLOP per image; this network ~5 MFLOP, so FID curves during training and
 the prompted-class accuracy of a digit model take seconds on a CPU. Its penultimate activations
