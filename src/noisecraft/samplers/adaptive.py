@@ -151,10 +151,24 @@ def ode_adaptive(
         if ok.any() and callback is not None:
             callback(Step(index, sigma_before, x, x + k, sigma_max * math.exp(-t.min().item()), 0))
         index += int(ok.any())
+    return _final_denoise(denoiser, x, sigmas[-2], cond, callback, index, counts, info)
+
+
+def _final_denoise(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigma_min: Tensor,
+    cond: Conditioning | None,
+    callback: Callback | None,
+    index: int,
+    counts: dict,
+    info: dict | None,
+) -> Tensor:
+    """The last step to σ = 0, D(x, σ_min); reports it to the callback and the counts to ``info``."""
     counts["nfe"] += 1
-    denoised = denoise(denoiser, x, sigmas[-2], cond)  # the final step to σ = 0: D(x, σ_min)
+    denoised = denoise(denoiser, x, sigma_min, cond)
     if callback is not None:
-        callback(Step(index, sigma_min, denoised, denoised, 0.0, 0))
+        callback(Step(index, float(sigma_min), denoised, denoised, 0.0, 0))
     if info is not None:
         info.update(counts)
     return denoised
