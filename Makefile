@@ -9,6 +9,7 @@ PIP := $(BIN)/pip install --quiet $(FIND_LINKS)
 .PHONY: demo test lint setup clean
 
 demo: $(VENV)/.installed
+	rm -rf outputs/demo  # the demo's own folder: a rerun writes grid.png again, not grid-1.png
 	$(BIN)/noisecraft explain --out outputs/explain
 	$(BIN)/noisecraft generate "a watermelon slice" "red apple" "rocket" "smiling face with sunglasses" \
 		--model emoji --num 4 --out outputs/demo/emoji

@@ -6,6 +6,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +32,20 @@ def test_generate_writes_pngs_with_metadata_and_grid(tiny_pipeline_dir, tmp_path
     meta = read_png_metadata(pngs[3])
     assert meta["prompt"] == "a star" and meta["seed"] == 10 and meta["sampler"] == "euler"
     assert meta["model"] == str(tiny_pipeline_dir.resolve())
+
+
+def test_generate_never_overwrites_earlier_images(tiny_pipeline_dir, tmp_path):
+    args = ["a red circle", "--model", str(tiny_pipeline_dir), "--num", "2", "--out", str(tmp_path)]
+    args += ["--quiet"]
+    assert main(["generate", *args, "--steps", "2"]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert main(["generate", *args, "--steps", "3", "--show-steps"]) == 0
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert {name: after[name] for name in before} == before  # the first call's files are untouched
+    new = sorted(set(after) - set(before))
+    assert "grid-1.png" in new and len(new) == 7  # 2 images, 2 strips, 2 GIFs, 1 grid, all suffixed -1
+    assert all(Path(name).stem.endswith("-1") for name in new)
+    assert read_png_metadata(tmp_path / "000-a-red-circle-s0-1.png")["steps"] == 3
 
 
 def test_from_png_reproduces_pixels(tiny_pipeline_dir, tmp_path):

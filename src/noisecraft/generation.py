@@ -111,20 +111,42 @@ def run(pipe: Pipeline, request: GenerateRequest) -> tuple[list[Image.Image], St
 
 
 def save_outputs(images: list[Image.Image], recorder: StepRecorder | None, out_dir: str | Path) -> list[Path]:
-    """Write each image (with metadata), a grid when there are several, and step strips + GIFs."""
+    """Write each image (with metadata), a grid when there are several, and step strips + GIFs.
+
+    Nothing already in ``out_dir`` is overwritten: when a name is taken, all of this call's files
+    get the first free suffix (``-1``, ``-2``, …), so an image, its strip and the grid stay together.
+    """
     out_dir = Path(out_dir)
+    metas = [image.info[METADATA_KEY] for image in images]
+    stems = [f"{i:03d}-{_slug(meta['prompt'])}-s{meta['seed']}" for i, meta in enumerate(metas)]
+    names = [f"{stem}{extra}" for stem in stems for extra in _extras(recorder is not None)]
+    names += ["grid.png"] if len(images) > 1 else []
+    suffix = free_suffix(out_dir, names)
     paths = []
-    for i, image in enumerate(images):
-        meta = image.info[METADATA_KEY]
-        name = f"{i:03d}-{_slug(meta['prompt'])}-s{meta['seed']}"
-        paths.append(save_png(image, out_dir / f"{name}.png", meta))
+    for i, (image, meta, stem) in enumerate(zip(images, metas, stems)):
+        paths.append(save_png(image, out_dir / f"{stem}{suffix}.png", meta))
         if recorder is not None:
-            paths.append(save_png(recorder.strip(i), out_dir / f"{name}-steps.png"))
-            paths.append(save_gif(recorder.animation(i), out_dir / f"{name}-steps.gif"))
+            paths.append(save_png(recorder.strip(i), out_dir / f"{stem}-steps{suffix}.png"))
+            paths.append(save_gif(recorder.animation(i), out_dir / f"{stem}-steps{suffix}.gif"))
     if len(images) > 1:
         scale = max(1, 128 // images[0].width)
-        paths.append(save_png(make_grid([upscale(im, scale) for im in images]), out_dir / "grid.png"))
+        grid = make_grid([upscale(im, scale) for im in images])
+        paths.append(save_png(grid, out_dir / f"grid{suffix}.png"))
     return paths
+
+
+def _extras(with_steps: bool) -> list[str]:
+    return [".png", "-steps.png", "-steps.gif"] if with_steps else [".png"]
+
+
+def free_suffix(folder: Path, names: list[str]) -> str:
+    """'' when none of ``names`` (``stem.ext``) is in ``folder``, else the first '-N' that frees them all."""
+    n = 0
+    while True:
+        suffix = f"-{n}" if n else ""
+        if not any((folder / name).with_stem(Path(name).stem + suffix).exists() for name in names):
+            return suffix
+        n += 1
 
 
 def generate_to_files(pipe: Pipeline, request: GenerateRequest, out_dir: str | Path) -> list[Path]:
