@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/quality_per_step.py --model emoji --dataset emoji [--num 2000]
         [--nfe 4 6 8 10 15 20 30 50 100 250] [--samplers euler heun ...] [--features domain|inception]
+        [--sigma-max S] [--rho R]
 
 For each sampler and each target NFE, the sampler's step count is chosen so that it calls the
 network at most that many times (counted, not assumed: a calibration run on the exact 2-D mixture
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -92,6 +94,8 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", default=None, help="default: every fixed-step sampler")
     parser.add_argument("--features", default=None, choices=("domain", "inception"), help="default: domain")
     parser.add_argument("--guidance", type=float, default=None, help="default: the model's")
+    parser.add_argument("--sigma-max", type=float, default=None, help="first σ (default: the model's)")
+    parser.add_argument("--rho", type=float, default=None, help="Karras schedule's ρ (default: the model's)")
     add_common_arguments(parser)
     args = parser.parse_args()
     setup(args)
@@ -100,6 +104,11 @@ def main() -> None:
     if unknown or min(args.nfe) < 1 or args.num < 2:
         parser.error(f"bad request: samplers {unknown}, nfe ≥ 1, num ≥ 2")
     pipe = Pipeline.load(args.model)
+    pipe.config = replace(
+        pipe.config,
+        sigma_max=pipe.config.sigma_max if args.sigma_max is None else args.sigma_max,
+        rho=pipe.config.rho if args.rho is None else args.rho,
+    )
     results: dict[str, dict[int, float]] = {}
     for name in samplers:
         results[name] = {}
@@ -131,7 +140,8 @@ def report(args: argparse.Namespace, pipe: Pipeline, results: dict[str, dict[int
         markdown_table(["sampler \\ NFE", *map(str, columns)], rows)
         + f"\n\nBest FID at ≤ 10 NFE: {best_10:.3f}; best at {top} NFE: {best_top:.3f}; "
         + f"target (within 10 %): {verdict}. Plot: `{image.name}`. n = {args.num} images per point, "
-        + f"features: {args.features or 'domain'}; model weights {pipe.weights_hash}."
+        + f"features: {args.features or 'domain'}; model weights {pipe.weights_hash}; Karras schedule "
+        + f"σ {pipe.config.sigma_max:g} → {pipe.config.sigma_min:g}, ρ = {pipe.config.rho:g}."
     )
     print(body)
     if not args.no_append:

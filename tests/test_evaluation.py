@@ -43,6 +43,7 @@ from noisecraft.evaluation.metrics import (
     precision_recall,
 )
 from noisecraft.evaluation.reference import reference_features
+from noisecraft.likelihood import PRIOR_SIGMA_MAX
 from noisecraft.nets import UNet, UNetConfig
 from noisecraft.pipeline import Pipeline, PipelineConfig
 from noisecraft.text.builtin import BuiltinTextEncoder, BuiltinTextEncoderConfig
@@ -388,3 +389,18 @@ def test_cli_eval_checks_out_before_evaluating(tmp_path, capsys, monkeypatch, ou
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("noisecraft eval: error: ") and str(target.parent) in err[0]
+
+
+def test_bits_per_dim_integrates_to_a_matching_prior_whatever_the_sampling_start(tmp_path, monkeypatch):
+    """A model that samples from σ = 10 still gets its likelihood with the N(0, σ²) prior at σ ≥ 80."""
+    seen = {}
+
+    def fake_bits_per_dim(denoiser, images, cond=None, **kwargs):
+        seen.update(kwargs)
+        return torch.full((len(images),), 1.0, dtype=torch.float64)
+
+    monkeypatch.setattr(evaluate_module, "image_bits_per_dim", fake_bits_per_dim)
+    pipe = tiny_pipeline(32, 1)
+    assert pipe.config.sigma_max == 10.0
+    results = evaluate(pipe, "mnist", 2, ["bpd"], bpd_num=1, cache_dir=tmp_path, progress=False)
+    assert results["bpd"] == 1.0 and seen["sigma_max"] == PRIOR_SIGMA_MAX == 80.0

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import IterableDataset
 from tqdm.auto import tqdm
 
-from ..likelihood import image_bits_per_dim
+from ..likelihood import PRIOR_SIGMA_MAX, image_bits_per_dim
 from ..pipeline import Pipeline, check_seed
 from . import ADHERENCE_DATASETS, IMAGE_DATASETS, METRICS
 from .adherence import class_accuracy, heldout_shapes_captions, retrieval_accuracy, shapes_oracle_accuracy
@@ -159,7 +159,7 @@ def _bits_per_dim(pipeline: Pipeline, dataset: str, options, num: int, seed: int
         pipeline.encode(captions),
         generator=torch.Generator().manual_seed(seed),
         sigma_min=c.sigma_min,
-        sigma_max=c.sigma_max,
+        sigma_max=max(c.sigma_max, PRIOR_SIGMA_MAX),  # the prior must match p_σmax; sampling may start lower
         callback=lambda nfe, sigma: bar.update(),
     )
     bar.close()
