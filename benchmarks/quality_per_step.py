@@ -134,7 +134,7 @@ def report(args: argparse.Namespace, pipe: Pipeline, results: dict[str, dict[int
     best_top = min(curve.get(top, math.inf) for curve in results.values())
     best_10 = min((f for curve in results.values() for n, f in curve.items() if n <= 10), default=math.inf)
     verdict = "met" if best_10 <= 1.1 * best_top else "NOT met"
-    image = RESULTS.with_name(f"quality_per_step-{Path(args.model).name}.png")
+    image = RESULTS.with_name(f"quality_per_step-{Path(args.model).name}-smax{pipe.config.sigma_max:g}.png")
     plot(results, f"{pipe.config.name} on {args.dataset}: FID vs NFE (n={args.num})", image)
     body = (
         markdown_table(["sampler \\ NFE", *map(str, columns)], rows)
