@@ -72,12 +72,6 @@ def test_shapes_draws_the_asked_colours():
 
 
 @pytest.mark.skipif("emoji" not in shipped_models(), reason="emoji not shipped")
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped emoji model is an interim one below issue 5's bar (its MODEL_CARD.md: ranks "
-    "0 and 26 for 'red heart' and 'grinning face', 48 and 383 for 'red apple' and 'rocket'); "
-    "strict: a model that meets this must drop the mark",
-)
 def test_emoji_images_resemble_the_prompted_emoji():
     """Generated images are nearer (in pixels) to the prompted emoji than to almost every other one."""
     from noisecraft.data.emoji import DEFAULT_FONT, EmojiDataset
