@@ -53,17 +53,6 @@ def hardware() -> str:
     return f"{cpu} ({os.cpu_count()} logical cores){gpu}"
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested eval results as dotted keys: {"a": {"b": 0.9}} → {"a.b": 0.9}."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        elif not isinstance(value, list):
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _figures_table(figures: dict[str, Any]) -> str:
     rows = [f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
             for key, value in _flatten(figures).items()]  # fmt: skip
@@ -168,7 +157,7 @@ _MISSING = object()
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} → {"a.b": 1}; lists stay values."""
+    """Nested dicts (eval results, configs) as dotted keys: {"a": {"b": 1}} → {"a.b": 1}; lists kept."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, dict):
