@@ -21,6 +21,7 @@ from noisecraft.evaluation import features as features_module
 from noisecraft.evaluation.adherence import (
     heldout_shapes_captions,
     retrieval_accuracy,
+    shapes_fact_accuracy,
     shapes_oracle_accuracy,
 )
 from noisecraft.evaluation.classifier import (
@@ -30,7 +31,7 @@ from noisecraft.evaluation.classifier import (
     load_domain_classifier,
     train_domain_classifier,
 )
-from noisecraft.evaluation.evaluate import evaluate
+from noisecraft.evaluation.evaluate import evaluate, summary_line
 from noisecraft.evaluation.features import InceptionFeatures, inception_path, tf_bilinear_resize
 from noisecraft.evaluation.metrics import (
     fid_from_features,
@@ -277,6 +278,10 @@ def test_shapes_oracle_accuracy_on_true_and_wrong_captions():
     assert captions == [data[i][1] for i in range(12)]
     assert shapes_oracle_accuracy(images, captions) == 1.0
     assert shapes_oracle_accuracy(images, captions[1:] + captions[:1]) < 0.5
+    facts = shapes_fact_accuracy(images, captions)
+    assert {"count", "colour", "kind"} <= set(facts) and set(facts.values()) == {1.0}
+    shifted = shapes_fact_accuracy(images, captions[1:] + captions[:1])
+    assert min(shifted.values()) < 0.6
 
 
 def test_retrieval_accuracy_counts_ranks():
@@ -377,6 +382,13 @@ def test_cli_eval_prints_summary_and_writes_json(tmp_path, capsys):
 
     assert main(["eval", str(tmp_path / "model"), "--dataset", "shapes", "--cache", str(tmp_path)]) == 2
     assert "channels differ" in capsys.readouterr().err
+
+
+def test_summary_line_lists_per_fact_scores():
+    adherence = {"oracle_accuracy": 0.25, "oracle_prompts": "heldout"}
+    adherence["oracle_facts"] = {"count": 0.9, "background": 0.125}
+    line = summary_line({"model": "m", "dataset": "shapes", "num_samples": 8, "adherence": adherence})
+    assert line == "m on shapes | n=8 | oracle accuracy 0.250 | oracle facts: count 0.90, background 0.12"
 
 
 @pytest.mark.parametrize("out", ["a_folder", "under_a_file"])

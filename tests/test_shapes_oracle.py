@@ -25,6 +25,7 @@ from noisecraft.data.shapes import (
 from noisecraft.data.shapes_oracle import (
     CaptionSpec,
     ShapeSpec,
+    fact_checks,
     matches,
     parse_caption,
     read_scene,
@@ -110,24 +111,27 @@ def test_oracle_rejects_other_images_captions(drawn):
     assert accepted == right
 
 
-def _near_misses(scene: Scene) -> list[CaptionSpec]:
-    """The scene's full description with exactly one fact changed."""
+def _near_misses(scene: Scene) -> list[tuple[str, CaptionSpec]]:
+    """The scene's full description with exactly one fact changed, each with the fact's name."""
     spec = spec_of(scene)
     out = []
     for i, s in enumerate(spec.shapes):
-        for change in (
-            {"colour": next(c for c in COLOURS if c != s.colour)},
-            {"kind": next(k for k in KINDS if k != s.kind)},
-            {"size": "small" if s.size == "large" else "large"},
+        for fact, change in (
+            ("colour", {"colour": next(c for c in COLOURS if c != s.colour)}),
+            ("kind", {"kind": next(k for k in KINDS if k != s.kind)}),
+            ("size", {"size": "small" if s.size == "large" else "large"}),
         ):
             shapes = list(spec.shapes)
             shapes[i] = dataclasses.replace(s, **change)
-            out.append(dataclasses.replace(spec, shapes=tuple(shapes)))
+            out.append((fact, dataclasses.replace(spec, shapes=tuple(shapes))))
     if spec.relation is not None:
         flipped = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-        out.append(dataclasses.replace(spec, relation=flipped[spec.relation]))
+        out.append(("relation", dataclasses.replace(spec, relation=flipped[spec.relation])))
     if spec.position is not None:
-        out.append(dataclasses.replace(spec, position="center" if spec.position != "center" else "left"))
+        moved = "center" if spec.position != "center" else "left"
+        out.append(("position", dataclasses.replace(spec, position=moved)))
+    other_background = next(b for b in ("white", "black") if b != spec.background)
+    out.append(("background", dataclasses.replace(spec, background=other_background)))
     return out
 
 
@@ -135,12 +139,28 @@ def test_oracle_rejects_one_wrong_fact(drawn):
     items, _, reads = drawn
     total = rejected = 0
     for (scene, _), read in zip(items[:300], reads[:300]):
-        for spec in _near_misses(scene):
+        for _, spec in _near_misses(scene):
             if satisfies(scene, spec):  # a changed fact can still hold (two shapes with swapped roles)
                 continue
             total += 1
             rejected += not satisfies(read, spec)
     assert total > 1500 and rejected / total >= 0.99
+
+
+def test_fact_checks_name_the_one_wrong_fact(drawn):
+    items, _, reads = drawn
+    named = total = 0
+    for (scene, _), read in zip(items[:300], reads[:300]):
+        assert all(fact_checks(scene, spec_of(scene)).values())
+        for fact, spec in _near_misses(scene):
+            if satisfies(scene, spec):
+                continue
+            checks = fact_checks(read, spec)
+            total += 1
+            named += not checks[fact] and sum(not ok for ok in checks.values()) == 1
+    assert total > 1500 and named / total >= 0.98
+    wrong_count = Scene(items[0][0].shapes * 2, items[0][0].background)  # too many pieces
+    assert fact_checks(wrong_count, spec_of(items[0][0]))["count"] is False
 
 
 def test_heldout_split_is_disjoint_from_training():

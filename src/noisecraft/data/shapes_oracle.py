@@ -205,6 +205,33 @@ def satisfies(scene: Scene, spec: CaptionSpec) -> bool:
     return False
 
 
+def fact_checks(scene: Scene, spec: CaptionSpec) -> dict[str, bool]:
+    """Each fact the caption states, checked on its own: ``count`` and ``background`` always
+    (background when stated); ``colour``, ``kind``, ``size``, ``position`` and ``relation`` (those
+    stated) only when the count is right, under the assignment of pieces that matches most colours
+    and kinds. Says *which* facts a generator gets wrong, where ``satisfies`` only says whether all hold."""
+    facts = {"count": len(scene.shapes) == len(spec.shapes)}
+    if spec.background is not None:
+        facts["background"] = scene.background == spec.background
+    if not facts["count"]:
+        return facts
+
+    def agreement(order: tuple[Shape, ...]) -> int:
+        return sum((w.colour == s.colour) + (w.kind == s.kind) for s, w in zip(order, spec.shapes))
+
+    order = max(itertools.permutations(scene.shapes), key=agreement)
+    pairs = list(zip(order, spec.shapes))
+    facts["colour"] = all(w.colour in (None, s.colour) for s, w in pairs)
+    facts["kind"] = all(w.kind in (None, s.kind) for s, w in pairs)
+    if any(w.size is not None for w in spec.shapes):
+        facts["size"] = all(w.size in (None, s.size) for s, w in pairs)
+    if spec.position is not None:
+        facts["position"] = position_of(order[0]) == spec.position
+    if spec.relation is not None:
+        facts["relation"] = relation_of(order[0], order[1]) == spec.relation
+    return facts
+
+
 def matches(image: torch.Tensor | Image.Image | np.ndarray, target: str | Scene | CaptionSpec) -> bool:
     """Whether the image shows what the caption (or every fact of the scene) says."""
     if isinstance(target, str):

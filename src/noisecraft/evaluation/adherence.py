@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..data.shapes_oracle import matches
+from ..data.shapes_oracle import fact_checks, matches, parse_caption, read_scene
 from .classifier import DomainClassifier
 
 
@@ -25,6 +25,19 @@ def shapes_oracle_accuracy(images: Tensor, captions: list[str]) -> float:
     if len(images) != len(captions) or not captions:
         raise ValueError(f"need one caption per image, got {len(captions)} for {len(images)}")
     return sum(matches(image, caption) for image, caption in zip(images, captions)) / len(captions)
+
+
+def shapes_fact_accuracy(images: Tensor, captions: list[str]) -> dict[str, float]:
+    """Per caption fact (count, background, colour, kind, size, position, relation), the fraction
+    of images [B, 3, H, W] that get it right, over the images whose caption states it (see
+    ``shapes_oracle.fact_checks``: per-piece facts only where the count is right)."""
+    if len(images) != len(captions) or not captions:
+        raise ValueError(f"need one caption per image, got {len(captions)} for {len(images)}")
+    right: dict[str, list[bool]] = {}
+    for image, caption in zip(images, captions):
+        for fact, ok in fact_checks(read_scene(image), parse_caption(caption)).items():
+            right.setdefault(fact, []).append(ok)
+    return {fact: sum(oks) / len(oks) for fact, oks in right.items()}
 
 
 def heldout_shapes_captions(num: int, size: int = 32, seed: int = 0) -> list[str]:

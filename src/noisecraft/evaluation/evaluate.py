@@ -25,7 +25,13 @@ from tqdm.auto import tqdm
 from ..likelihood import PRIOR_SIGMA_MAX, image_bits_per_dim
 from ..pipeline import Pipeline, check_seed
 from . import ADHERENCE_DATASETS, IMAGE_DATASETS, METRICS
-from .adherence import class_accuracy, heldout_shapes_captions, retrieval_accuracy, shapes_oracle_accuracy
+from .adherence import (
+    class_accuracy,
+    heldout_shapes_captions,
+    retrieval_accuracy,
+    shapes_fact_accuracy,
+    shapes_oracle_accuracy,
+)
 from .classifier import load_domain_classifier, shipped_classifiers
 from .features import make_features, to_8bit
 from .metrics import frechet_distance, gaussian_stats, kid, precision_recall
@@ -144,7 +150,11 @@ def _adherence(pipeline, dataset: str, data, indices, generated, num, seed, prog
     images = generate_images(
         pipeline, captions, seed=seed, desc="generate held-out", progress=progress, **sample
     )
-    return {"oracle_accuracy": shapes_oracle_accuracy(images, captions), "oracle_prompts": "heldout"}
+    return {
+        "oracle_accuracy": shapes_oracle_accuracy(images, captions),
+        "oracle_prompts": "heldout",
+        "oracle_facts": shapes_fact_accuracy(images, captions),
+    }
 
 
 def _bits_per_dim(pipeline: Pipeline, dataset: str, options, num: int, seed: int, progress: bool) -> dict:
@@ -249,6 +259,9 @@ def summary_line(results: dict) -> str:
     for key, value in (results.get("adherence") or {}).items():
         if isinstance(value, float):
             parts.append(f"{key.replace('_', ' ')} {value:.3f}")
+        elif isinstance(value, dict):  # per-fact scores: "oracle facts: count 0.95, colour 0.90, …"
+            facts = ", ".join(f"{name} {score:.2f}" for name, score in value.items())
+            parts.append(f"{key.replace('_', ' ')}: {facts}")
     if "bpd" in results:
         parts.append(f"{results['bpd']:.3f} bits/dim ({results['bpd_split']}, n={results['bpd_num']})")
     return " | ".join(parts)
