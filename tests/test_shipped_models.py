@@ -82,7 +82,7 @@ def test_emoji_images_resemble_the_prompted_emoji():
     index = {e.name: i for i, e in enumerate(data.entries)}
     names = ["red apple", "rocket", "grinning face", "red heart"]
     pipe = Pipeline.load("emoji")
-    images = torch.stack([torch.from_numpy(np.asarray(im)).permute(2, 0, 1) for im in pipe.generate(names)])
+    images = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in pipe.generate(names)])
     gallery = torch.stack([data[i][0] for i in range(len(data))])  # [N, 3, 32, 32] in [-1, 1]
     distances = torch.cdist(images.flatten(1).double() / 127.5 - 1, gallery.flatten(1).double())
     ranks = [(distances[i] < distances[i, index[n]]).sum().item() for i, n in enumerate(names)]
