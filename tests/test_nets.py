@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -11,7 +13,7 @@ from noisecraft.conditioning import Conditioning
 from noisecraft.nets import DiT, DiTConfig, NoiseEmbedding, TransformerBlock, UNet, UNetConfig
 
 TEXT_DIM = 12
-KINDS = ("unet", "dit", "dit-joint")
+KINDS = ("unet", "unet-refined", "dit", "dit-joint")  # refined: with a TokenRefiner over the prompt
 
 
 def make_net(kind: str, in_channels: int = 3, text_dim: int = TEXT_DIM, seed: int = 0) -> torch.nn.Module:
@@ -22,7 +24,7 @@ def make_net(kind: str, in_channels: int = 3, text_dim: int = TEXT_DIM, seed: in
     all-zero parameter (zero-inits and zero biases) with small noise makes each path contribute.
     """
     torch.manual_seed(seed)  # nn.Module initialisers draw from the global generator
-    if kind == "unet":
+    if kind.startswith("unet"):
         config = UNetConfig(
             image_size=16,
             in_channels=in_channels,
@@ -32,6 +34,8 @@ def make_net(kind: str, in_channels: int = 3, text_dim: int = TEXT_DIM, seed: in
             attention_resolutions=(8, 4),
             head_dim=8,
             text_dim=text_dim,
+            text_layers=2 if kind == "unet-refined" and text_dim else 0,
+            text_width=16,
         )
         net = UNet(config)
     else:
@@ -79,7 +83,7 @@ def test_fresh_net_outputs_zero(kind):
     net = UNet(
         UNetConfig(image_size=8, channels=8, channel_mult=(1, 2), attention_resolutions=(4,), head_dim=8)
     )
-    if kind != "unet":
+    if not kind.startswith("unet"):
         net = DiT(DiTConfig(image_size=8, in_channels=3, dim=32, depth=1, head_dim=8, noise_channels=16))
     x, c_noise, _ = inputs(2, 3, 8)
     assert torch.equal(net(x, c_noise), torch.zeros_like(x))
@@ -253,6 +257,30 @@ def test_bad_configs_raise_value_error():
         DiTConfig(image_size=15, patch_size=2)
     with pytest.raises(ValueError, match="text_attention"):
         DiTConfig(text_attention="concat")
+    with pytest.raises(ValueError, match="text_layers"):
+        UNetConfig(text_layers=2)  # a refiner needs a prompt (text_dim > 0)
+    with pytest.raises(ValueError, match="text_layers"):
+        UNetConfig(text_dim=12, text_layers=1, text_width=20, head_dim=8)
+
+
+def test_a_token_refiner_grows_a_trained_unet_without_changing_what_it_computes(tmp_path):
+    """model.init with init_new=["text_refiner"]: the trained weights are copied, the new refiner starts
+    as the identity (zero-initialised output), so the grown net computes the same function until trained;
+    without init_new the missing parameters are one clear error."""
+    from noisecraft.training.build import init_from
+
+    trained = make_net("unet")
+    save_component(trained, tmp_path / "net")
+    grown = UNet(dataclasses.replace(trained.config, text_layers=2, text_width=16)).eval()
+    init_from(grown, str(tmp_path), ["text_refiner"])
+    x, c_noise, generator = inputs(2, 3, 16)
+    cond = make_cond([3, 6], 6, generator)
+    assert torch.equal(grown(x, c_noise, cond), trained(x, c_noise, cond))
+    with torch.no_grad():  # once its output layer moves, the refiner does change the prediction
+        grown.text_refiner.proj_out.weight.normal_(generator=generator)
+    assert (grown(x, c_noise, cond) - trained(x, c_noise, cond)).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="lacks: text_refiner.*init_new"):
+        init_from(grown, str(tmp_path))
 
 
 def test_noise_embedding_closed_form():

@@ -19,6 +19,8 @@ from ..components import register_component
 from ..conditioning import Conditioning
 from .layers import (
     NOISE_EMBEDDINGS,
+    Attention,
+    FeedForward,
     NoiseEmbedding,
     TransformerBlock,
     add_residual,
@@ -48,6 +50,8 @@ class UNetConfig:
     mid_attention: bool = True  # a transformer between the middle residual blocks
     dropout: float = 0.0
     text_dim: int = 0  # width D of the text encoder's tokens; 0 → an unconditional-only net
+    text_layers: int = 0  # trainable transformer layers over the (frozen) encoder's tokens; see TokenRefiner
+    text_width: int = 128  # their width (a bottleneck: cheap beside the U-Net)
     noise_embedding: str = "positional"  # see layers.NoiseEmbedding
     noise_scale: float = 1.0  # c_noise is multiplied by this before the embedding
 
@@ -75,6 +79,11 @@ class UNetConfig:
             raise ValueError(f"UNetConfig: noise_embedding must be one of {NOISE_EMBEDDINGS}")
         if self.text_dim < 0 or not 0 <= self.dropout < 1:
             raise ValueError("UNetConfig: text_dim must be ≥ 0 and dropout in [0, 1)")
+        refiner_fits = self.text_dim > 0 and self.text_width > 0 and self.text_width % self.head_dim == 0
+        if self.text_layers < 0 or (self.text_layers and not refiner_fits):
+            raise ValueError(
+                "UNetConfig: text_layers must be ≥ 0 and need text_dim > 0, text_width a multiple of head_dim"
+            )
 
     @property
     def downsampling(self) -> int:
@@ -137,6 +146,42 @@ class SpatialTransformer(nn.Module):
         return linear_flops(self.proj_in, n) + self.block.flops(n, text_len) + linear_flops(self.proj_out, n)
 
 
+class TokenRefiner(nn.Module):
+    """Trainable pre-norm transformer layers over a frozen text encoder's tokens, added back through a
+    zero-initialised projection (the identity at first, so it can grow a trained network).
+
+    A frozen sentence encoder's tokens say which words are present but bind them loosely; these layers
+    let training work out which colour belongs to which shape and which shape a relation puts first.
+    """
+
+    def __init__(self, text_dim: int, width: int, layers: int, head_dim: int, mlp_ratio: int):
+        super().__init__()
+        self.proj_in = nn.Linear(text_dim, width)
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(2 * layers))
+        # Cross-attention from the tokens to themselves is self-attention that honours the padding mask.
+        self.attns = nn.ModuleList(
+            Attention(width, head_dim, context_dim=width, self_attend=False) for _ in range(layers)
+        )
+        self.mlps = nn.ModuleList(FeedForward(width, mlp_ratio) for _ in range(layers))
+        self.proj_out = zero_init(nn.Linear(width, text_dim))
+
+    def forward(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
+        """tokens [B, L, D], mask [B, L] bool (True = real) → refined tokens [B, L, D]."""
+        h = self.proj_in(tokens)  # [B, L, width]
+        for i, (attn, mlp) in enumerate(zip(self.attns, self.mlps)):
+            q = self.norms[2 * i](h)
+            h = h + attn(q, q, mask)
+            h = h + mlp(self.norms[2 * i + 1](h))
+        return tokens + self.proj_out(h)
+
+    def flops(self, text_len: int) -> int:
+        """Forward FLOPs for one prompt of ``text_len`` tokens."""
+        total = linear_flops(self.proj_in, text_len) + linear_flops(self.proj_out, text_len)
+        for attn, mlp in zip(self.attns, self.mlps):
+            total += attn.flops(text_len, text_len) + mlp.flops(text_len)
+        return total
+
+
 class UNetBlock(nn.Module):
     """One step of a level: a residual block, then (at attention resolutions) a transformer."""
 
@@ -192,6 +237,11 @@ class UNet(nn.Module):
             nn.Linear(cfg.channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
         self.pooled_proj = nn.Linear(cfg.text_dim, emb_dim) if cfg.text_dim else None
+        self.text_refiner = (
+            TokenRefiner(cfg.text_dim, cfg.text_width, cfg.text_layers, cfg.head_dim, cfg.mlp_ratio)
+            if cfg.text_layers
+            else None
+        )
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.channels, 3, padding=1)
 
         widths, last = [cfg.channels * m for m in cfg.channel_mult], len(cfg.channel_mult) - 1
@@ -221,6 +271,8 @@ class UNet(nn.Module):
         """The raw output for noisy input x_in [B, C, H, W] at noise input c_noise [B]."""
         batch = check_image(x_in, self.config.in_channels, self.config.downsampling, "UNet")
         tokens, mask, pooled = unpack_conditioning(cond, batch, self.config.text_dim, "UNet")
+        if tokens is not None and self.text_refiner is not None:
+            tokens = self.text_refiner(tokens, mask)  # [B, L, D]
         emb = self.embed_mlp(self.noise_embed(noise_vector(c_noise, batch, x_in)))  # [B, E]
         if pooled is not None:
             emb = emb + self.pooled_proj(pooled)
@@ -256,6 +308,7 @@ class UNet(nn.Module):
         text_len = text_len if self.config.text_dim else 0
         total = sum(linear_flops(m, 1) for m in self.embed_mlp if isinstance(m, nn.Linear))
         total += linear_flops(self.pooled_proj, 1) if self.pooled_proj is not None else 0
+        total += self.text_refiner.flops(text_len) if self.text_refiner is not None and text_len else 0
         total += conv_flops(self.conv_in, size, size)
         for block in self.down:
             total += block.flops(size, text_len) if isinstance(block, UNetBlock) else block.flops(size)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,19 +61,24 @@ def init_folder(source: str) -> Path:
     return folder
 
 
-def init_from(net: nn.Module, source: str) -> None:
+def init_from(net: nn.Module, source: str, new: Sequence[str] = ()) -> None:
     """Copy the weights of a trained network into ``net``: ``source`` is a shipped model name or a
-    saved folder holding ``net/`` (a pipeline or a run's ``model/``); the architectures must match."""
+    saved folder holding ``net/`` (a pipeline or a run's ``model/``). The architectures must match,
+    except that parameters under the ``new`` prefixes (modules added to grow it, such as
+    ``text_refiner``) may be absent from ``source``: they keep their fresh initialisation."""
     folder = init_folder(source)
     trained = load_component(folder / "net")
     mine, theirs = net.state_dict(), trained.state_dict()
-    shapes = {k: tuple(v.shape) for k, v in mine.items()}
-    if type(trained) is not type(net) or shapes != {k: tuple(v.shape) for k, v in theirs.items()}:
+    grown = {k for k in mine if k not in theirs and any(k.startswith(p) for p in new)}
+    fits = type(trained) is type(net) and set(theirs) == set(mine) - grown
+    if not fits or any(tuple(v.shape) != tuple(mine[k].shape) for k, v in theirs.items()):
+        extra = sorted(set(mine) - set(theirs) - grown)[:3]
+        hint = f"; parameters it lacks: {', '.join(extra)} (model.init_new lists new ones)" if extra else ""
         raise ValueError(
             f"model.init: {folder / 'net'} holds a {type(trained).__name__} whose weights do not fit this "
-            f"recipe's {type(net).__name__} (compare its config.json with model.net)"
+            f"recipe's {type(net).__name__} (compare its config.json with model.net){hint}"
         )
-    net.load_state_dict({k: v.to(mine[k].dtype) for k, v in theirs.items()})
+    net.load_state_dict({k: v.to(mine[k].dtype) for k, v in theirs.items()}, strict=not grown)
 
 
 def parent_record(source: str) -> dict[str, Any] | None:

@@ -119,7 +119,7 @@ class Trainer:
         net = build_net(c, text_dim_of(trainable_text, self.frozen_text))
         self.parent = None  # the training.json of the model.init source: the model's lineage
         if c.model.init and fresh:  # before the EMA copy is taken, so the average starts from it too
-            init_from(net, c.model.init)
+            init_from(net, c.model.init, c.model.init_new)
             self.parent = parent_record(c.model.init)
         objective = DiffusionObjective(build_denoiser(net, c), trainable_text, c)
         self.objective = objective.to(self.device, self.dtype).train()
