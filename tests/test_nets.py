@@ -13,7 +13,7 @@ from noisecraft.conditioning import Conditioning
 from noisecraft.nets import DiT, DiTConfig, NoiseEmbedding, TransformerBlock, UNet, UNetConfig
 
 TEXT_DIM = 12
-KINDS = ("unet", "unet-refined", "dit", "dit-joint")  # refined: with a TokenRefiner over the prompt
+KINDS = ("unet", "unet-refined", "dit", "dit-joint")  # refined: a TokenRefiner, attention positions
 
 
 def make_net(kind: str, in_channels: int = 3, text_dim: int = TEXT_DIM, seed: int = 0) -> torch.nn.Module:
@@ -36,6 +36,7 @@ def make_net(kind: str, in_channels: int = 3, text_dim: int = TEXT_DIM, seed: in
             text_dim=text_dim,
             text_layers=2 if kind == "unet-refined" and text_dim else 0,
             text_width=16,
+            attention_positions=kind == "unet-refined",
         )
         net = UNet(config)
     else:
@@ -264,22 +265,28 @@ def test_bad_configs_raise_value_error():
 
 
 def test_a_token_refiner_grows_a_trained_unet_without_changing_what_it_computes(tmp_path):
-    """model.init with init_new=["text_refiner"]: the trained weights are copied, the new refiner starts
-    as the identity (zero-initialised output), so the grown net computes the same function until trained;
-    without init_new the missing parameters are one clear error."""
+    """model.init with init_new=["text_refiner", "pos_proj"]: the trained weights are copied, the new
+    refiner and attention positions start at zero, so the grown net computes the same function until
+    trained; without init_new the missing parameters are one clear error."""
     from noisecraft.training.build import init_from
 
     trained = make_net("unet")
     save_component(trained, tmp_path / "net")
-    grown = UNet(dataclasses.replace(trained.config, text_layers=2, text_width=16)).eval()
-    init_from(grown, str(tmp_path), ["text_refiner"])
+    grown_config = dataclasses.replace(trained.config, text_layers=2, text_width=16, attention_positions=True)
+    grown = UNet(grown_config).eval()
+    with pytest.raises(ValueError, match="lacks: .*pos_proj"):
+        init_from(grown, str(tmp_path), ["text_refiner"])
+    init_from(grown, str(tmp_path), ["text_refiner", "pos_proj"])
     x, c_noise, generator = inputs(2, 3, 16)
     cond = make_cond([3, 6], 6, generator)
     assert torch.equal(grown(x, c_noise, cond), trained(x, c_noise, cond))
-    with torch.no_grad():  # once its output layer moves, the refiner does change the prediction
-        grown.text_refiner.proj_out.weight.normal_(generator=generator)
-    assert (grown(x, c_noise, cond) - trained(x, c_noise, cond)).abs().max() > 1e-4
-    with pytest.raises(ValueError, match="lacks: text_refiner.*init_new"):
+    for new in (grown.text_refiner.proj_out, grown.mid[0].attn.pos_proj):
+        with torch.no_grad():  # once its output layer moves, the new module does change the prediction
+            new.weight.normal_(generator=generator)
+        assert (grown(x, c_noise, cond) - trained(x, c_noise, cond)).abs().max() > 1e-4
+        with torch.no_grad():
+            new.weight.zero_()
+    with pytest.raises(ValueError, match="lacks: .*pos_proj.*init_new"):
         init_from(grown, str(tmp_path))
 
 
@@ -296,3 +303,16 @@ def test_noise_embedding_closed_form():
     x, _, generator = inputs(2, 3, 16)
     cond = make_cond([1, 2], 2, generator)
     assert torch.equal(net(x, 0.5, cond), net(x, torch.full((2,), 0.5), cond))
+
+
+def test_cross_attention_ignores_token_order_and_the_token_refiner_does_not():
+    """Swapping two prompt tokens leaves a plain U-Net's output unchanged (cross-attention is a
+    weighted set of keys, and the pooled vector is kept fixed here); the TokenRefiner's positions
+    make the order count, which is what "a red circle left of a blue square" needs."""
+    x, c_noise, generator = inputs(2, 3, 16)
+    cond = make_cond([5, 5], 5, generator)
+    order = torch.tensor([1, 0, 2, 3, 4])
+    swapped = Conditioning(cond.tokens[:, order], cond.mask[:, order], cond.pooled)
+    plain, refined = make_net("unet"), make_net("unet-refined")
+    torch.testing.assert_close(plain(x, c_noise, swapped), plain(x, c_noise, cond), rtol=0, atol=1e-5)
+    assert (refined(x, c_noise, swapped) - refined(x, c_noise, cond)).abs().max() > 1e-3

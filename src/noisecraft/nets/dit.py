@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -29,6 +28,7 @@ from .layers import (
     linear_flops,
     modulate,
     noise_vector,
+    sincos_positions,
     unpack_conditioning,
     zero_init,
 )
@@ -67,17 +67,6 @@ class DiTConfig:
             raise ValueError(f"DiTConfig: noise_embedding must be one of {NOISE_EMBEDDINGS}")
         if self.text_dim < 0 or not 0 <= self.dropout < 1:
             raise ValueError("DiTConfig: text_dim must be ≥ 0 and dropout in [0, 1)")
-
-
-def sincos_positions(height: int, width: int, dim: int, like: Tensor) -> Tensor:
-    """Fixed 2-D sin-cos position embedding [height·width, dim] (MAE, He et al. 2022; DiT)."""
-    quarter = dim // 4
-    omega = 1.0 / 10_000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # [dim / 4]
-    rows = torch.arange(height, dtype=torch.float64)[:, None, None] * omega  # [h, 1, dim / 4]
-    cols = torch.arange(width, dtype=torch.float64)[None, :, None] * omega  # [1, w, dim / 4]
-    rows, cols = rows.expand(height, width, quarter), cols.expand(height, width, quarter)
-    grid = torch.cat([rows.sin(), rows.cos(), cols.sin(), cols.cos()], dim=-1)  # [h, w, dim]
-    return grid.reshape(height * width, dim).to(like)
 
 
 class DiTBlock(nn.Module):

@@ -159,6 +159,17 @@ class NoiseEmbedding(nn.Module):
         return torch.cat([args.cos(), args.sin()], dim=1)  # [B, channels]
 
 
+def sincos_positions(height: int, width: int, dim: int, like: Tensor) -> Tensor:
+    """Fixed 2-D sin-cos position embedding [height·width, dim] (MAE, He et al. 2022; DiT)."""
+    quarter = dim // 4
+    omega = 1.0 / 10_000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # [dim / 4]
+    rows = torch.arange(height, dtype=torch.float64)[:, None, None] * omega  # [h, 1, dim / 4]
+    cols = torch.arange(width, dtype=torch.float64)[None, :, None] * omega  # [1, w, dim / 4]
+    rows, cols = rows.expand(height, width, quarter), cols.expand(height, width, quarter)
+    grid = torch.cat([rows.sin(), rows.cos(), cols.sin(), cols.cos()], dim=-1)  # [h, w, dim]
+    return grid.reshape(height * width, dim).to(like)
+
+
 # ----------------------------------------------------------------------------------------------
 # Attention and transformer blocks.
 

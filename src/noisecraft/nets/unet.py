@@ -30,6 +30,7 @@ from .layers import (
     linear_flops,
     modulate,
     noise_vector,
+    sincos_positions,
     unpack_conditioning,
     zero_init,
 )
@@ -48,6 +49,7 @@ class UNetConfig:
     head_dim: int = 32
     mlp_ratio: int = 4  # transformer MLP hidden width = mlp_ratio · width
     mid_attention: bool = True  # a transformer between the middle residual blocks
+    attention_positions: bool = False  # transformers add a learnt map of 2-D sin-cos positions (zero at init)
     dropout: float = 0.0
     text_dim: int = 0  # width D of the text encoder's tokens; 0 → an unconditional-only net
     text_layers: int = 0  # trainable transformer layers over the (frozen) encoder's tokens; see TokenRefiner
@@ -130,6 +132,9 @@ class SpatialTransformer(nn.Module):
     def __init__(self, channels: int, config: UNetConfig):
         super().__init__()
         self.norm, self.proj_in = group_norm(channels), nn.Linear(channels, channels)
+        # Where each token sits, said outright instead of left to the convolutions' zero padding; zero
+        # at first, so a trained net can grow it (model.init_new).
+        self.pos_proj = zero_init(nn.Linear(channels, channels)) if config.attention_positions else None
         self.block = TransformerBlock(
             channels, config.head_dim, config.text_dim, config.mlp_ratio, config.dropout
         )
@@ -137,21 +142,27 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x: Tensor, tokens: Tensor | None, mask: Tensor | None) -> Tensor:
         b, c, height, width = x.shape
-        h = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]; a free view when x is channels_last
-        h = self.proj_out(self.block(self.proj_in(h), tokens, mask))  # [B, HW, C]
+        h = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))  # [B, HW, C]; a view if channels_last
+        if self.pos_proj is not None:
+            h = h + self.pos_proj(sincos_positions(height, width, c, h))  # [HW, C] broadcast over B
+        h = self.proj_out(self.block(h, tokens, mask))  # [B, HW, C]
         return x + h.transpose(1, 2).reshape(b, c, height, width)
 
     def flops(self, size: int, text_len: int) -> int:
         n = size * size
-        return linear_flops(self.proj_in, n) + self.block.flops(n, text_len) + linear_flops(self.proj_out, n)
+        total = linear_flops(self.proj_in, n) + self.block.flops(n, text_len) + linear_flops(self.proj_out, n)
+        return total + (linear_flops(self.pos_proj, n) if self.pos_proj is not None else 0)
 
 
 class TokenRefiner(nn.Module):
     """Trainable pre-norm transformer layers over a frozen text encoder's tokens, added back through a
     zero-initialised projection (the identity at first, so it can grow a trained network).
 
-    A frozen sentence encoder's tokens say which words are present but bind them loosely; these layers
-    let training work out which colour belongs to which shape and which shape a relation puts first.
+    Cross-attention is blind to the order of its keys, and a frozen sentence encoder's last-layer tokens
+    keep little of where each word stood: "a red circle left of a blue square" and "a blue square left
+    of a red circle" then condition a U-Net identically. These layers see each token's position (1-D
+    sin-cos, added after the input projection) so training can work out which colour belongs to which
+    shape and which shape a relation puts first.
     """
 
     def __init__(self, text_dim: int, width: int, layers: int, head_dim: int, mlp_ratio: int):
@@ -168,6 +179,7 @@ class TokenRefiner(nn.Module):
     def forward(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
         """tokens [B, L, D], mask [B, L] bool (True = real) → refined tokens [B, L, D]."""
         h = self.proj_in(tokens)  # [B, L, width]
+        h = h + sincos_positions(1, h.shape[1], h.shape[2], h)  # [L, width]: token i at column i
         for i, (attn, mlp) in enumerate(zip(self.attns, self.mlps)):
             q = self.norms[2 * i](h)
             h = h + attn(q, q, mask)

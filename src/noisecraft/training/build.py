@@ -64,12 +64,12 @@ def init_folder(source: str) -> Path:
 def init_from(net: nn.Module, source: str, new: Sequence[str] = ()) -> None:
     """Copy the weights of a trained network into ``net``: ``source`` is a shipped model name or a
     saved folder holding ``net/`` (a pipeline or a run's ``model/``). The architectures must match,
-    except that parameters under the ``new`` prefixes (modules added to grow it, such as
-    ``text_refiner``) may be absent from ``source``: they keep their fresh initialisation."""
+    except that parameters of modules named in ``new`` (added to grow it, such as ``text_refiner`` or
+    every transformer's ``pos_proj``) may be absent from ``source``: they keep their fresh values."""
     folder = init_folder(source)
     trained = load_component(folder / "net")
     mine, theirs = net.state_dict(), trained.state_dict()
-    grown = {k for k in mine if k not in theirs and any(k.startswith(p) for p in new)}
+    grown = {k for k in mine if k not in theirs and set(new) & set(k.split("."))}
     fits = type(trained) is type(net) and set(theirs) == set(mine) - grown
     if not fits or any(tuple(v.shape) != tuple(mine[k].shape) for k, v in theirs.items()):
         extra = sorted(set(mine) - set(theirs) - grown)[:3]

@@ -36,7 +36,7 @@ class ModelConfig:
     autoencoder: str = ""  # a saved autoencoder component: train in its latent space ("" = pixels)
     latent_scale: float = 1.0  # latents are multiplied by this (Rombach et al. 2022's scale factor)
     init: str = ""  # start from trained weights: a shipped model name or a folder with net/ ("" = fresh)
-    init_new: tuple[str, ...] = ()  # parameter prefixes model.init may lack (a grown net): they start fresh
+    init_new: tuple[str, ...] = ()  # names of modules model.init may lack (a grown net): they start fresh
 
 
 @dataclass
