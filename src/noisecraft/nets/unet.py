@@ -179,7 +179,9 @@ class TokenRefiner(nn.Module):
     def forward(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
         """tokens [B, L, D], mask [B, L] bool (True = real) → refined tokens [B, L, D]."""
         h = self.proj_in(tokens)  # [B, L, width]
-        h = h + sincos_positions(1, h.shape[1], h.shape[2], h)  # [L, width]: token i at column i
+        # [L, width]: token i at column i of a 1 × L grid, so the row half of the features is constant
+        # (sin 0, cos 0): a 1-D table would use all of them, but the shipped shapes model learnt this one.
+        h = h + sincos_positions(1, h.shape[1], h.shape[2], h)
         for i, (attn, mlp) in enumerate(zip(self.attns, self.mlps)):
             q = self.norms[2 * i](h)
             h = h + attn(q, q, mask)
