@@ -316,3 +316,47 @@ def test_cross_attention_ignores_token_order_and_the_token_refiner_does_not():
     plain, refined = make_net("unet"), make_net("unet-refined")
     torch.testing.assert_close(plain(x, c_noise, swapped), plain(x, c_noise, cond), rtol=0, atol=1e-5)
     assert (refined(x, c_noise, swapped) - refined(x, c_noise, cond)).abs().max() > 1e-3
+
+
+def count_calls(module: torch.nn.Module) -> list[int]:
+    """A one-element counter of the module's forward calls."""
+    calls = [0]
+    module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_inference_reuses_the_prompts_text_work_across_steps_and_gives_the_same_output():
+    """At inference a sampler calls the net at every step with the same prompt (a fresh but equal
+    Conditioning each time under guidance): the TokenRefiner and every cross-attention's keys and
+    values run once, and each output equals the one computed without reuse (autograd on)."""
+    net = make_net("unet-refined")
+    refiner_calls = count_calls(net.text_refiner.proj_in)
+    kv_calls = count_calls(net.mid[0].attn.block.cross.to_kv)
+    x, c_noise, generator = inputs(2, 3, 16)
+    cond, other = make_cond([3, 6], 6, generator), make_cond([2, 4], 6, generator)
+    expected = [net(x * (1 + step), c_noise, cond) for step in range(3)]  # autograd on: nothing reused
+    expected_other = net(x, c_noise, other)
+    assert refiner_calls == [4] and kv_calls == [4]
+    with torch.no_grad():
+        for step in range(3):
+            equal_copy = Conditioning(cond.tokens.clone(), cond.mask.clone(), cond.pooled)
+            assert torch.equal(net(x * (1 + step), c_noise, equal_copy), expected[step])
+        assert refiner_calls == [5] and kv_calls == [5]
+        assert torch.equal(net(x, c_noise, other), expected_other)  # another prompt: computed afresh
+        assert refiner_calls == [6] and kv_calls == [6]
+
+
+def test_inference_reuse_notices_new_weights_and_edited_prompts():
+    """Loading other weights (in place) or editing the prompt tensor in place recomputes the text work."""
+    net, other = make_net("unet-refined"), make_net("unet-refined", seed=5)
+    x, c_noise, generator = inputs(2, 3, 16)
+    cond = make_cond([3, 6], 6, generator)
+    with torch.no_grad():
+        net(x, c_noise, cond)
+        net.load_state_dict(other.state_dict())
+        assert torch.equal(net(x, c_noise, cond), other(x, c_noise, cond))
+        cond.tokens.mul_(-1)
+        assert torch.equal(
+            net(x, c_noise, cond),
+            other(x, c_noise, Conditioning(cond.tokens.clone(), cond.mask, cond.pooled)),
+        )

@@ -13,7 +13,8 @@ softmax, resampling and bias additions are not counted.
 from __future__ import annotations
 
 import math
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -159,6 +160,59 @@ class NoiseEmbedding(nn.Module):
         return torch.cat([args.cos(), args.sin()], dim=1)  # [B, channels]
 
 
+class InferenceMemo:
+    """The last result of a module's pure function of some tensors, reused at inference while those
+    tensors and the module's weights are unchanged.
+
+    A sampler calls the network at every step with the same prompt, so the text-side work (a
+    TokenRefiner, every cross-attention's keys and values) need be done once per generation. Inputs
+    match when they are the same tensor or equal in content, and no stored tensor (input or result)
+    was modified in place since; the weights when they are the same parameters at the same in-place
+    version (an optimizer step or ``load_state_dict`` moves it). Nothing is kept or reused while
+    autograd records (training) or under torch.compile.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[tuple[Any, ...], Tensor, int] | None = None  # replaced in one assignment
+
+    def __call__(
+        self, module: nn.Module, inputs: tuple[Tensor | None, ...], compute: Callable[[], Tensor]
+    ) -> Tensor:
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return compute()
+        weights = tuple((p, p._version) for p in module.parameters())
+        last = self._last  # read once: another thread may replace it
+        if last is not None and last[1]._version == last[2]:
+            (stored_inputs, stored_weights), value = last[0], last[1]
+            if _same_weights(stored_weights, weights) and _same_inputs(stored_inputs, inputs):
+                return value
+        value = compute()
+        key = (tuple(None if t is None else (t, t._version) for t in inputs), weights)
+        self._last = (key, value, value._version)
+        return value
+
+
+def _same_weights(old: tuple[tuple[Tensor, int], ...], new: tuple[tuple[Tensor, int], ...]) -> bool:
+    return len(old) == len(new) and all(p is q and v == w for (p, v), (q, w) in zip(old, new))
+
+
+def _same_inputs(old: tuple[tuple[Tensor, int] | None, ...], new: tuple[Tensor | None, ...]) -> bool:
+    """Each input is the stored tensor or equal to it, and the stored one is as it was (no in-place edit)."""
+    if len(old) != len(new):
+        return False
+    for stored, t in zip(old, new):
+        if stored is None or t is None:
+            if stored is not t:
+                return False
+            continue
+        ref, version = stored
+        if ref._version != version:
+            return False
+        if ref is not t and (ref.shape != t.shape or ref.dtype != t.dtype or not torch.equal(ref, t)):
+            return False
+    return True
+
+
 def sincos_positions(height: int, width: int, dim: int, like: Tensor) -> Tensor:
     """Fixed 2-D sin-cos position embedding [height·width, dim] (MAE, He et al. 2022; DiT)."""
     quarter = dim // 4
@@ -197,6 +251,7 @@ class Attention(nn.Module):
             self.to_q = nn.Linear(dim, dim)
         self.to_kv = nn.Linear(context_dim, 2 * dim) if context_dim else None
         self.out = nn.Linear(dim, dim)
+        self.context_memo = InferenceMemo()  # a prompt's keys and values are the same at every step
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """x [B, N, dim], context [B, L, context_dim], mask [B, L] bool (True = real) → [B, N, dim]."""
@@ -208,7 +263,8 @@ class Attention(nn.Module):
             q, k, v = self.to_q(x), None, None
         keep, empty = None, None  # keep: [B, keys] bool; empty: [B] rows with no key at all
         if context is not None:
-            k_ctx, v_ctx = self.to_kv(context).chunk(2, dim=-1)  # [B, L, dim] each
+            kv = self.context_memo(self.to_kv, (context,), lambda: self.to_kv(context))  # [B, L, 2·dim]
+            k_ctx, v_ctx = kv.chunk(2, dim=-1)  # [B, L, dim] each
             if mask is None:
                 mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
             if self.self_attend:

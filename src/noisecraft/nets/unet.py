@@ -21,6 +21,7 @@ from .layers import (
     NOISE_EMBEDDINGS,
     Attention,
     FeedForward,
+    InferenceMemo,
     NoiseEmbedding,
     TransformerBlock,
     add_residual,
@@ -175,9 +176,13 @@ class TokenRefiner(nn.Module):
         )
         self.mlps = nn.ModuleList(FeedForward(width, mlp_ratio) for _ in range(layers))
         self.proj_out = zero_init(nn.Linear(width, text_dim))
+        self.memo = InferenceMemo()  # a sampler refines the same prompt at every step: once is enough
 
     def forward(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
         """tokens [B, L, D], mask [B, L] bool (True = real) → refined tokens [B, L, D]."""
+        return self.memo(self, (tokens, mask), lambda: self._refine(tokens, mask))
+
+    def _refine(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
         h = self.proj_in(tokens)  # [B, L, width]
         # [L, width]: token i at column i of a 1 × L grid, so the row half of the features is constant
         # (sin 0, cos 0): a 1-D table would use all of them, but the shipped shapes model learnt this one.
