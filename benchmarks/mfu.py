@@ -11,7 +11,8 @@ seen to sustain in the run.
 A step's model FLOPs are 3 × ``UNet.flops_per_image`` × batch: the backward pass costs two
 forwards (gradients of inputs and of weights) — FlopCounterMode's count of a real forward+backward
 is printed beside it as a check. Norms, activations and the optimizer are not counted (the usual
-MFU convention), although the step's time includes them.
+MFU convention), although the step's time includes them. Ours steps with the AdamW ``noisecraft
+train`` builds (fused), the peer with torch's default AdamW, as diffusers' training examples do.
 """
 
 from __future__ import annotations
@@ -94,8 +95,9 @@ def main() -> None:
         counted["diffusers"] = step_flops["diffusers"] = count_flops(peer, args.text_len)[1] * args.batch
 
     variants = {name: fn for name, (fn, _) in kernels.items()}
-    for name, (net, fn) in nets.items():
-        variants[f"train step {name}"] = training_step(fn, list(net.parameters()), args.batch, args.text_len)
+    for name, (net, fn) in nets.items():  # ours: the trainer's fused AdamW; the peer: torch's default
+        params, library = list(net.parameters()), name != "diffusers"
+        variants[f"train step {name}"] = training_step(fn, params, args.batch, args.text_len, library)
     timings = time_interleaved(variants, args.repeats, args.warmup)
 
     rates = {name: flops / timings[name].median for name, (_, flops) in kernels.items()}

@@ -18,8 +18,11 @@ transformers (self-attention, cross-attention, MLP) at 16×16 and 8×8 and in th
 - Empty prompts: ours gives a prompt with no real token zero cross-attention, diffusers a uniform
   one over padding; the prompts here all have ≥ 2 real tokens (like [CLS] [SEP]), so neither path runs.
 
-Training step = forward + mean-squared-error loss + backward + AdamW step (torch's defaults, as the
-trainer builds it) on random inputs.
+Training step = forward + mean-squared-error loss + backward + AdamW step on random inputs. Ours
+steps with the optimizer ``noisecraft train`` builds (``build_optimizer``: torch's fused AdamW
+kernel), the peer with ``torch.optim.AdamW``'s defaults, as diffusers' training examples build it
+(on CPU a loop of small ops per parameter); the row "ours, torch AdamW" gives ours the peer's
+optimizer too, so the networks alone can be compared.
 Generation = 20 steps of dpmpp_2m on a Karras schedule with classifier-free guidance (4 prompts,
 each call a batch of 4 conditional + 4 unconditional rows), through the same code for both nets:
 EDM preconditioning → ClassifierFreeGuidance → sampler, as ``Pipeline.sample`` runs it; the peer is
@@ -49,6 +52,8 @@ from noisecraft.guidance import ClassifierFreeGuidance
 from noisecraft.nets import UNet, UNetConfig
 from noisecraft.samplers import SAMPLERS
 from noisecraft.schedules import karras
+from noisecraft.training.build import build_optimizer
+from noisecraft.training.config import OptimConfig
 
 IMAGE_SIZE, TEXT_DIM = 32, 384
 
@@ -134,14 +139,20 @@ def count_flops(net: nn.Module, text_len: int) -> tuple[int, int]:
     return forward, counter.get_total_flops()
 
 
-def training_step(net: Callable, params: list[nn.Parameter], batch: int, text_len: int) -> Callable[[], None]:
-    """A closure running forward + MSE loss + backward + AdamW step on fixed random data."""
+def training_step(
+    net: Callable, params: list[nn.Parameter], batch: int, text_len: int, library_optimizer: bool = True
+) -> Callable[[], None]:
+    """A closure running forward + MSE loss + backward + AdamW step on fixed random data: the
+    trainer's AdamW (fused), or torch's default one when ``library_optimizer`` is False."""
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
     target = torch.randn(x.shape, generator=generator)
     c_noise = torch.randn(batch, generator=generator)
     cond = random_cond(batch, text_len, generator)
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    if library_optimizer:
+        optimizer = build_optimizer(params, OptimConfig(lr=1e-4), torch.device("cpu"))
+    else:
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -245,9 +256,14 @@ def main() -> None:
         print(notes[-1], flush=True)
 
     steps = {
-        name: training_step(fn, list(net.parameters()), args.batch, args.text_len)
+        name: training_step(
+            fn, list(net.parameters()), args.batch, args.text_len, not name.startswith("diffusers")
+        )
         for name, (net, fn) in variants.items()
     }
+    steps["ours, torch AdamW"] = training_step(nets["ours"], list(nets["ours"].parameters()), args.batch,
+                                               args.text_len, library_optimizer=False)  # fmt: skip
+    flops["ours, torch AdamW"] = flops["ours"]
     train = time_interleaved(steps, args.repeats, args.warmup)
     for net in nets.values():
         net.zero_grad(set_to_none=True)

@@ -221,10 +221,24 @@ def test_oracle_is_resolution_independent_and_tolerates_noise(drawn):
     assert matches(pil, items[0][1]) and read_scene(pil) == read_scene(np.asarray(pil))
 
 
+def test_pair_fraction_sets_how_many_scenes_hold_two_shapes():
+    """0 and 1 give only singles or only pairs; the default draws about 60% pairs."""
+    counts = {
+        p: sum(
+            len(ShapesDataset(length=100, **({} if p is None else {"pair_fraction": p})).scene(i).shapes)
+            for i in range(100)
+        )
+        for p in (0.0, None, 1.0)
+    }
+    assert counts[0.0] == 100 and counts[1.0] == 200 and 140 < counts[None] < 180
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="heldout"):
         ShapesDataset(split="validation")
     with pytest.raises(ValueError, match="size"):
         ShapesDataset(size=8)
+    with pytest.raises(ValueError, match="pair_fraction"):
+        ShapesDataset(pair_fraction=1.5)
     with pytest.raises(ValueError, match="square RGB image"):
         read_scene(torch.zeros(3, 32, 16))

@@ -30,8 +30,9 @@ from noisecraft.data import make_dataset
 from noisecraft.data.toy2d import toy_mixture
 from noisecraft.denoisers import score
 from noisecraft.training import Trainer, TrainingDiverged, load_config, run, train
-from noisecraft.training.build import learning_rate
+from noisecraft.training.build import build_optimizer, learning_rate
 from noisecraft.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from noisecraft.training.config import OptimConfig
 from noisecraft.training.data import EpochSampler
 from noisecraft.training.ema import PowerEMA, gamma_to_std, std_to_gamma
 from noisecraft.training.metrics import crc32c, masked_crc32c
@@ -157,6 +158,32 @@ def test_cli_divergence_is_one_line_and_exit_code_1(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------------------------
 # Power-function EMA (Karras et al. 2024).
+
+
+def test_the_fused_adamw_the_trainer_builds_steps_like_torchs_default():
+    """build_optimizer fuses AdamW on CPU; three steps with weight decay land where torch's default
+    (per-parameter loop) does, to float rounding."""
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(5, 3, generator=generator), torch.randn(7, generator=generator)]
+    grads = [[torch.randn(p.shape, generator=generator) for p in start] for _ in range(3)]
+    config = OptimConfig(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)
+    results = []
+    for make in (
+        lambda ps: build_optimizer(ps, config, torch.device("cpu")),
+        lambda ps: torch.optim.AdamW(ps, lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1),
+    ):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        optimizer = make(params)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            optimizer.step()
+        results.append((optimizer.param_groups[0]["fused"], [p.detach() for p in params]))
+    (fused, ours), (default_fused, reference) = results
+    assert fused and not default_fused
+    for a, b, s in zip(ours, reference, start):
+        assert (a - s).abs().max() > 1e-3  # the steps moved the parameters
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 def test_ema_std_gamma_conversion_matches_edm2():

@@ -249,13 +249,13 @@ def _place_pair(g: torch.Generator, ra: float, rb: float) -> tuple[tuple[float, 
     return (a_across, a_along), (b_across, b_along)
 
 
-def sample_scene(g: torch.Generator, split: str = "train") -> Scene:
-    """One or two shapes (two with probability 0.6) on a background, from the given split."""
+def sample_scene(g: torch.Generator, split: str = "train", pair_fraction: float = 0.6) -> Scene:
+    """One or two shapes (two with probability ``pair_fraction``) on a background, from the given split."""
     if split not in SPLITS:
         raise ValueError(f"unknown shapes split {split!r}; valid: {', '.join(SPLITS)}")
     background = _choice(g, tuple(BACKGROUNDS))
     first = _identity(g, split, held=split == "heldout", avoid=None)
-    if torch.rand((), generator=g).item() < 0.4:
+    if torch.rand((), generator=g).item() < 1 - pair_fraction:
         word, r = _size(g)
         x, y = _place_single(g, r)
         return Scene((Shape(*first, word, x, y, r),), background)
@@ -288,14 +288,26 @@ def describe(scene: Scene, g: torch.Generator) -> str:
 
 class ShapesDataset(Dataset):
     """Map-style procedural scenes: item i is (image [3, size, size] in [-1, 1], caption), a pure
-    function of (seed, split, i). ``length`` is how many distinct items an epoch has."""
+    function of (seed, split, i). ``length`` is how many distinct items an epoch has; ``pair_fraction``
+    how many scenes hold two shapes (a recipe can raise it to practise relations)."""
 
-    def __init__(self, size: int = 32, length: int = 100_000, seed: int = 0, split: str = "train"):
+    def __init__(
+        self,
+        size: int = 32,
+        length: int = 100_000,
+        seed: int = 0,
+        split: str = "train",
+        pair_fraction: float = 0.6,
+    ):
         if split not in SPLITS:
             raise ValueError(f"unknown shapes split {split!r}; valid: {', '.join(SPLITS)}")
-        if size < 16 or length < 1:
-            raise ValueError(f"need size ≥ 16 and length ≥ 1, got size={size}, length={length}")
+        if size < 16 or length < 1 or not 0.0 <= pair_fraction <= 1.0:
+            raise ValueError(
+                f"need size ≥ 16, length ≥ 1 and pair_fraction in [0, 1], got size={size}, length={length}, "
+                f"pair_fraction={pair_fraction}"
+            )
         self.size, self.length, self.seed, self.split = size, length, seed, split
+        self.pair_fraction = pair_fraction
 
     def __len__(self) -> int:
         return self.length
@@ -307,7 +319,7 @@ class ShapesDataset(Dataset):
 
     def scene_and_caption(self, index: int) -> tuple[Scene, str]:
         g = self._generator(index)
-        scene = sample_scene(g, self.split)
+        scene = sample_scene(g, self.split, self.pair_fraction)
         return scene, describe(scene, g)
 
     def scene(self, index: int) -> Scene:

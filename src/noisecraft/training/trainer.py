@@ -24,6 +24,7 @@ from .build import (
     LatentSpace,
     build_denoiser,
     build_net,
+    build_optimizer,
     build_text_encoder,
     init_from,
     parent_record,
@@ -126,10 +127,7 @@ class Trainer:
         self.latent = LatentSpace(c.model.autoencoder, c.model.latent_scale, self.device)
         self.ema = PowerEMA(self.objective, c.ema.std) if c.ema.std > 0 else None
         self.params = [p for p in self.objective.parameters() if p.requires_grad]
-        o = c.optim
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
-        )
+        self.optimizer = build_optimizer(self.params, c.optim, self.device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.bf16:
