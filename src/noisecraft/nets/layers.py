@@ -168,7 +168,8 @@ class InferenceMemo:
     TokenRefiner, every cross-attention's keys and values) need be done once per generation. Inputs
     match when they are the same tensor or equal in content, and no stored tensor (input or result)
     was modified in place since; the weights when they are the same parameters at the same in-place
-    version (an optimizer step or ``load_state_dict`` moves it). Nothing is kept or reused while
+    version (an optimizer step or ``load_state_dict`` moves it) and storage (``.to()`` and ``.half()``
+    swap it, keeping the version). Nothing is kept or reused while
     autograd records (training) or under torch.compile.
     """
 
@@ -180,7 +181,7 @@ class InferenceMemo:
     ) -> Tensor:
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return compute()
-        weights = tuple((p, p._version) for p in module.parameters())
+        weights = tuple((p, p._version, p.data_ptr()) for p in module.parameters())
         last = self._last  # read once: another thread may replace it
         if last is not None and last[1]._version == last[2]:
             (stored_inputs, stored_weights), value = last[0], last[1]
@@ -192,8 +193,10 @@ class InferenceMemo:
         return value
 
 
-def _same_weights(old: tuple[tuple[Tensor, int], ...], new: tuple[tuple[Tensor, int], ...]) -> bool:
-    return len(old) == len(new) and all(p is q and v == w for (p, v), (q, w) in zip(old, new))
+def _same_weights(old: tuple[tuple[Tensor, int, int], ...], new: tuple[tuple[Tensor, int, int], ...]) -> bool:
+    return len(old) == len(new) and all(
+        p is q and rest == rest_new for (p, *rest), (q, *rest_new) in zip(old, new)
+    )
 
 
 def _same_inputs(old: tuple[tuple[Tensor, int] | None, ...], new: tuple[Tensor | None, ...]) -> bool:
