@@ -68,13 +68,15 @@ def test_overrides_are_parsed_and_typed():
         ("optim.grad_accum=3", ["optim.batch_size (256)", "optim.grad_accum (3)"]),
         ("text.cond_dropout=1.5", ["text.cond_dropout", "[0, 1)"]),
         ("ema.std=0.5", ["ema.std", "0.28"]),
+        ("loss.mean_sigma=-1", ["loss.mean_sigma must be >= 0"]),
+        ("loss.kind=flow_matching loss.mean_sigma=10", ["loss.mean_sigma", "'dsm' only"]),
         ("optim=3", ["optim", "expected a table"]),
         ("optim.lr", ["section.key=value"]),
     ],
 )
 def test_bad_overrides_name_the_key(override, needles):
     with pytest.raises(ValueError) as info:
-        load_config(RECIPE, [override])
+        load_config(RECIPE, override.split())
     message = str(info.value)
     assert "\n" not in message
     for needle in needles:

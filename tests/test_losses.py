@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from noisecraft.denoisers import ContinuousVPDenoiser, EDMPrecond, FlowDenoiser
-from noisecraft.losses import WEIGHTINGS, denoising_loss, flow_matching_loss
+from noisecraft.losses import WEIGHTINGS, denoising_loss, flow_matching_loss, mean_discounted_mse
 
 N = 4000  # Monte-Carlo examples for the stationarity tests (2-D, so this is cheap)
 
@@ -30,6 +30,19 @@ def scale_gradients(mixture2d, loss_fn, sigma: torch.Tensor, scale: float) -> to
 
 LOSSES = {name: (lambda w: lambda *a: denoising_loss(*a, weighting=w))(name) for name in WEIGHTINGS}
 LOSSES["flow_matching_loss"] = flow_matching_loss
+
+
+def as_image_loss(denoiser, x0, sigma, noise):
+    """EDM loss with the spatial-mean discount, the 2-D points read as [N, 1, 1, 2] images."""
+
+    def image_denoiser(x, sig, cond=None):  # [N, 1, 1, 2] → [N, 1, 1, 2]
+        return denoiser(x.reshape(-1, 2), sig, cond).reshape(x.shape)
+
+    as_image = (t.reshape(-1, 1, 1, 2) for t in (x0, noise))
+    return denoising_loss(image_denoiser, next(as_image), sigma, next(as_image), mean_sigma=0.5)
+
+
+LOSSES["edm_mean_discounted"] = as_image_loss
 
 
 @pytest.mark.parametrize("name", list(LOSSES))
@@ -115,6 +128,20 @@ def test_flow_matching_equals_velocity_mse(toy_eps_net, batch):
     torch.testing.assert_close(
         denoising_loss(model, x0, sigma, noise, weighting="flow"), loss, rtol=1e-9, atol=0
     )
+
+
+def test_mean_discount_scales_only_the_spatial_mean_of_the_error():
+    g = torch.Generator().manual_seed(0)
+    flat = torch.randn(4, 3, 1, 1, generator=g).expand(4, 3, 5, 6)  # [B, C, H, W] constant per channel
+    wiggle = torch.randn(4, 3, 5, 6, generator=g)
+    wiggle = wiggle - wiggle.mean((2, 3), keepdim=True)  # zero spatial mean per channel
+    sigma, x0 = torch.tensor([0.1, 2.0, 10.0, 80.0]), torch.zeros(4, 3, 5, 6)
+    keep = 1 / (1 + (sigma / 10.0) ** 2)  # [B]: 0.9999, 0.96, 0.5, 0.015
+    got = mean_discounted_mse(x0 + flat + wiggle, x0, sigma, 10.0)
+    torch.testing.assert_close(got, mse(wiggle, x0) + keep * mse(flat, x0))
+    torch.testing.assert_close(mean_discounted_mse(flat + wiggle, x0, sigma, 0.0), mse(flat + wiggle, x0))
+    with pytest.raises(ValueError, match="spatial-mean discount needs images"):
+        mean_discounted_mse(torch.ones(4, 2), torch.zeros(4, 2), sigma, 10.0)
 
 
 def test_uniform_is_x0_mse(mixture2d):

@@ -24,7 +24,7 @@ from noisecraft.text import (
     TextEncoder,
     precompute,
 )
-from noisecraft.text.tokenizer import BOS, EOS, PAD
+from noisecraft.text.tokenizer import BOS, EOS, PAD, WordTokenizer
 
 # float64 reductions over token lists of different lengths differ only in summation order: ~1e-15
 F64_TOL = dict(rtol=0, atol=1e-12)
@@ -73,6 +73,29 @@ def test_tokenizer_bad_prompts(bad):
         ByteTokenizer()(bad)
 
 
+def test_word_tokenizer_ids_words_not_spellings():
+    tok = WordTokenizer(max_length=16, buckets=4096)
+    ids, mask = tok(["A red circle, left of a RED square.", "red"])
+    assert mask.sum(1).tolist() == [12, 3] and ids[0, 0] == BOS and ids[0, 11] == EOS
+    words = ids[0, 1:11].tolist()  # a red circle , left of a red square .
+    assert words[0] == words[6] and words[1] == words[7] == ids[1, 1]  # same word, same id, any case
+    assert words[3] != words[2] and 3 <= min(words) and max(words) < tok.vocab_size == 4099
+    with pytest.raises(NotImplementedError):
+        tok.decode(ids[0])
+
+
+def test_word_tokenizer_truncates_and_keeps_the_shapes_words_apart():
+    with pytest.warns(UserWarning, match="word tokenizer"):
+        ids, _ = WordTokenizer(max_length=4)(["one two three"])
+    assert ids.shape == (1, 4) and ids[0, -1] == EOS
+    # every word of the shapes captions gets its own id at the default 4,096 buckets
+    words = "a above and at background below beneath big black blue bottom center circle cyan gray green in"
+    words += " is large left little middle near of on over picture purple red right side small square star"
+    words += " the there to top triangle under white yellow"
+    ids, _ = WordTokenizer(max_length=64)([words])
+    assert len(set(ids[0, 1:-1].tolist())) == len(words.split()) == 42
+
+
 # --- built-in encoder ----------------------------------------------------------------------------
 
 
@@ -99,6 +122,22 @@ def test_builtin_batch_independence_and_shapes():
     assert not torch.allclose(a.pooled[1], b.pooled[1])  # the encoder does read the prompt
     a.pooled.sum().backward()  # trained jointly: gradients reach the embeddings
     assert enc.embed.weight.grad.abs().sum() > 0
+
+
+def test_builtin_word_tokens_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    config = BuiltinTextEncoderConfig(dim=32, depth=1, heads=4, max_length=16, tokens="words", buckets=64)
+    enc = BuiltinTextEncoder(config).eval()
+    assert enc.embed.num_embeddings == 3 + 64
+    a = enc(["a red circle left of a blue square", "a blue circle left of a red square"])
+    assert a.tokens.shape == (2, 10, 32)  # BOS + 8 words + EOS
+    assert not torch.allclose(a.pooled[0], a.pooled[1])  # word order is read (positions)
+    save_component(enc, tmp_path / "words")
+    loaded = load_component(tmp_path / "words", BuiltinTextEncoder)
+    assert loaded.config.tokens == "words" and isinstance(loaded.tokenizer, WordTokenizer)
+    assert_same(loaded(["a red circle"]), enc(["a red circle"]))
+    with pytest.raises(ValueError, match="tokens must be"):
+        BuiltinTextEncoderConfig(tokens="letters")
 
 
 def test_builtin_truncation_and_save_load(tmp_path):

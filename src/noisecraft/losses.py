@@ -76,6 +76,25 @@ def _per_example_mse(a: Tensor, b: Tensor) -> Tensor:
     return (a - b).pow(2).reshape(a.shape[0], -1).mean(1)
 
 
+def mean_discounted_mse(a: Tensor, b: Tensor, sigma: Tensor, mean_sigma: float) -> Tensor:
+    """Per-example MSE [B] with the error's per-channel spatial mean weighted by 1/(1 + (σ/mean_sigma)²).
+
+    MSE = mean‖e − ē‖² + mean‖ē‖² (ē: the mean over H, W; the cross term is zero), so this only scales
+    the second term. Each term is minimised by the same E[x0 | x_σ], so the optimum does not move; what
+    changes is the gradient noise. At high σ an unnamed background colour cannot be known, and its
+    error — almost all in ē — drowns the small, spatially varying signals a prompt decides there (which
+    named shape goes left). ``mean_sigma`` ≤ 0 gives the plain MSE.
+    """
+    if mean_sigma <= 0:
+        return _per_example_mse(a, b)
+    if a.ndim < 3:
+        raise ValueError("a spatial-mean discount needs images [B, C, H, W, ...], got a tensor without axes")
+    err = a - b  # [B, C, H, W]
+    mean = err.mean(dim=tuple(range(2, err.ndim)), keepdim=True)  # [B, C, 1, 1]
+    keep = 1 / (1 + (sigma / mean_sigma) ** 2)  # [B]
+    return _per_example_mse(err, mean) + keep * mean.pow(2).reshape(a.shape[0], -1).mean(1)
+
+
 def denoising_loss(
     denoiser: Denoiser,
     x0: Tensor,
@@ -86,14 +105,19 @@ def denoising_loss(
     weighting: str = "edm",
     sigma_data: float = 0.5,
     gamma: float = 5.0,
+    mean_sigma: float = 0.0,
 ) -> Tensor:
-    """Per-example w(σ)·mean‖D(x0 + σε, σ, cond) − x0‖² (denoising score matching; Vincent 2011), [B]."""
+    """Per-example w(σ)·mean‖D(x0 + σε, σ, cond) − x0‖² (denoising score matching; Vincent 2011), [B].
+
+    ``mean_sigma`` > 0 discounts the error's spatial mean at σ ≫ mean_sigma (``mean_discounted_mse``).
+    """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
     s = _check_loss_inputs(x0, sigma, noise)
     sigma_b = s.reshape(-1)  # [B]
     denoised = denoiser(x0 + s * noise, sigma_b, cond)  # [B, ...]
-    return WEIGHTINGS[weighting](sigma_b, sigma_data, gamma) * _per_example_mse(denoised, x0)
+    mse = mean_discounted_mse(denoised, x0, sigma_b, mean_sigma)
+    return WEIGHTINGS[weighting](sigma_b, sigma_data, gamma) * mse
 
 
 def flow_matching_loss(

@@ -1,8 +1,9 @@
-"""Built-in text encoder: a small pre-norm transformer over byte tokens, trained with the diffusion model."""
+"""Built-in text encoder: a small transformer over byte or word tokens, trained with the diffusion model."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,7 @@ from torch import Tensor, nn
 
 from ..components import register_component
 from ..conditioning import Conditioning
-from .tokenizer import VOCAB_SIZE, ByteTokenizer
+from .tokenizer import ByteTokenizer, WordTokenizer
 
 
 @dataclass
@@ -18,11 +19,15 @@ class BuiltinTextEncoderConfig:
     dim: int = 128
     depth: int = 2
     heads: int = 4
-    max_length: int = 64  # bytes + BOS + EOS
+    max_length: int = 64  # tokens + BOS + EOS
     mlp_ratio: int = 4
     dropout: float = 0.0
+    tokens: Literal["bytes", "words"] = "bytes"  # UTF-8 bytes, or words hashed to `buckets` ids
+    buckets: int = 4096  # word ids (tokens = "words" only)
 
     def __post_init__(self) -> None:
+        if self.tokens not in ("bytes", "words") or self.buckets < 1:
+            raise ValueError(f"tokens must be 'bytes' or 'words' and buckets ≥ 1, got {self}")
         if self.dim <= 0 or self.depth < 0 or self.heads <= 0 or self.mlp_ratio <= 0:
             raise ValueError(f"dim, heads, mlp_ratio must be positive and depth >= 0, got {self}")
         if self.dim % self.heads:
@@ -56,15 +61,19 @@ class Block(nn.Module):
 
 @register_component("builtin_text")
 class BuiltinTextEncoder(nn.Module):
-    """Byte embedding + learned positions + pre-norm transformer layers; pooled = mean over real tokens."""
+    """Token embedding + learned positions + pre-norm transformer layers; pooled = mean over real tokens."""
 
     config_class = BuiltinTextEncoderConfig
 
     def __init__(self, config: BuiltinTextEncoderConfig | None = None):
         super().__init__()
         self.config = config = config or BuiltinTextEncoderConfig()
-        self.tokenizer = ByteTokenizer(config.max_length)
-        self.embed = nn.Embedding(VOCAB_SIZE, config.dim)
+        self.tokenizer = (
+            WordTokenizer(config.max_length, config.buckets)
+            if config.tokens == "words"
+            else ByteTokenizer(config.max_length)
+        )
+        self.embed = nn.Embedding(self.tokenizer.vocab_size, config.dim)
         self.position = nn.Parameter(torch.randn(config.max_length, config.dim) * 0.02)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.dim)

@@ -154,6 +154,7 @@ class DiffusionObjective(nn.Module):
             weighting=self.loss.weighting,
             sigma_data=self.sigma_data,
             gamma=self.loss.min_snr_gamma,
+            mean_sigma=self.loss.mean_sigma,
         )
 
 

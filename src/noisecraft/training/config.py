@@ -91,6 +91,7 @@ class LossConfig:
     kind: Literal["dsm", "flow_matching"] = "dsm"  # denoising score matching or rectified-flow loss
     weighting: Literal["edm", "snr", "min_snr", "v", "flow", "uniform"] = "edm"  # dsm's w(σ)
     min_snr_gamma: float = 5.0
+    mean_sigma: float = 0.0  # dsm: weight the error's spatial mean by 1/(1 + (σ/mean_sigma)²); 0 = off
 
 
 @dataclass
@@ -333,6 +334,7 @@ def check_ranges(c: TrainConfig) -> None:
         "optim.grad_clip": c.optim.grad_clip,
         "optim.warmup_steps": c.optim.warmup_steps,
         "sampling.every": c.sampling.every,
+        "loss.mean_sigma": c.loss.mean_sigma,
     }
     for key, value in non_negative.items():
         if not (value >= 0 and math.isfinite(value)):
@@ -342,6 +344,8 @@ def check_ranges(c: TrainConfig) -> None:
             f"optim.batch_size ({c.optim.batch_size}) must be divisible by optim.grad_accum "
             f"({c.optim.grad_accum})"
         )
+    if c.loss.mean_sigma > 0 and c.loss.kind != "dsm":
+        raise ValueError(f"loss.mean_sigma applies to loss.kind = 'dsm' only, not {c.loss.kind!r}")
     if not 0.0 <= c.text.cond_dropout < 1.0:
         raise ValueError(f"text.cond_dropout must be in [0, 1), got {c.text.cond_dropout}")
     if not 0.0 <= c.ema.std < 0.28:  # σ_rel of a power profile peaks at 0.2887 (γ = 0)
