@@ -13,10 +13,12 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
+from noisecraft.conditioning import Conditioning
 from noisecraft.denoisers import (
     ContinuousVPDenoiser,
     DiscreteVPDenoiser,
     EDMPrecond,
+    FixedBatch,
     FlowDenoiser,
     GaussianMixtureDenoiser,
     score,
@@ -337,3 +339,24 @@ def test_every_denoiser_accepts_scalar_sigma(mixture2d, name: str) -> None:
     assert batch.shape == x.shape
     torch.testing.assert_close(denoiser(x, 0.8), batch, rtol=0, atol=0)
     torch.testing.assert_close(denoiser(x, torch.tensor(0.8, dtype=F64)), batch, rtol=0, atol=0)
+
+
+def test_fixed_batch_calls_with_exactly_rows_samples_and_returns_the_real_ones():
+    calls = []
+
+    def denoiser(x, sigma, cond=None):  # row-wise: x·σ + the prompt's pooled value
+        calls.append(x.shape[0])
+        return x * sigma[:, None] + cond.pooled[:, :1]
+
+    x, sigma = torch.randn(5, 3), torch.linspace(0.5, 2.5, 5)
+    cond = Conditioning(torch.zeros(5, 2, 4), torch.ones(5, 2, dtype=torch.bool), torch.arange(5.0)[:, None])
+    out = FixedBatch(denoiser, rows=4)(x, sigma, cond)
+    assert calls == [4, 4] and out.shape == (5, 3)
+    torch.testing.assert_close(out, x * sigma[:, None] + torch.arange(5.0)[:, None])
+    calls.clear()
+    FixedBatch(denoiser, rows=4)(x[:4], 1.0, cond[:4])  # a scalar σ is broadcast; one full chunk
+    assert calls == [4]
+    with pytest.raises(ValueError, match="3 prompts for 5 samples"):
+        FixedBatch(denoiser)(x, sigma, cond[:3])
+    with pytest.raises(ValueError, match="rows must be at least 1"):
+        FixedBatch(denoiser, rows=0)

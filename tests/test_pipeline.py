@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_tiny_pipeline
 from PIL import Image
 
@@ -28,6 +29,18 @@ def test_same_seed_same_image_whatever_the_batch(pipe):
     alone = pipe.generate("a blue square", seed=6)
     assert np.array_equal(pixels(both[1]), pixels(alone[0]))
     assert not np.array_equal(pixels(both[0]), pixels(pipe.generate("a red circle", seed=7)[0]))
+
+
+def test_sampled_tensors_are_bit_identical_whatever_the_batch(pipe):
+    """Not only the 8-bit pixels: CPU kernels round differently for different batch sizes, so the
+    pipeline encodes prompts one by one and runs the network on fixed-size chunks (FixedBatch)."""
+    prompts = ["a red circle", "a blue square", "a green star", "a red circle", "a star above a square"]
+    five = pipe.sample(prompts, seed=10)  # image i: seed 10 + i
+    nine = pipe.sample(prompts + prompts[:4], seed=10)
+    for i, prompt in enumerate(prompts):
+        alone = pipe.sample([prompt], seed=10 + i)
+        assert torch.equal(alone[0], five[i]) and torch.equal(alone[0], nine[i]), i
+    assert not torch.equal(five[0], five[3])  # same prompt, another seed
 
 
 def test_num_images_and_metadata(pipe):

@@ -16,7 +16,7 @@ from noisecraft.images import read_png_metadata
 from noisecraft.pipeline import SHIPPED_DIR, Pipeline, shipped_models
 
 REQUIRED = ("emoji", "shapes")
-PROMPTS = {"shapes": "a red circle", "emoji": "red apple"}
+PROMPTS = {"shapes": "a red circle", "emoji": "red apple", "mnist": "a handwritten 7"}
 MAX_BYTES = 25 * 1024 * 1024
 
 
@@ -69,6 +69,18 @@ def test_shapes_draws_the_asked_colours():
     images = pipe.generate([f"a big {c} square in the middle" for c in colours], steps=20, seed=0)
     read = [[s.colour for s in read_scene(im).shapes] for im in images]
     assert sum(c in r for c, r in zip(colours, read)) >= 3, read
+
+
+@pytest.mark.skipif("mnist" not in shipped_models(), reason="mnist not shipped")
+def test_mnist_draws_the_prompted_digit():
+    """The project's MNIST classifier reads back the digit each prompt asked for (chance: 1 in 10)."""
+    from noisecraft.evaluation.classifier import load_domain_classifier
+
+    digits = [0, 3, 5, 8]
+    images = Pipeline.load("mnist").sample([f"a handwritten {d}" for d in digits], seed=0)  # [4, 1, 28, 28]
+    with torch.no_grad():
+        logits = load_domain_classifier("mnist")(images.clamp(-1, 1))
+    assert logits.argmax(1).tolist() == digits
 
 
 @pytest.mark.skipif("emoji" not in shipped_models(), reason="emoji not shipped")

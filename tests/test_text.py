@@ -372,3 +372,14 @@ def test_cache_unknown_caption_and_fallback():
 def test_cache_warns_for_trainable_encoder():
     with pytest.warns(UserWarning, match="trainable"):
         CachedTextEncoder(small_builtin(), ["a dog"])
+
+
+def test_conditioning_pads_to_a_fixed_length_and_never_cuts():
+    enc = small_builtin().eval()
+    a, b = enc(["cat"]), enc(["a longer prompt"])
+    joined = Conditioning.cat([a, b], length=24)
+    assert joined.tokens.shape == (2, 24, 32) and joined.mask.sum(1).tolist() == [5, 17]
+    assert torch.equal(joined.tokens[0, :5], a.tokens[0]) and (joined.tokens[0, 5:] == 0).all()
+    assert Conditioning.cat([a, b]).tokens.shape[1] == 17  # default: the longest
+    with pytest.raises(ValueError, match="cannot pad 17 tokens to 8"):
+        Conditioning.cat([a, b], length=8)

@@ -36,13 +36,23 @@ class Conditioning:
             self.pooled.repeat_interleave(n, 0),
         )
 
+    def padded(self, length: int) -> Conditioning:
+        """Token lists right-padded to ``length`` with zero tokens marked as padding (never cut)."""
+        pad = length - self.tokens.shape[1]
+        if pad < 0:
+            raise ValueError(f"cannot pad {self.tokens.shape[1]} tokens to {length}")
+        if pad == 0:
+            return self
+        tokens = torch.nn.functional.pad(self.tokens, (0, 0, 0, pad))
+        return Conditioning(tokens, torch.nn.functional.pad(self.mask, (0, pad), value=False), self.pooled)
+
     @staticmethod
-    def cat(parts: list[Conditioning]) -> Conditioning:
-        """Join conditionings along the batch axis, padding token lists to the longest."""
-        length = max(p.tokens.shape[1] for p in parts)
-        tokens, masks = [], []
-        for p in parts:
-            pad = length - p.tokens.shape[1]
-            tokens.append(torch.nn.functional.pad(p.tokens, (0, 0, 0, pad)))
-            masks.append(torch.nn.functional.pad(p.mask, (0, pad), value=False))
-        return Conditioning(torch.cat(tokens), torch.cat(masks), torch.cat([p.pooled for p in parts]))
+    def cat(parts: list[Conditioning], length: int | None = None) -> Conditioning:
+        """Join conditionings along the batch axis, token lists padded to ``length`` (default: longest)."""
+        length = max(p.tokens.shape[1] for p in parts) if length is None else length
+        parts = [p.padded(length) for p in parts]
+        return Conditioning(
+            torch.cat([p.tokens for p in parts]),
+            torch.cat([p.mask for p in parts]),
+            torch.cat([p.pooled for p in parts]),
+        )

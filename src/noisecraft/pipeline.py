@@ -24,14 +24,20 @@ from torch import Tensor, nn
 
 from .components import ComponentError, config_from_dict, load_component, save_component
 from .conditioning import Conditioning
-from .denoisers import PRECONDITIONINGS, Denoiser, precondition
+from .denoisers import PRECONDITIONINGS, Denoiser, FixedBatch, precondition
 from .guidance import ClassifierFreeGuidance
 from .images import METADATA_KEY, from_pil, to_pil
 from .samplers import Callback, get_sampler
 from .schedules import karras, vp_alphas_cumprod
+from .text.tokenizer import check_prompts
 
 SHIPPED_DIR = Path(__file__).parent / "models"
 PIPELINE_FILE = "pipeline.json"
+
+
+# The network runs on chunks of this many samples (denoisers.FixedBatch): 4 covers one image with its
+# unguided twin (padded) and keeps 4 guided images at 2 calls a step.
+BATCH_ROWS = 4
 
 
 @dataclass
@@ -255,16 +261,25 @@ class Pipeline:
         return out if keep is None else keep * init + (1 - keep) * out
 
     def encode(self, prompts: list[str]) -> Conditioning | None:
-        """The text encoder's Conditioning for ``prompts`` (None for an unconditional model)."""
-        return None if self.text_encoder is None else self.text_encoder(prompts)
+        """The text encoder's Conditioning for ``prompts`` (None for an unconditional model).
+
+        Each distinct prompt is encoded alone and padded to the encoder's full context: an encoder's and
+        a network's rounding depend on the shapes they run at (batch, token count), and a prompt must
+        condition its images the same in any batch.
+        """
+        if self.text_encoder is None:
+            return None
+        alone = {p: self.text_encoder([p]) for p in dict.fromkeys(check_prompts(prompts))}
+        return Conditioning.cat([alone[p] for p in prompts], length=int(self.text_encoder.max_length))
 
     def _guided(
         self, prompts: list[str], negative: str | None, guidance: float
     ) -> tuple[Denoiser, Conditioning | None]:
         cond = self.encode(prompts)
+        denoiser = FixedBatch(self.denoiser, BATCH_ROWS)  # a seed's image whatever its batch
         if cond is None or guidance == 1.0:
-            return self.denoiser, cond
-        return ClassifierFreeGuidance(self.denoiser, guidance, self.encode([negative or ""])), cond
+            return denoiser, cond
+        return ClassifierFreeGuidance(denoiser, guidance, self.encode([negative or ""])), cond
 
     def _as_batch(self, image: Image.Image | Tensor, batch: int) -> Tensor:
         """An init image (PIL or [C, H, W] / [1, C, H, W] tensor in [-1, 1]) as [B, C, H, W]."""

@@ -161,11 +161,12 @@ class NoiseEmbedding(nn.Module):
 
 
 class InferenceMemo:
-    """The last result of a module's pure function of some tensors, reused at inference while those
-    tensors and the module's weights are unchanged.
+    """The last few results of a module's pure function of some tensors, reused at inference while
+    those tensors and the module's weights are unchanged.
 
     A sampler calls the network at every step with the same prompt, so the text-side work (a
-    TokenRefiner, every cross-attention's keys and values) need be done once per generation. Inputs
+    TokenRefiner, every cross-attention's keys and values) need be done once per generation; a few
+    results are kept because a batch may run in several chunks (``denoisers.FixedBatch``). Inputs
     match when they are the same tensor or equal in content, and no stored tensor (input or result)
     was modified in place since; the weights when they are the same parameters at the same in-place
     version (an optimizer step or ``load_state_dict`` moves it) and storage (``.to()`` and ``.half()``
@@ -173,8 +174,9 @@ class InferenceMemo:
     autograd records (training) or under torch.compile.
     """
 
-    def __init__(self) -> None:
-        self._last: tuple[tuple[Any, ...], Tensor, int] | None = None  # replaced in one assignment
+    def __init__(self, capacity: int = 8) -> None:
+        self.capacity = capacity
+        self._entries: tuple[tuple[tuple[Any, ...], Tensor, int], ...] = ()  # replaced in one assignment
 
     def __call__(
         self, module: nn.Module, inputs: tuple[Tensor | None, ...], compute: Callable[[], Tensor]
@@ -182,14 +184,14 @@ class InferenceMemo:
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return compute()
         weights = tuple((p, p._version, p.data_ptr()) for p in module.parameters())
-        last = self._last  # read once: another thread may replace it
-        if last is not None and last[1]._version == last[2]:
-            (stored_inputs, stored_weights), value = last[0], last[1]
-            if _same_weights(stored_weights, weights) and _same_inputs(stored_inputs, inputs):
-                return value
+        entries = self._entries  # read once: another thread may replace it
+        for (stored_inputs, stored_weights), value, version in entries:
+            if value._version == version and _same_weights(stored_weights, weights):
+                if _same_inputs(stored_inputs, inputs):
+                    return value
         value = compute()
         key = (tuple(None if t is None else (t, t._version) for t in inputs), weights)
-        self._last = (key, value, value._version)
+        self._entries = ((key, value, value._version), *entries)[: self.capacity]
         return value
 
 
