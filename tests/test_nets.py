@@ -37,6 +37,7 @@ def make_net(kind: str, in_channels: int = 3, text_dim: int = TEXT_DIM, seed: in
             text_layers=2 if kind == "unet-refined" and text_dim else 0,
             text_width=16,
             attention_positions=kind == "unet-refined",
+            text_layout=kind == "unet-refined" and text_dim > 0,
         )
         net = UNet(config)
     else:
@@ -260,6 +261,8 @@ def test_bad_configs_raise_value_error():
         DiTConfig(text_attention="concat")
     with pytest.raises(ValueError, match="text_layers"):
         UNetConfig(text_layers=2)  # a refiner needs a prompt (text_dim > 0)
+    with pytest.raises(ValueError, match="text_layout needs text_dim"):
+        UNetConfig(text_layout=True)
     with pytest.raises(ValueError, match="text_layers"):
         UNetConfig(text_dim=12, text_layers=1, text_width=20, head_dim=8)
 
@@ -272,21 +275,23 @@ def test_a_token_refiner_grows_a_trained_unet_without_changing_what_it_computes(
 
     trained = make_net("unet")
     save_component(trained, tmp_path / "net")
-    grown_config = dataclasses.replace(trained.config, text_layers=2, text_width=16, attention_positions=True)
+    grown_config = dataclasses.replace(
+        trained.config, text_layers=2, text_width=16, attention_positions=True, text_layout=True
+    )
     grown = UNet(grown_config).eval()
     with pytest.raises(ValueError, match="lacks: .*pos_proj"):
-        init_from(grown, str(tmp_path), ["text_refiner"])
-    init_from(grown, str(tmp_path), ["text_refiner", "pos_proj"])
+        init_from(grown, str(tmp_path), ["text_refiner", "layout"])
+    init_from(grown, str(tmp_path), ["text_refiner", "pos_proj", "layout"])
     x, c_noise, generator = inputs(2, 3, 16)
     cond = make_cond([3, 6], 6, generator)
     assert torch.equal(grown(x, c_noise, cond), trained(x, c_noise, cond))
-    for new in (grown.text_refiner.proj_out, grown.mid[0].attn.pos_proj):
+    for new in (grown.text_refiner.proj_out, grown.mid[0].attn.pos_proj, grown.mid[0].attn.layout.out):
         with torch.no_grad():  # once its output layer moves, the new module does change the prediction
             new.weight.normal_(generator=generator)
         assert (grown(x, c_noise, cond) - trained(x, c_noise, cond)).abs().max() > 1e-4
         with torch.no_grad():
             new.weight.zero_()
-    with pytest.raises(ValueError, match="lacks: .*pos_proj.*init_new"):
+    with pytest.raises(ValueError, match="lacks: .*(pos_proj|layout).*init_new"):
         init_from(grown, str(tmp_path))
 
 
@@ -316,6 +321,26 @@ def test_cross_attention_ignores_token_order_and_the_token_refiner_does_not():
     plain, refined = make_net("unet"), make_net("unet-refined")
     torch.testing.assert_close(plain(x, c_noise, swapped), plain(x, c_noise, cond), rtol=0, atol=1e-5)
     assert (refined(x, c_noise, swapped) - refined(x, c_noise, cond)).abs().max() > 1e-3
+
+
+def test_text_layout_is_a_map_of_the_prompt_alone_computed_once_per_prompt():
+    """TextLayout's queries are positions, not image features: its map varies over the picture and
+    with the prompt, not with the noisy input, and at inference it runs once per prompt."""
+    net = make_net("unet-refined")
+    layout = net.down[2].attn.layout  # the 8×8 level of the 16×16 test net
+    calls = count_calls(layout.attn.to_q)
+    _, _, generator = inputs(2, 3, 16)
+    cond, other = make_cond([3, 6], 6, generator), make_cond([4, 2], 6, generator)
+    with torch.no_grad():
+        a = layout(cond.tokens, cond.mask, 8, 8)  # [B, 64, C]
+        assert a.shape == (2, 64, 16) and (a - a.mean(1, keepdim=True)).abs().max() > 1e-3  # varies in space
+        assert (layout(other.tokens, other.mask, 8, 8) - a).abs().max() > 1e-3  # and with the prompt
+        assert calls == [2]
+        x, c_noise, _ = inputs(2, 3, 16, seed=1)
+        net(x, c_noise, cond), net(x * 2, c_noise, cond)  # two sampler steps (of the refined tokens)
+        assert calls == [3] and torch.equal(layout(cond.tokens, cond.mask, 8, 8), a)  # once, then reused
+    net(x, c_noise, cond)  # under autograd (training) nothing is reused
+    assert calls == [4]
 
 
 def count_calls(module: torch.nn.Module) -> list[int]:
