@@ -357,6 +357,6 @@ def test_fixed_batch_calls_with_exactly_rows_samples_and_returns_the_real_ones()
     FixedBatch(denoiser, rows=4)(x[:4], 1.0, cond[:4])  # a scalar σ is broadcast; one full chunk
     assert calls == [4]
     with pytest.raises(ValueError, match="3 prompts for 5 samples"):
-        FixedBatch(denoiser)(x, sigma, cond[:3])
+        FixedBatch(denoiser, rows=4)(x, sigma, cond[:3])
     with pytest.raises(ValueError, match="rows must be at least 1"):
         FixedBatch(denoiser, rows=0)

@@ -51,7 +51,7 @@ class FixedBatch:
     within one call; without this, a seed's image can differ by one 8-bit level between batches.
     """
 
-    def __init__(self, denoiser: Denoiser, rows: int = 4):
+    def __init__(self, denoiser: Denoiser, rows: int):
         if rows < 1:
             raise ValueError(f"rows must be at least 1, got {rows}")
         self.denoiser, self.rows = denoiser, rows

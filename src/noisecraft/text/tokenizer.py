@@ -55,7 +55,11 @@ class ByteTokenizer:
 
     def encode(self, prompt: str) -> list[int]:
         """Token ids of one prompt, cut to max_length (EOS is kept: it marks the end for the encoder)."""
-        return [BOS, *self.pieces(prompt)[: self.max_length - 2], EOS]
+        return self._framed(self.pieces(prompt))
+
+    def _framed(self, pieces: list[int]) -> list[int]:
+        """BOS + pieces cut to fit + EOS (EOS is kept: it marks the end for the encoder)."""
+        return [BOS, *pieces[: self.max_length - 2], EOS]
 
     def decode(self, ids: list[int] | Tensor) -> str:
         """Text of a token list; special ids are skipped, a multi-byte character cut in half is dropped."""
@@ -67,7 +71,7 @@ class ByteTokenizer:
         prompts = check_prompts(prompts)
         pieces = [self.pieces(p) for p in prompts]
         warn_truncated([len(p) + 2 for p in pieces], self.max_length, f"{self.unit} tokenizer")
-        rows = [[BOS, *p[: self.max_length - 2], EOS] for p in pieces]
+        rows = [self._framed(p) for p in pieces]
         length = max(len(r) for r in rows)
         ids = torch.full((len(rows), length), PAD, dtype=torch.long)
         for i, row in enumerate(rows):
