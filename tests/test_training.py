@@ -30,7 +30,7 @@ from noisecraft.data import make_dataset
 from noisecraft.data.toy2d import toy_mixture
 from noisecraft.denoisers import score
 from noisecraft.training import Trainer, TrainingDiverged, load_config, run, train
-from noisecraft.training.build import build_optimizer, learning_rate
+from noisecraft.training.build import build_optimizer, draw_sigma, learning_rate
 from noisecraft.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from noisecraft.training.config import OptimConfig
 from noisecraft.training.data import EpochSampler
@@ -232,6 +232,19 @@ def test_learning_rate_warm_up_then_cosine():
     assert learning_rate(110, config) == pytest.approx(0.1)
     constant = load_config(RECIPE, ["optim.lr=1.0", "optim.warmup_steps=0", "optim.lr_schedule=constant"])
     assert learning_rate(0, constant) == learning_rate(1999, constant) == 1.0
+
+
+def test_high_fraction_sets_that_share_of_draws_to_high_sigma():
+    lognormal = ["schedule.p_mean=0", "schedule.p_std=1"]
+    plain = load_config(RECIPE, lognormal).schedule
+    mixed = load_config(RECIPE, [*lognormal, "schedule.high_fraction=0.25"]).schedule
+    n = 20000
+    before = draw_sigma(plain, n, torch.Generator().manual_seed(3))
+    after = draw_sigma(mixed, n, torch.Generator().manual_seed(3))
+    high = after == mixed.high_sigma
+    assert abs(high.float().mean().item() - 0.25) < 4 * math.sqrt(0.25 * 0.75 / n)
+    assert torch.equal(after[~high], before[~high])  # the other draws are the lognormal ones, untouched
+    assert (before == plain.high_sigma).sum() == 0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -166,7 +166,11 @@ def text_dim_of(trainable: nn.Module | None, frozen: TextEncoderFn | None) -> in
 def draw_sigma(schedule: ScheduleConfig, n: int, generator: torch.Generator) -> Tensor:
     """n training noise levels from the distribution ``schedule.kind`` names, [n] float32."""
     if schedule.kind == "edm_lognormal":
-        return edm_lognormal(n, schedule.p_mean, schedule.p_std, generator=generator)
+        sigma = edm_lognormal(n, schedule.p_mean, schedule.p_std, generator=generator)  # [n]
+        if schedule.high_fraction > 0:
+            high = torch.rand(n, generator=generator) < schedule.high_fraction  # [n]
+            sigma = torch.where(high, torch.tensor(schedule.high_sigma, dtype=sigma.dtype), sigma)
+        return sigma
     if schedule.kind == "logit_normal":
         return logit_normal(n, schedule.mean, schedule.std, schedule.shift, generator=generator)
     alphas_cumprod = vp_alphas_cumprod(schedule.beta_schedule, schedule.num_train_timesteps)
