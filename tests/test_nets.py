@@ -36,6 +36,7 @@ def make_net(kind: str, in_channels: int = 3, text_dim: int = TEXT_DIM, seed: in
             text_dim=text_dim,
             text_layers=2 if kind == "unet-refined" and text_dim else 0,
             text_width=16,
+            text_window=3 if kind == "unet-refined" and text_dim else 0,
             attention_positions=kind == "unet-refined",
             text_layout=kind == "unet-refined" and text_dim > 0,
         )
@@ -265,6 +266,10 @@ def test_bad_configs_raise_value_error():
         UNetConfig(text_layout=True)
     with pytest.raises(ValueError, match="text_layers"):
         UNetConfig(text_dim=12, text_layers=1, text_width=20, head_dim=8)
+    with pytest.raises(ValueError, match="text_window"):
+        UNetConfig(text_dim=12, text_layers=1, text_width=16, head_dim=8, text_window=2)
+    with pytest.raises(ValueError, match="text_window"):
+        UNetConfig(text_dim=12, text_window=3)  # the window is part of the refiner
 
 
 def test_a_token_refiner_grows_a_trained_unet_without_changing_what_it_computes(tmp_path):
@@ -276,7 +281,12 @@ def test_a_token_refiner_grows_a_trained_unet_without_changing_what_it_computes(
     trained = make_net("unet")
     save_component(trained, tmp_path / "net")
     grown_config = dataclasses.replace(
-        trained.config, text_layers=2, text_width=16, attention_positions=True, text_layout=True
+        trained.config,
+        text_layers=2,
+        text_width=16,
+        text_window=3,
+        attention_positions=True,
+        text_layout=True,
     )
     grown = UNet(grown_config).eval()
     with pytest.raises(ValueError, match="lacks: .*pos_proj"):
@@ -285,10 +295,16 @@ def test_a_token_refiner_grows_a_trained_unet_without_changing_what_it_computes(
     x, c_noise, generator = inputs(2, 3, 16)
     cond = make_cond([3, 6], 6, generator)
     assert torch.equal(grown(x, c_noise, cond), trained(x, c_noise, cond))
-    for new in (grown.text_refiner.proj_out, grown.mid[0].attn.pos_proj, grown.mid[0].attn.layout.out):
+    refiner = grown.text_refiner
+    for new in (refiner.proj_out, grown.mid[0].attn.pos_proj, grown.mid[0].attn.layout.out):
         with torch.no_grad():  # once its output layer moves, the new module does change the prediction
             new.weight.normal_(generator=generator)
         assert (grown(x, c_noise, cond) - trained(x, c_noise, cond)).abs().max() > 1e-4
+        if new is refiner.proj_out:  # the phrase window acts through the refiner's output layer
+            before = grown(x, c_noise, cond)
+            with torch.no_grad():
+                refiner.phrase.weight.normal_(generator=generator)
+            assert (grown(x, c_noise, cond) - before).abs().max() > 1e-4
         with torch.no_grad():
             new.weight.zero_()
     with pytest.raises(ValueError, match="lacks: .*(pos_proj|layout).*init_new"):
@@ -321,6 +337,27 @@ def test_cross_attention_ignores_token_order_and_the_token_refiner_does_not():
     plain, refined = make_net("unet"), make_net("unet-refined")
     torch.testing.assert_close(plain(x, c_noise, swapped), plain(x, c_noise, cond), rtol=0, atol=1e-5)
     assert (refined(x, c_noise, swapped) - refined(x, c_noise, cond)).abs().max() > 1e-3
+
+
+def test_the_refiners_phrase_window_mixes_neighbouring_tokens_only():
+    """text_window=3: the convolution adds tokens i−1 and i+1 to token i, nothing further away, and
+    padding adds nothing (so a noun's state can carry its adjective)."""
+    refiner = make_net("unet-refined", text_dim=12).text_refiner
+    _, _, generator = inputs(1, 3, 16)
+    h = torch.randn(1, 7, 16, generator=generator)  # [B, L, width]
+    mask = torch.tensor([[True] * 6 + [False]])
+    with torch.no_grad():
+        out = refiner.mix_phrases(h, mask)
+        moved = h.clone()
+        moved[0, 2] += 1.0
+        changed = refiner.mix_phrases(moved, mask) - out  # [1, 7, 16]
+    assert changed[0, 1:4].abs().amax(-1).min() > 1e-3  # tokens 1, 2, 3 see token 2
+    assert changed[0, [0, 4, 5]].abs().max() == 0  # the rest do not
+    cond = make_cond([6], 7, generator)
+    padded = Conditioning(cond.tokens.clone(), cond.mask, cond.pooled)
+    padded.tokens[0, 6] += 5.0  # a padding token's features
+    real = refiner(cond.tokens, cond.mask)[0, :6]
+    torch.testing.assert_close(refiner(padded.tokens, padded.mask)[0, :6], real)
 
 
 def test_text_layout_is_a_map_of_the_prompt_alone_computed_once_per_prompt():

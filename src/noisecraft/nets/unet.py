@@ -56,6 +56,7 @@ class UNetConfig:
     text_dim: int = 0  # width D of the text encoder's tokens; 0 → an unconditional-only net
     text_layers: int = 0  # trainable transformer layers over the (frozen) encoder's tokens; see TokenRefiner
     text_width: int = 128  # their width (a bottleneck: cheap beside the U-Net)
+    text_window: int = 0  # odd: the refiner first adds each token's neighbours (zero at init); 0 = off
     noise_embedding: str = "positional"  # see layers.NoiseEmbedding
     noise_scale: float = 1.0  # c_noise is multiplied by this before the embedding
 
@@ -90,6 +91,8 @@ class UNetConfig:
             raise ValueError(
                 "UNetConfig: text_layers must be ≥ 0 and need text_dim > 0, text_width a multiple of head_dim"
             )
+        if self.text_window < 0 or (self.text_window and (self.text_window % 2 == 0 or not self.text_layers)):
+            raise ValueError("UNetConfig: text_window must be 0 or an odd width, and needs text_layers > 0")
 
     @property
     def downsampling(self) -> int:
@@ -202,11 +205,19 @@ class TokenRefiner(nn.Module):
     of a red circle" then condition a U-Net identically. These layers see each token's position (1-D
     sin-cos, added after the input projection) so training can work out which colour belongs to which
     shape and which shape a relation puts first.
+
+    With ``window`` > 0 a convolution over the token axis first adds each token's neighbours to it
+    (zero-initialised): "star" in "a green star" and in "a blue star" are near-identical MiniLM tokens,
+    so an image feature that asks "what is the green thing?" finds no key that answers; the window
+    binds a noun to its adjectives directly, where attention has to learn to look one word back.
     """
 
-    def __init__(self, text_dim: int, width: int, layers: int, head_dim: int, mlp_ratio: int):
+    def __init__(
+        self, text_dim: int, width: int, layers: int, head_dim: int, mlp_ratio: int, window: int = 0
+    ) -> None:
         super().__init__()
         self.proj_in = nn.Linear(text_dim, width)
+        self.phrase = zero_init(nn.Conv1d(width, width, window, padding=window // 2)) if window else None
         self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(2 * layers))
         # Cross-attention from the tokens to themselves is self-attention that honours the padding mask.
         self.attns = nn.ModuleList(
@@ -225,15 +236,25 @@ class TokenRefiner(nn.Module):
         # [L, width]: token i at column i of a 1 × L grid, so the row half of the features is constant
         # (sin 0, cos 0): a 1-D table would use all of them, but the shipped shapes model learnt this one.
         h = h + sincos_positions(1, h.shape[1], h.shape[2], h)
+        if self.phrase is not None:
+            h = self.mix_phrases(h, mask)
         for i, (attn, mlp) in enumerate(zip(self.attns, self.mlps)):
             q = self.norms[2 * i](h)
             h = h + attn(q, q, mask)
             h = h + mlp(self.norms[2 * i + 1](h))
         return tokens + self.proj_out(h)
 
+    def mix_phrases(self, h: Tensor, mask: Tensor | None) -> Tensor:
+        """h [B, L, width] plus the phrase window over the token axis; padding tokens add nothing."""
+        real = h if mask is None else h * mask[..., None]  # [B, L, width]
+        return h + self.phrase(real.transpose(1, 2)).transpose(1, 2)
+
     def flops(self, text_len: int) -> int:
         """Forward FLOPs for one prompt of ``text_len`` tokens."""
         total = linear_flops(self.proj_in, text_len) + linear_flops(self.proj_out, text_len)
+        if self.phrase is not None:
+            phrase = self.phrase
+            total += 2 * text_len * phrase.in_channels * phrase.out_channels * phrase.kernel_size[0]
         for attn, mlp in zip(self.attns, self.mlps):
             total += attn.flops(text_len, text_len) + mlp.flops(text_len)
         return total
@@ -295,7 +316,9 @@ class UNet(nn.Module):
         )
         self.pooled_proj = nn.Linear(cfg.text_dim, emb_dim) if cfg.text_dim else None
         self.text_refiner = (
-            TokenRefiner(cfg.text_dim, cfg.text_width, cfg.text_layers, cfg.head_dim, cfg.mlp_ratio)
+            TokenRefiner(
+                cfg.text_dim, cfg.text_width, cfg.text_layers, cfg.head_dim, cfg.mlp_ratio, cfg.text_window
+            )
             if cfg.text_layers
             else None
         )
