@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from noisecraft.cli import main
-from noisecraft.data.shapes_oracle import read_scene
+from noisecraft.data.shapes_oracle import fact_checks, parse_caption, read_scene
 from noisecraft.images import read_png_metadata
 from noisecraft.pipeline import SHIPPED_DIR, Pipeline, shipped_models
 
@@ -122,8 +122,6 @@ def test_shapes_background_and_position_words_steer_the_picture():
 def test_shapes_puts_two_named_shapes_in_the_named_order():
     """Swapping the two names of "A left of B" must swap the picture: the prompt's word order, which
     cross-attention alone cannot see, decides which shape goes where (a coin flip would pass 1 in 14)."""
-    from noisecraft.data.shapes_oracle import fact_checks, parse_caption
-
     pairs = [("red circle", "blue square", "left of"), ("green star", "yellow triangle", "above")]
     pairs += [("purple square", "cyan circle", "to the right of")]
     prompts = [f"a {a} {rel} a {b}" for a, b, rel in pairs] + [f"a {b} {rel} a {a}" for a, b, rel in pairs]

@@ -169,7 +169,7 @@ def draw_sigma(schedule: ScheduleConfig, n: int, generator: torch.Generator) -> 
         sigma = edm_lognormal(n, schedule.p_mean, schedule.p_std, generator=generator)  # [n]
         if schedule.high_fraction > 0:
             high = torch.rand(n, generator=generator) < schedule.high_fraction  # [n]
-            sigma = torch.where(high, torch.tensor(schedule.high_sigma, dtype=sigma.dtype), sigma)
+            sigma = sigma.masked_fill(high, schedule.high_sigma)
         return sigma
     if schedule.kind == "logit_normal":
         return logit_normal(n, schedule.mean, schedule.std, schedule.shift, generator=generator)

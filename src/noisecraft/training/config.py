@@ -74,8 +74,8 @@ class ScheduleConfig:
     kind: Literal["edm_lognormal", "vp_uniform_timestep", "logit_normal"] = "edm_lognormal"
     p_mean: float = -1.2  # edm_lognormal: ln σ ~ N(p_mean, p_std²)
     p_std: float = 1.2
-    high_fraction: float = 0.0  # edm_lognormal: this fraction of draws is set to high_sigma instead, where
-    high_sigma: float = 80.0  # the prompt alone decides the layout (the sampler's σ_max); 0 = off
+    high_fraction: float = 0.0  # edm_lognormal: this fraction of draws is set to high_sigma (0 = off),
+    high_sigma: float = 80.0  # where the prompt alone decides the layout (the samplers' σ_max)
     beta_schedule: Literal["linear", "scaled_linear", "cosine"] = "linear"  # vp_uniform_timestep
     num_train_timesteps: int = 1000
     mean: float = 0.0  # logit_normal: t = sigmoid(N(mean, std²)), then shifted
@@ -326,6 +326,7 @@ def check_ranges(c: TrainConfig) -> None:
         "log.every": c.log.every,
         "sampling.steps": c.sampling.steps,
         "sampling.points": c.sampling.points,
+        "schedule.high_sigma": c.schedule.high_sigma,
     }
     for key, value in positive.items():
         if not (value > 0 and math.isfinite(value)):
@@ -348,8 +349,6 @@ def check_ranges(c: TrainConfig) -> None:
         )
     if not 0.0 <= c.schedule.high_fraction < 1.0:
         raise ValueError(f"schedule.high_fraction must be in [0, 1), got {c.schedule.high_fraction}")
-    if not (c.schedule.high_sigma > 0 and math.isfinite(c.schedule.high_sigma)):
-        raise ValueError(f"schedule.high_sigma must be positive, got {c.schedule.high_sigma}")
     if c.schedule.high_fraction > 0 and c.schedule.kind != "edm_lognormal":
         kind = c.schedule.kind
         raise ValueError(f"schedule.high_fraction applies to kind = 'edm_lognormal' only, not {kind!r}")
