@@ -7,7 +7,10 @@ outside (a wrapper or a swapped method), so nets/ changes only for what wins her
 
 - channels_last: activations in NHWC (the input converted, the output made contiguous again);
 - channels_last + weights: the convolution weights stored NHWC as well;
-- linears as 1×1 convs: token-wise linears through oneDNN's 1×1 convolution instead of MKL sgemm;
+- linears through F.linear: the token-wise linears on MKL's sgemm again, where nets/ now runs them
+  as oneDNN 1×1 convolutions on CPU (``layers.TokenLinear``; the previous candidate "linears as 1×1
+  convs" lost here on batch-8 forwards because PyTorch sends a 1×1 convolution of a batch under 16
+  at one thread to its slow im2col path, which TokenLinear avoids by viewing the rows as 16 images);
 - out-of-place residuals: ``x + h`` as before, where nets/ now adds the residual in place into the
   branch's fresh output (``layers.add_residual``; kept: 1–2 % faster here, half the page faults);
 - torch.compile (with --compile): ``torch.compile(net, dynamic=False)``.
@@ -29,7 +32,7 @@ from common import add_common_arguments, append_results, markdown_table, setup, 
 from speed_vs_diffusers import make_ours, random_cond, training_step
 from torch import Tensor, nn
 
-from noisecraft.nets.layers import TransformerBlock, modulate
+from noisecraft.nets.layers import TokenLinear, TransformerBlock, modulate
 from noisecraft.nets.unet import ResBlock
 
 
@@ -44,12 +47,9 @@ class ChannelsLast(nn.Module):
         return self.net(x.contiguous(memory_format=torch.channels_last), c_noise, cond).contiguous()
 
 
-def linear_as_conv(self: nn.Linear, x: Tensor) -> Tensor:
-    """nn.Linear.forward for tokens [B, N, K] through a 1×1 convolution on the same memory seen as NHWC."""
-    if x.ndim != 3 or not x.is_contiguous():
-        return F.linear(x, self.weight, self.bias)
-    out = F.conv2d(x.unsqueeze(2).permute(0, 3, 1, 2), self.weight[:, :, None, None], self.bias)
-    return out.permute(0, 2, 3, 1).flatten(2)  # [B, N, M]
+def linear_through_sgemm(self: TokenLinear, x: Tensor) -> Tensor:
+    """TokenLinear.forward as before it existed: nn.Linear's F.linear (MKL sgemm on CPU)."""
+    return F.linear(x, self.weight, self.bias)
 
 
 def res_block_out_of_place(self: ResBlock, x: Tensor, emb: Tensor) -> Tensor:
@@ -85,8 +85,8 @@ def candidates(base: nn.Module, compile_too: bool) -> dict[str, tuple[nn.Module,
     out["channels_last"] = (cl, cl)
     cl_w = ChannelsLast(copy.deepcopy(base).to(memory_format=torch.channels_last))
     out["channels_last + weights"] = (cl_w, cl_w)
-    lin = with_methods(base, {nn.Linear: linear_as_conv})
-    out["linears as 1×1 convs"] = (lin, lin)
+    lin = with_methods(base, {TokenLinear: linear_through_sgemm})
+    out["linears through F.linear"] = (lin, lin)
     methods = {ResBlock: res_block_out_of_place, TransformerBlock: transformer_block_out_of_place}
     before = with_methods(base, methods)
     out["out-of-place residuals (HEAD 8550baf)"] = (before, before)

@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from noisecraft.components import load_component, save_component
 from noisecraft.conditioning import Conditioning
 from noisecraft.nets import DiT, DiTConfig, NoiseEmbedding, TransformerBlock, UNet, UNetConfig
+from noisecraft.nets.layers import TokenLinear
 
 TEXT_DIM = 12
 KINDS = ("unet", "unet-refined", "dit", "dit-joint")  # refined: a TokenRefiner, attention positions
@@ -422,3 +423,44 @@ def test_inference_reuse_notices_new_weights_and_edited_prompts():
             net(x, c_noise, cond),
             other(x, c_noise, Conditioning(cond.tokens.clone(), cond.mask, cond.pooled)),
         )
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 48), (3, 5, 48), (48,)])
+def test_token_linear_computes_what_nn_linear_does_with_the_same_gradients(shape):
+    """Rows in multiples of 16 go through the 1×1-convolution path; 15 rows and a lone vector fall back."""
+    torch.manual_seed(0)
+    layer = TokenLinear(48, 80)
+    reference = torch.nn.Linear(48, 80)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(shape, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out, out_ref = layer(x), reference(x_ref)
+    assert out.shape == out_ref.shape == (*shape[:-1], 80)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    out_ref.backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.weight.grad, reference.weight.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.bias.grad, reference.bias.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_token_linear_runs_as_a_onednn_convolution_only_where_that_is_safe():
+    from torch.profiler import profile
+
+    layer = TokenLinear(32, 32)
+
+    def ops(x: torch.Tensor) -> set[str]:
+        with torch.no_grad(), profile() as prof:
+            layer(x)
+        return {event.key for event in prof.key_averages()}
+
+    assert "aten::mkldnn_convolution" in ops(torch.randn(2, 64, 32))
+    assert "aten::mkldnn_convolution" not in ops(torch.randn(2, 32, 64).transpose(1, 2))  # not contiguous
+    assert "aten::mkldnn_convolution" not in ops(torch.randn(3, 5, 32))  # 15 rows
+    torch.backends.mkldnn.enabled = False
+    try:
+        assert "aten::mkldnn_convolution" not in ops(torch.randn(2, 64, 32))
+    finally:
+        torch.backends.mkldnn.enabled = True

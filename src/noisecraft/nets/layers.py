@@ -61,6 +61,33 @@ def add_residual(branch: Tensor, x: Tensor) -> Tensor:
     return x + branch
 
 
+ONEDNN_IMAGES = 16  # PyTorch sends a 1×1 convolution to oneDNN from a batch of 16 at any thread count
+
+
+class TokenLinear(nn.Linear):
+    """nn.Linear over tokens that runs on CPU as a 1×1 convolution: the same weights and result,
+    but oneDNN's convolution kernels, which on this project's AMD EPYC cores reach up to twice
+    the rate of MKL's sgemm at the U-Net's shapes (benchmarks/RESULTS.md, 2026-12-01 17:xx).
+    Elsewhere (CUDA, other dtypes, a non-contiguous input, rows not a multiple of 16): F.linear.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., in_features] → [..., out_features]."""
+        rows = x.numel() // self.in_features
+        if not (uses_onednn(x) and x.is_contiguous() and rows % ONEDNN_IMAGES == 0 and rows):
+            return F.linear(x, self.weight, self.bias)
+        # The rows as 16 channels-last images of rows/16 × 1 pixels: a view, no copy, in and out.
+        images = x.reshape(ONEDNN_IMAGES, rows // ONEDNN_IMAGES, 1, self.in_features).permute(0, 3, 1, 2)
+        y = F.conv2d(images, self.weight[:, :, None, None], self.bias)  # [16, out, rows/16, 1]
+        return y.permute(0, 2, 3, 1).reshape(*x.shape[:-1], self.out_features)
+
+
+def uses_onednn(x: Tensor) -> bool:
+    """Whether a float32 CPU tensor's convolutions can run through oneDNN in this build."""
+    cpu_float = x.device.type == "cpu" and x.dtype == torch.float32
+    return cpu_float and torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled)
+
+
 def linear_flops(layer: nn.Linear, tokens: int) -> int:
     """Forward FLOPs of ``layer`` applied to ``tokens`` vectors."""
     return 2 * tokens * layer.in_features * layer.out_features
@@ -251,11 +278,11 @@ class Attention(nn.Module):
             raise ValueError("cross-attention needs context_dim > 0")
         self.heads, self.self_attend, self.context_dim = dim // head_dim, self_attend, context_dim
         if self_attend:
-            self.to_qkv = nn.Linear(dim, 3 * dim)  # one fused matmul for q, k, v
+            self.to_qkv = TokenLinear(dim, 3 * dim)  # one fused matmul for q, k, v
         else:
-            self.to_q = nn.Linear(dim, dim)
-        self.to_kv = nn.Linear(context_dim, 2 * dim) if context_dim else None
-        self.out = nn.Linear(dim, dim)
+            self.to_q = TokenLinear(dim, dim)
+        self.to_kv = TokenLinear(context_dim, 2 * dim) if context_dim else None
+        self.out = TokenLinear(dim, dim)
         self.context_memo = InferenceMemo()  # a prompt's keys and values are the same at every step
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
@@ -300,10 +327,10 @@ class FeedForward(nn.Sequential):
 
     def __init__(self, dim: int, mult: int, dropout: float = 0.0):
         super().__init__(
-            nn.Linear(dim, mult * dim),
+            TokenLinear(dim, mult * dim),
             nn.GELU(approximate="tanh"),
             nn.Dropout(dropout),
-            nn.Linear(mult * dim, dim),
+            TokenLinear(mult * dim, dim),
         )
 
     def flops(self, tokens: int) -> int:

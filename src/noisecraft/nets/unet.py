@@ -23,6 +23,7 @@ from .layers import (
     FeedForward,
     InferenceMemo,
     NoiseEmbedding,
+    TokenLinear,
     TransformerBlock,
     add_residual,
     check_image,
@@ -169,15 +170,15 @@ class SpatialTransformer(nn.Module):
 
     def __init__(self, channels: int, config: UNetConfig):
         super().__init__()
-        self.norm, self.proj_in = group_norm(channels), nn.Linear(channels, channels)
+        self.norm, self.proj_in = group_norm(channels), TokenLinear(channels, channels)
         # Where each token sits, said outright instead of left to the convolutions' zero padding; zero
         # at first, so a trained net can grow it (model.init_new).
-        self.pos_proj = zero_init(nn.Linear(channels, channels)) if config.attention_positions else None
+        self.pos_proj = zero_init(TokenLinear(channels, channels)) if config.attention_positions else None
         self.layout = TextLayout(channels, config) if config.text_layout else None
         self.block = TransformerBlock(
             channels, config.head_dim, config.text_dim, config.mlp_ratio, config.dropout
         )
-        self.proj_out = zero_init(nn.Linear(channels, channels))
+        self.proj_out = zero_init(TokenLinear(channels, channels))
 
     def forward(self, x: Tensor, tokens: Tensor | None, mask: Tensor | None) -> Tensor:
         b, c, height, width = x.shape
