@@ -5,8 +5,8 @@
 Each candidate keeps the weights (state_dict keys and shapes) and the math; it is applied from
 outside (a wrapper or a swapped method), so nets/ changes only for what wins here:
 
-- channels_last: activations in NHWC (the input converted, the output made contiguous again);
-- channels_last + weights: the convolution weights stored NHWC as well;
+- NCHW activations: ``UNet.nhwc_on_cpu = False``, the layout before nets/ ran NHWC on CPU;
+- NHWC weights: the convolution weights stored NHWC as well as the activations;
 - linears through F.linear: the token-wise linears on MKL's sgemm again, where nets/ now runs them
   as oneDNN 1×1 convolutions on CPU (``layers.TokenLinear``; the previous candidate "linears as 1×1
   convs" lost here on batch-8 forwards because PyTorch sends a 1×1 convolution of a batch under 16
@@ -34,17 +34,6 @@ from torch import Tensor, nn
 
 from noisecraft.nets.layers import TokenLinear, TransformerBlock, modulate
 from noisecraft.nets.unet import ResBlock
-
-
-class ChannelsLast(nn.Module):
-    """Run ``net`` on NHWC activations; hand back a standard (contiguous) output."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: Tensor, c_noise: Tensor, cond) -> Tensor:
-        return self.net(x.contiguous(memory_format=torch.channels_last), c_noise, cond).contiguous()
 
 
 def linear_through_sgemm(self: TokenLinear, x: Tensor) -> Tensor:
@@ -81,10 +70,11 @@ def with_methods(net: nn.Module, methods: dict[type, Callable]) -> nn.Module:
 def candidates(base: nn.Module, compile_too: bool) -> dict[str, tuple[nn.Module, nn.Module]]:
     """name -> (owner of the weights, callable), every owner a copy of ``base``."""
     out = {"as is": (base, base)}
-    cl = ChannelsLast(copy.deepcopy(base))
-    out["channels_last"] = (cl, cl)
-    cl_w = ChannelsLast(copy.deepcopy(base).to(memory_format=torch.channels_last))
-    out["channels_last + weights"] = (cl_w, cl_w)
+    nchw = copy.deepcopy(base)
+    nchw.nhwc_on_cpu = False
+    out["NCHW activations"] = (nchw, nchw)
+    nhwc_weights = copy.deepcopy(base).to(memory_format=torch.channels_last)
+    out["NHWC weights"] = (nhwc_weights, nhwc_weights)
     lin = with_methods(base, {TokenLinear: linear_through_sgemm})
     out["linears through F.linear"] = (lin, lin)
     methods = {ResBlock: res_block_out_of_place, TransformerBlock: transformer_block_out_of_place}

@@ -228,6 +228,22 @@ def test_channels_last_input_gives_the_same_output(kind):
     torch.testing.assert_close(fast, net(x.contiguous(), c_noise, cond), rtol=0, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_unet_runs_nhwc_on_cpu_and_hands_back_nchw():
+    net = make_net("unet")
+    x, c_noise, generator = inputs(2, 3, 16)
+    cond = make_cond([3, 6], 6, generator)
+    layouts = []
+    net.conv_out.register_forward_pre_hook(
+        lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    out = net(x, c_noise, cond)
+    net.nhwc_on_cpu = False
+    reference = net(x, c_noise, cond)
+    assert layouts == [True, False] and out.is_contiguous() and reference.abs().max() > 1e-3
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["unet", "dit"])
 def test_bad_inputs_raise_value_error(kind):
     net = make_net(kind)

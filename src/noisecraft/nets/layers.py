@@ -67,7 +67,7 @@ ONEDNN_IMAGES = 16  # PyTorch sends a 1×1 convolution to oneDNN from a batch of
 class TokenLinear(nn.Linear):
     """nn.Linear over tokens that runs on CPU as a 1×1 convolution: the same weights and result,
     but oneDNN's convolution kernels, which on this project's AMD EPYC cores reach up to twice
-    the rate of MKL's sgemm at the U-Net's shapes (benchmarks/RESULTS.md, 2026-12-01 17:xx).
+    the rate of MKL's sgemm at the U-Net's shapes (benchmarks/RESULTS.md, 2026-12-01 16:26–16:35).
     Elsewhere (CUDA, other dtypes, a non-contiguous input, rows not a multiple of 16): F.linear.
     """
 

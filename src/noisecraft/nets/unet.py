@@ -34,6 +34,7 @@ from .layers import (
     noise_vector,
     sincos_positions,
     unpack_conditioning,
+    uses_onednn,
     zero_init,
 )
 
@@ -306,6 +307,9 @@ class UNet(nn.Module):
     """Text-conditioned U-Net: forward(x_in [B, C, H, W], c_noise [B], cond) → raw [B, C, H, W]."""
 
     config_class = UNetConfig
+    # NHWC activations on CPU: oneDNN's convolutions and TokenLinear's run faster on them, and the
+    # transformers' tokens are then a view of the feature map (benchmarks/unet_variants.py).
+    nhwc_on_cpu: bool = True
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -358,6 +362,8 @@ class UNet(nn.Module):
         if pooled is not None:
             emb = emb + self.pooled_proj(pooled)
         emb = F.silu(emb)  # every block's modulation starts with SiLU: apply it once
+        if self.nhwc_on_cpu and uses_onednn(x_in):
+            x_in = x_in.contiguous(memory_format=torch.channels_last)
 
         h = self.conv_in(x_in)
         skips = [h]
@@ -371,7 +377,7 @@ class UNet(nn.Module):
                 h = block(torch.cat([h, skips.pop()], dim=1), emb, tokens, mask)
             else:
                 h = block(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h))).contiguous()  # [B, C, H, W], NCHW again
 
     def num_params(self) -> int:
         """Number of trainable parameters."""
