@@ -475,8 +475,9 @@ def test_token_linear_runs_as_a_onednn_convolution_only_where_that_is_safe():
     assert "aten::mkldnn_convolution" in ops(torch.randn(2, 64, 32))
     assert "aten::mkldnn_convolution" not in ops(torch.randn(2, 32, 64).transpose(1, 2))  # not contiguous
     assert "aten::mkldnn_convolution" not in ops(torch.randn(3, 5, 32))  # 15 rows
+    enabled = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
         assert "aten::mkldnn_convolution" not in ops(torch.randn(2, 64, 32))
     finally:
-        torch.backends.mkldnn.enabled = True
+        torch.backends.mkldnn.enabled = enabled
