@@ -481,3 +481,14 @@ def test_token_linear_runs_as_a_onednn_convolution_only_where_that_is_safe():
         assert "aten::mkldnn_convolution" not in ops(torch.randn(2, 64, 32))
     finally:
         torch.backends.mkldnn.enabled = enabled
+
+
+@pytest.mark.parametrize("kind", ["unet", "unet-refined", "dit-joint"])
+def test_networks_trace_as_one_graph_for_torch_compile(kind):
+    """A graph break (e.g. reading torch.backends flags inside TokenLinear) splits the network into
+    many small compiled pieces that recompile per shape and hit dynamo's recompile limit."""
+    net = make_net(kind).train()
+    x, c_noise, generator = inputs(2, 3, 16)
+    explanation = torch._dynamo.explain(net)(x, c_noise, make_cond([3, 6], 16, generator))
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+    assert explanation.graph_count == 1

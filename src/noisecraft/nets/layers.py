@@ -64,10 +64,15 @@ def add_residual(branch: Tensor, x: Tensor) -> Tensor:
 ONEDNN_IMAGES = 16  # PyTorch sends a 1×1 convolution to oneDNN from a batch of 16 at any thread count
 
 
+@torch.compiler.assume_constant_result  # torch.compile reads the flags once instead of breaking the graph
+def onednn_enabled() -> bool:
+    """Whether this build has oneDNN and it is switched on (``torch.backends.mkldnn.flags``)."""
+    return torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled)
+
+
 def uses_onednn(x: Tensor) -> bool:
     """Whether a float32 CPU tensor's convolutions can run through oneDNN in this build."""
-    cpu_float = x.device.type == "cpu" and x.dtype == torch.float32
-    return cpu_float and torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled)
+    return x.device.type == "cpu" and x.dtype == torch.float32 and onednn_enabled()
 
 
 class TokenLinear(nn.Linear):
