@@ -20,7 +20,10 @@ classifier's features against the cached training-set reference.
   ``EMAModel`` (inv_gamma 1, power 3/4, max 0.9999), batch 16, no flips. Its network is sized like
   ours (widths 32/64/64, one block per level, attention at 7×7 and in the middle) instead of the
   script's 64×64 model, so the figure compares recipes, not network sizes. It is sampled with the
-  same sampler and step count as ours, through ``DiscreteVPDenoiser``, so only training differs.
+  same sampler and step count as ours, through ``DiscreteVPDenoiser``, so only training differs;
+  its predicted clean image is clipped to [-1, 1] at every step, as the example's ``DDPMScheduler``
+  (``clip_sample=True``) does: without it an ε-prediction's x̂0 = x − σ·ε̂ at σ up to 157 saturates
+  whole digits to white or to salt-and-pepper (2026-12-01 samples picture).
 
 Each recipe's 4 calibration steps (timing its step to size the schedule) are not on its clock.
 
@@ -40,7 +43,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import add_common_arguments, append_results, markdown_table, setup
+from common import RESULTS, add_common_arguments, append_results, markdown_table, setup
+from PIL import Image
 from torch import Tensor
 
 from noisecraft.data.mnist import MNISTDataset
@@ -49,6 +53,7 @@ from noisecraft.evaluation.evaluate import generate_images
 from noisecraft.evaluation.features import make_features, to_8bit
 from noisecraft.evaluation.metrics import frechet_distance, gaussian_stats
 from noisecraft.evaluation.reference import extract_features, pick_indices, reference_features
+from noisecraft.images import make_grid, step_strip, to_pil
 from noisecraft.pipeline import Pipeline
 from noisecraft.samplers import SAMPLERS
 from noisecraft.schedules import karras
@@ -56,6 +61,7 @@ from noisecraft.training.config import load_config, resolve_recipe
 from noisecraft.training.loop import train_step
 from noisecraft.training.trainer import Trainer
 
+SHOWN = 16  # digits per mark in the samples picture
 REF_NUM = 10000  # training digits in the FID reference (the eval CLI's domain default)
 
 
@@ -173,8 +179,9 @@ def reference(budget: float, batch: int, seed: int) -> tuple[Run, Tensor]:
 @torch.no_grad()
 def sample_reference(unet, alphas_cumprod: Tensor, num: int, steps: int, sampler: str, batch: int) -> Tensor:
     """[num, 1, 28, 28] digits from the reference net; image i starts from seed i, as ours."""
-    denoiser = DiscreteVPDenoiser(lambda x, t, cond: unet(x, t).sample, alphas_cumprod, "eps")
-    sigmas = karras(steps, denoiser.sigma_min, denoiser.sigma_max)
+    vp = DiscreteVPDenoiser(lambda x, t, cond: unet(x, t).sample, alphas_cumprod, "eps")
+    denoiser = lambda x, sigma, cond=None: vp(x, sigma, cond).clamp(-1, 1)  # noqa: E731 (clip_sample)
+    sigmas = karras(steps, vp.sigma_min, vp.sigma_max)
     out = []
     for start in range(0, num, batch):
         gens = [torch.Generator().manual_seed(i) for i in range(start, min(start + batch, num))]
@@ -196,9 +203,11 @@ def mnist_fid() -> Callable[[Tensor], float]:
     )
 
 
-def score(run_ours: Run, run_ref: Run, alphas: Tensor, args: argparse.Namespace) -> list[list[object]]:
-    """One row per mark: minutes, steps and FIDs of both runs."""
-    rows, fid = [], mnist_fid()
+def score(
+    run_ours: Run, run_ref: Run, alphas: Tensor, args: argparse.Namespace
+) -> tuple[list[list[object]], list[list[Image.Image]]]:
+    """One row per mark: minutes, steps and FIDs of both runs; and each mark's first digits as pictures."""
+    rows, pictures, fid = [], [], mnist_fid()
     data = MNISTDataset(split="train", size=28)
     prompts = [data[i][1] for i in pick_indices(len(data), args.num, args.seed)]  # captions of real digits
     for (sec_o, steps_o, folder), (_, steps_r, unet) in zip(run_ours.kept, run_ref.kept):
@@ -209,8 +218,17 @@ def score(run_ours: Run, run_ref: Run, alphas: Tensor, args: argparse.Namespace)
         ref_images = sample_reference(unet, alphas, args.num, c.steps, c.sampler, 50)
         fids = [fid(x) for x in (prompted, uncond, ref_images)]
         rows.append([f"{sec_o / 60:.1f}", steps_o, steps_r, *(f"{f:.2f}" for f in fids)])
+        pictures.append([make_grid(to_pil(x[:SHOWN]), columns=4) for x in (prompted, uncond, ref_images)])
         print(rows[-1], flush=True)
-    return rows
+    return rows, pictures
+
+
+def save_samples(rows: list[list[object]], pictures: list[list[Image.Image]]) -> Path:
+    """A PNG next to RESULTS.md: one column per mark; rows ours prompted, ours unconditional, reference."""
+    path = RESULTS.with_name("quality_per_minute-samples.png")
+    strips = [list(strip) for strip in zip(*pictures)]  # [row][mark]
+    step_strip(strips, [f"{row[0]} min" for row in rows], scale=2).save(path)
+    return path
 
 
 def verdict(rows: list[list[object]], marks: int) -> str:
@@ -242,7 +260,8 @@ def main() -> None:
         run_ours = ours(budget, Path(tmp))
         run_ref, alphas = reference(budget, args.ref_batch, args.seed)
         train_interleaved([run_ours, run_ref], budget, args.marks, args.chunk)
-        rows = score(run_ours, run_ref, alphas, args)
+        rows, pictures = score(run_ours, run_ref, alphas, args)
+    image = save_samples(rows, pictures)
     header = ["minutes", "ours steps", "ref steps", "ours FID prompted", "ours FID uncond", "ref FID"]
     table = markdown_table(header, rows)
     body = (
@@ -250,7 +269,8 @@ def main() -> None:
         "training digits, in the shipped MNIST classifier's 128-d features; both sampled with the "
         "recipe's sampler and steps (ours prompted: the recipe's guidance on captions of random "
         "training digits). Training interleaved in chunks of "
-        f"{args.chunk:.0f} s; each clock counts its own steps only."
+        f"{args.chunk:.0f} s; each clock counts its own steps only. Samples (first {SHOWN} digits per "
+        f"mark; rows: ours prompted, ours unconditional, reference): `{image.name}`."
     )
     print(body)
     if not args.no_append:
