@@ -43,6 +43,9 @@ class DomainClassifierConfig:
     widths: tuple[int, ...] = (16, 32, 64)  # one 3×3 conv + 2× max-pool per entry
     feature_dim: int = 128  # width of the penultimate layer = the feature space
     class_names: tuple[str, ...] = ()
+    # Features taken before the penultimate ReLU: dense, where the ReLU'd ones of a 1,899-class
+    # emoji net were ≈ 95% zeros. The logits are computed from the ReLU'd features either way.
+    dense_features: bool = False
 
     def __post_init__(self) -> None:
         if min(self.in_channels, self.image_size, self.num_classes, self.feature_dim, *self.widths) <= 0:
@@ -53,7 +56,10 @@ class DomainClassifierConfig:
 
 @register_component("domain_classifier")
 class DomainClassifier(nn.Module):
-    """conv-BN-ReLU-pool per width → flatten → Linear-ReLU (features) → Linear (logits)."""
+    """conv-BN-ReLU-pool per width → flatten → Linear-ReLU (features) → Linear (logits).
+
+    With ``dense_features`` the features are the Linear's output before its ReLU.
+    """
 
     config_class = DomainClassifierConfig
 
@@ -88,11 +94,12 @@ class DomainClassifier(nn.Module):
     def features(self, images: Tensor) -> Tensor:
         """Penultimate activations [B, feature_dim] of images [B, C, H, W] in [-1, 1]."""
         h = self.body(self._fit(images)).flatten(1)  # [B, widths[-1] · side²]
-        return F.relu(self.embed(h))
+        h = self.embed(h)  # [B, feature_dim]
+        return h if self.config.dense_features else F.relu(h)
 
     def forward(self, images: Tensor) -> Tensor:
         """Class logits [B, num_classes]."""
-        return self.head(self.features(images))
+        return self.head(F.relu(self.features(images)))
 
     @property
     def weights_hash(self) -> str:
@@ -145,6 +152,15 @@ def _random_shift(images: Tensor, pixels: int, generator: torch.Generator) -> Te
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].squeeze(1).permute(0, 3, 1, 2)
 
 
+def _random_noise(images: Tensor, max_std: float, generator: torch.Generator) -> Tensor:
+    """Add Gaussian noise of a per-image std drawn uniformly from [0, max_std], as a sampler's last
+    steps might leave; features trained on it move smoothly as images degrade."""
+    if max_std == 0:
+        return images
+    std = torch.rand(len(images), 1, 1, 1, generator=generator) * max_std  # [B, 1, 1, 1]
+    return images + std * torch.randn(images.shape, generator=generator)
+
+
 def train_domain_classifier(
     images: Tensor,
     labels: Tensor,
@@ -155,10 +171,13 @@ def train_domain_classifier(
     batch_size: int = 128,
     lr: float = 3e-3,
     shift: int = 2,
+    noise: float = 0.0,
+    weight_decay: float = 0.0,
     seed: int = 0,
     progress: bool = True,
 ) -> DomainClassifier:
-    """Train with Adam and a cosine-decayed learning rate on images [N, C, H, W] in [-1, 1], labels [N]."""
+    """Train with AdamW and a cosine-decayed learning rate on images [N, C, H, W] in [-1, 1], labels [N],
+    each batch shifted by up to ``shift`` pixels and noised up to std ``noise``."""
     if images.ndim != 4 or labels.shape != images.shape[:1]:
         raise ValueError(f"need images [N, C, H, W] and labels [N], got {images.shape} and {labels.shape}")
     if epochs < 1 or batch_size < 1:
@@ -172,7 +191,7 @@ def train_domain_classifier(
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # parameter initialisation
     model = DomainClassifier(config).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(labels) / batch_size)
     total = epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -183,7 +202,7 @@ def train_domain_classifier(
         order = torch.randperm(len(labels), generator=generator)
         for start in range(0, len(labels), batch_size):
             index = order[start : start + batch_size]
-            x = _random_shift(images[index].float(), shift, generator)
+            x = _random_noise(_random_shift(images[index].float(), shift, generator), noise, generator)
             loss = F.cross_entropy(model(x), labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
