@@ -96,3 +96,16 @@ def test_shipped_classifier_features_rank_every_disturbance_in_order(domain):
     features = DomainFeatures(load_domain_classifier(domain), domain)
     curves = disturbance_fids(features, images)
     assert rises_monotonically(curves), curves
+
+
+def test_classifier_command_trains_saves_and_reports_the_disturbance_check(tmp_path, monkeypatch, capsys):
+    from noisecraft.evaluation import classifier as module
+
+    g = torch.Generator().manual_seed(3)
+    images, labels = torch.rand(64, 1, 32, 32, generator=g) * 2 - 1, torch.arange(64) % 10
+    monkeypatch.setitem(module.DOMAIN_DATA, "mnist", lambda split, size: (images, labels))
+    module.main(["mnist", "--out", str(tmp_path / "clf"), "--epochs", "1"])
+    out = capsys.readouterr().out
+    assert "mnist: test accuracy" in out and "FID under blur (0.5: " in out
+    assert "disturbance check: FID" in out
+    assert load_domain_classifier(tmp_path / "clf").config.num_classes == 10

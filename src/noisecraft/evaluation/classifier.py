@@ -291,34 +291,57 @@ DOMAIN_CLASSES = {
     "shapes": shapes_classes,
     "emoji": emoji_classes,
 }
-# Passes over the training arrays, and Adam's learning rate. Emoji: 1,899 classes of one image each
-# need many passes, and at 3e-3 the features die (every ReLU off: the loss sticks at ln 1,899).
-DOMAIN_EPOCHS = {"mnist": 3, "shapes": 10, "emoji": 120}
-DOMAIN_LR = {"mnist": 3e-3, "shapes": 3e-3, "emoji": 1e-3}
+
+
+@dataclass(frozen=True)
+class DomainRecipe:
+    """How a domain's shipped classifier was trained (``train_domain_classifier``'s knobs)."""
+
+    epochs: int  # passes over the training arrays
+    lr: float  # AdamW's peak learning rate
+    noise: float = 0.0  # largest std of the added Gaussian noise
+    weight_decay: float = 0.0
+    dense_features: bool = False
+
+
+# Emoji: 1,899 classes of one image each need many passes, and at 3e-3 the features die (every ReLU
+# off: the loss sticks at ln 1,899). EMOJI_RECIPE is set from the sweep in the emoji card's history.
+DOMAIN_RECIPES = {
+    "mnist": DomainRecipe(epochs=3, lr=3e-3),
+    "shapes": DomainRecipe(epochs=10, lr=3e-3),
+    "emoji": DomainRecipe(epochs=120, lr=1e-3),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Train and save a domain classifier; print its held-out accuracy and the wall time."""
+    """Train and save a domain classifier; print its held-out accuracy, the wall time and its
+    disturbance check (``evaluation.disturb``: FID must rise with every disturbance's strength)."""
     parser = argparse.ArgumentParser(description="train a domain classifier for fast evaluation features")
     parser.add_argument("domain", choices=sorted(DOMAIN_DATA))
     parser.add_argument("--out", required=True)
-    parser.add_argument(
-        "--epochs", type=int, default=None, help="default: per domain (mnist 3, shapes 10, emoji 120)"
-    )
+    parser.add_argument("--epochs", type=int, default=None, help="default: the domain's recipe")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    recipe = DOMAIN_RECIPES[args.domain]
     images, labels = DOMAIN_DATA[args.domain]("train", args.size)
-    epochs = args.epochs or DOMAIN_EPOCHS[args.domain]
+    classes = DOMAIN_CLASSES[args.domain]()
+    config = DomainClassifierConfig(
+        images.shape[1], args.size, len(classes), class_names=classes, dense_features=recipe.dense_features
+    )
+    epochs = args.epochs or recipe.epochs
     start = time.perf_counter()
     model = train_domain_classifier(
         images,
         labels,
-        DOMAIN_CLASSES[args.domain](),
+        classes,
+        config=config,
         epochs=epochs,
-        lr=DOMAIN_LR[args.domain],
+        lr=recipe.lr,
+        noise=recipe.noise,
+        weight_decay=recipe.weight_decay,
         seed=args.seed,
     )
     seconds = time.perf_counter() - start
@@ -326,6 +349,20 @@ def main(argv: list[str] | None = None) -> None:
     accuracy = classifier_accuracy(model, test_images, test_labels)
     save_component(model, args.out)
     print(f"{args.domain}: test accuracy {accuracy:.4f}, {epochs} epochs in {seconds:.0f} s → {args.out}")
+    _print_disturbance_check(model, args.domain, test_images[:1000])
+
+
+def _print_disturbance_check(model: DomainClassifier, domain: str, images: Tensor) -> None:
+    """FID of disturbed test images in the new feature space, per kind, and whether each curve rises."""
+    from .disturb import DEFAULT_LEVELS, disturbance_fids, rises_monotonically
+    from .features import DomainFeatures
+
+    curves = disturbance_fids(DomainFeatures(model, domain), images)
+    for kind, curve in curves.items():
+        levels = ", ".join(f"{level:g}: {fid:.2f}" for level, fid in zip(DEFAULT_LEVELS[kind], curve))
+        print(f"  FID under {kind} ({levels})")
+    verdict = "rises with every disturbance" if rises_monotonically(curves) else "does NOT rise monotonically"
+    print(f"disturbance check: FID {verdict}")
 
 
 if __name__ == "__main__":
