@@ -265,6 +265,21 @@ def test_emoji_classifier_data_is_one_class_per_emoji():
     assert not torch.equal(images[names.index("red apple")], images[names.index("rocket")])
 
 
+def test_shipped_emoji_classifier_identifies_shifted_emoji_with_dense_features():
+    from noisecraft.data.emoji import DEFAULT_FONT
+    from noisecraft.evaluation.classifier import _random_shift, emoji_arrays, emoji_classes
+
+    if not Path(DEFAULT_FONT).is_file():
+        pytest.skip("fonts-noto-color-emoji not installed")
+    model = load_domain_classifier("emoji")
+    assert model.config.class_names == emoji_classes() and model.config.dense_features
+    images, labels = emoji_arrays("test")
+    shifted = _random_shift(images, 2, torch.Generator().manual_seed(11))  # shifts it trained on, new draws
+    assert classifier_accuracy(model, shifted, labels) >= 0.9
+    features = model.features(images[:300])
+    assert (features == 0).float().mean() < 0.01 and (features < 0).any()  # ReLU'd ones were ≈ 93% zeros
+
+
 # ---------------------------------------------------------------------------------------------
 # Adherence and reference caching
 
