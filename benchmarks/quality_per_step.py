@@ -130,15 +130,17 @@ def report(args: argparse.Namespace, pipe: Pipeline, results: dict[str, dict[int
     rows = [
         [name] + [f"{curve[n]:.2f}" if n in curve else "" for n in columns] for name, curve in results.items()
     ]
-    top = max(columns)
-    best_top = min(curve.get(top, math.inf) for curve in results.values())
+    top = max(columns)  # each sampler's largest NFE counts as "top" (heun's 19 beside euler's 20)
+    best_top = min((curve[max(curve)] for curve in results.values() if curve), default=math.inf)
     best_10 = min((f for curve in results.values() for n, f in curve.items() if n <= 10), default=math.inf)
     verdict = "met" if best_10 <= 1.1 * best_top else "NOT met"
     image = RESULTS.with_name(f"quality_per_step-{Path(args.model).name}-smax{pipe.config.sigma_max:g}.png")
-    plot(results, f"{pipe.config.name} on {args.dataset}: FID vs NFE (n={args.num})", image)
+    if not args.no_append:  # --no-append: print only, leave the saved plot alone
+        plot(results, f"{pipe.config.name} on {args.dataset}: FID vs NFE (n={args.num})", image)
     body = (
         markdown_table(["sampler \\ NFE", *map(str, columns)], rows)
-        + f"\n\nBest FID at ≤ 10 NFE: {best_10:.3f}; best at {top} NFE: {best_top:.3f}; "
+        + f"\n\nBest FID at ≤ 10 NFE: {best_10:.3f}; "
+        + f"best at each sampler's largest NFE (≤ {top}): {best_top:.3f}; "
         + f"target (within 10 %): {verdict}. Plot: `{image.name}`. n = {args.num} images per point, "
         + f"features: {args.features or 'domain'}; model weights {pipe.weights_hash}; Karras schedule "
         + f"σ {pipe.config.sigma_max:g} → {pipe.config.sigma_min:g}, ρ = {pipe.config.rho:g}."
