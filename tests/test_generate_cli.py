@@ -60,6 +60,20 @@ def test_from_png_reproduces_pixels(tiny_pipeline_dir, tmp_path):
     assert read_png_metadata(again) == read_png_metadata(first)
 
 
+def test_from_png_reproduces_guidance_rescale_and_interval(tiny_pipeline_dir, tmp_path):
+    args = ["--model", str(tiny_pipeline_dir), "--quiet", "--seed", "2", "--steps", "4"]
+    main(["generate", "a star", "--guidance", "4", "--guidance-rescale", "0.5",
+          "--guidance-interval", "0.5", "20", "--out", str(tmp_path / "a"), *args])  # fmt: skip
+    main(["generate", "a star", "--guidance", "4", "--out", str(tmp_path / "plain"), *args])
+    (first,) = (tmp_path / "a").glob("*.png")
+    meta = read_png_metadata(first)
+    assert meta["guidance_rescale"] == 0.5 and meta["guidance_interval"] == [0.5, 20.0]
+    assert not np.array_equal(pixels(first), pixels(next((tmp_path / "plain").glob("*.png"))))
+    assert main(["generate", "--from-png", str(first), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    (again,) = (tmp_path / "b").glob("*.png")
+    assert np.array_equal(pixels(first), pixels(again)) and read_png_metadata(again) == meta
+
+
 @pytest.mark.parametrize("field", ["model", "init", "mask", "negative_prompt"])
 def test_from_png_with_a_non_text_field_is_one_line(tiny_pipeline_dir, tmp_path, capsys, field):
     meta = {"prompt": "a star", "steps": 2, "sampler": "euler", "guidance": 2.0, "seed": 0}
@@ -158,6 +172,9 @@ def bomb_png(width: int, height: int) -> bytes:
         (["--sampler", "nope"], "unknown sampler"),
         (["--steps", "0"], "positive integer"),
         (["--guidance", "nan"], "finite"),
+        (["--guidance-rescale", "2"], "guidance rescale must be in [0, 1], got 2.0"),
+        (["--guidance-interval", "5", "1"], "must satisfy 0 <= lo < hi, got (5.0, 1.0)"),
+        (["--guidance-interval", "1"], "expected 2 arguments"),
         (["--init", "NOT_AN_IMAGE"], "not a readable image"),
         (["--init", "SOURCE", "--mask", "BIG_MASK"], "mask is 9×9"),
         (["--init", "BOMB"], "not a readable image"),

@@ -87,9 +87,35 @@ def test_inpaint_keeps_unmasked_pixels_exactly(pipe):
     assert not np.array_equal(out[~keep], pixels(source)[~keep])
 
 
+def test_guidance_interval_and_rescale(pipe):
+    """An interval holding every σ of the walk is plain guidance; one holding none is guidance 1
+    (the conditional prediction alone); rescale changes the image; all of it lands in the metadata."""
+    sigma_max = pipe.config.sigma_max
+    plain = pipe.sample(["a red circle"], guidance=3.0, seed=0)
+    assert torch.equal(
+        pipe.sample(["a red circle"], guidance=3.0, seed=0, guidance_interval=(0.0, sigma_max)), plain
+    )
+    unguided = pipe.sample(["a red circle"], guidance=1.0, seed=0)
+    above = (sigma_max, sigma_max + 1.0)
+    assert torch.equal(pipe.sample(["a red circle"], guidance=3.0, seed=0, guidance_interval=above), unguided)
+    assert not torch.equal(plain, unguided)
+    partial = pipe.sample(["a red circle"], guidance=3.0, seed=0, guidance_interval=(0.0, 1.0))
+    assert not torch.equal(partial, plain) and not torch.equal(partial, unguided)
+    (image,) = pipe.generate("a red circle", guidance=3.0, guidance_rescale=0.7, guidance_interval=(0.0, 1.0))
+    assert not torch.equal(pipe.sample(["a red circle"], guidance=3.0, seed=0, guidance_rescale=0.7), plain)
+    meta = image.info[METADATA_KEY]
+    assert meta["guidance_rescale"] == 0.7 and meta["guidance_interval"] == [0.0, 1.0]
+    assert "guidance_rescale" not in pipe.generate("a star")[0].info[METADATA_KEY]  # defaults stay out
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
+        ({"guidance_rescale": 1.5}, "rescale must be in"),
+        ({"guidance_rescale": float("nan")}, "rescale must be in"),
+        ({"guidance_interval": (2.0, 1.0)}, "0 <= lo < hi"),
+        ({"guidance_interval": (0.0, float("inf"))}, "finite upper"),
+        ({"guidance_interval": (1.0,)}, "two numbers"),
         ({"steps": 0}, "steps"),
         ({"guidance": float("nan")}, "guidance"),
         ({"sampler": "nope"}, "unknown sampler"),

@@ -158,6 +158,8 @@ def test_generate_streams_every_step_then_the_images(pipe, client):
         "steps": 6,
         "sampler": "euler",
         "guidance": 3.0,
+        "guidance_rescale": 0.5,
+        "guidance_interval": [0.5, 50.0],
         "seed": 5,
         "num_images": 2,
     }
@@ -172,7 +174,8 @@ def test_generate_streams_every_step_then_the_images(pipe, client):
     assert sigmas == sorted(sigmas, reverse=True) and steps[-1]["sigma_next"] == 0.0
     assert decode_png(steps[0]["preview"]).size == (19, 10)  # x̂0 of both images side by side
     done = events[-1][1]
-    want = pipe.generate("a blue square", steps=6, sampler="euler", guidance=3.0, seed=5, num_images=2)
+    want = pipe.generate("a blue square", steps=6, sampler="euler", guidance=3.0, seed=5, num_images=2,
+                         guidance_rescale=0.5, guidance_interval=(0.5, 50.0))  # fmt: skip
     for image, expected in zip(done["images"], want):
         assert np.array_equal(pixels(decode_png(image["image"])), pixels(expected))
     assert [i["seed"] for i in done["images"]] == [5, 6] and done["images"][1]["parameters"]["seed"] == 6
@@ -219,6 +222,10 @@ def test_models_samplers_docs_and_page(client):
         ("/v1/generate", {"prompt": "x", "model": "nope"}, "model"),
         ("/v1/generate", {"prompt": "x", "mask": png_b64(Image.new("L", (8, 8)))}, "mask"),
         ("/v1/generate", {"prompt": "x", "stepz": 3}, "stepz"),
+        ("/v1/generate", {"prompt": "x", "guidance_rescale": 2}, "guidance_rescale"),
+        ("/v1/generate", {"prompt": "x", "guidance_interval": [3, 1]}, "guidance_interval"),
+        ("/v1/generate", {"prompt": "x", "guidance_interval": [-1, 1]}, "guidance_interval"),
+        ("/v1/generate", {"prompt": "x", "guidance_interval": [0, 1, 2]}, "guidance_interval"),
     ],
 )
 def test_limits_and_bad_fields_are_422_naming_the_field(client, path, body, field):

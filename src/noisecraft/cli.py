@@ -70,6 +70,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--sampler", default=None, help="a name from `noisecraft samplers` (default: the model's)")
     p.add_argument("--guidance", type=_finite_float, default=None, help="classifier-free guidance scale")
+    p.add_argument(
+        "--guidance-rescale", type=_finite_float, default=0.0, metavar="PHI",
+        help="guidance rescale φ in [0, 1] (Lin et al. 2023; default: 0, off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--guidance-interval", type=_finite_float, nargs=2, default=None, metavar=("LO", "HI"),
+        help="guide only where LO < σ ≤ HI (Kynkäänniemi et al. 2024; default: every σ)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
     p.add_argument("--num", type=_positive_int, default=1, help="images per prompt (default: 1)")
     p.add_argument("--out", default="outputs/generate", help="output folder (default: %(default)s)")
@@ -90,6 +98,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     request = GenerateRequest(
         args.prompts, args.negative, args.steps, args.sampler, args.guidance, args.seed, args.num,
         args.init, args.strength, args.mask, args.show_steps, not args.quiet,
+        args.guidance_rescale, None if args.guidance_interval is None else tuple(args.guidance_interval),
     )  # fmt: skip
     model = args.model or "emoji"
     if args.from_png:

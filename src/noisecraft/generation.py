@@ -35,6 +35,8 @@ class GenerateRequest:
     mask: str | None = None  # inpainting mask: white = repaint
     show_steps: bool = False
     progress: bool = True
+    guidance_rescale: float = 0.0  # φ of guidance rescale (Lin et al. 2023)
+    guidance_interval: tuple[float, float] | None = None  # guide only where lo < σ ≤ hi
 
 
 def request_from_png(
@@ -53,6 +55,8 @@ def request_from_png(
             init=_text(meta, "init"),
             strength=float(meta.get("strength", 0.6)),
             mask=_text(meta, "mask"),
+            guidance_rescale=float(meta.get("guidance_rescale", 0.0)),
+            guidance_interval=_interval(meta.get("guidance_interval")),
         )
         model = _text(meta, "model") or ""
     except (KeyError, TypeError, ValueError) as err:
@@ -68,6 +72,15 @@ def _text(meta: dict[str, Any], key: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{key} must be a string, got {value!r}")
     return value
+
+
+def _interval(value: Any) -> tuple[float, float] | None:
+    """The optional guidance interval of PNG metadata; TypeError unless it is two numbers."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, int | float) for v in value):
+        raise TypeError(f"guidance_interval must be two numbers, got {value!r}")
+    return float(value[0]), float(value[1])
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -86,6 +99,8 @@ def run(pipe: Pipeline, request: GenerateRequest) -> tuple[list[Image.Image], St
         seed=request.seed,
         callback=chain(progress, recorder),
         num_images=request.num,
+        guidance_rescale=request.guidance_rescale,
+        guidance_interval=request.guidance_interval,
     )
     size, channels = pipe.config.image_size, pipe.config.channels
     if request.mask is not None:

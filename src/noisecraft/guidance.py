@@ -39,6 +39,19 @@ def rescale_guided(guided: Tensor, conditional: Tensor, phi: float) -> Tensor:
     return guided * (phi * factor + (1 - phi))
 
 
+def check_guidance_options(rescale: float, sigma_interval: tuple[float, float]) -> tuple[float, float]:
+    """ValueError unless 0 ≤ rescale ≤ 1 and the interval is (lo, hi), 0 ≤ lo < hi; returns (lo, hi)."""
+    if not 0.0 <= rescale <= 1.0:  # also refuses NaN
+        raise ValueError(f"guidance rescale must be in [0, 1], got {rescale}")
+    try:
+        lo, hi = (float(s) for s in sigma_interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"the guidance interval must be two numbers, got {sigma_interval!r}") from None
+    if not 0.0 <= lo < hi:  # also refuses NaN
+        raise ValueError(f"the guidance interval must satisfy 0 <= lo < hi, got ({lo}, {hi})")
+    return lo, hi
+
+
 class ClassifierFreeGuidance:
     """D(x, σ, cond) = u + s·(c − u), both halves from one batched call of the wrapped denoiser.
 
@@ -56,13 +69,9 @@ class ClassifierFreeGuidance:
         rescale: float = 0.0,
         sigma_interval: tuple[float, float] = (0.0, math.inf),
     ):
-        lo, hi = (float(s) for s in sigma_interval)
         if not math.isfinite(scale):
             raise ValueError(f"guidance scale must be finite, got {scale}")
-        if not 0.0 <= rescale <= 1.0:
-            raise ValueError(f"guidance rescale must be in [0, 1], got {rescale}")
-        if not 0.0 <= lo < hi:
-            raise ValueError(f"sigma_interval must satisfy 0 <= lo < hi, got {sigma_interval}")
+        lo, hi = check_guidance_options(rescale, sigma_interval)
         if not isinstance(uncond, Conditioning):
             raise ValueError(f"uncond must be a Conditioning, got {type(uncond).__name__}")
         self.denoiser, self.scale, self.uncond = denoiser, float(scale), uncond

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .components import ComponentError, config_from_dict, load_component, save_component
 from .conditioning import Conditioning
 from .denoisers import PRECONDITIONINGS, Denoiser, FixedBatch, precondition
-from .guidance import ClassifierFreeGuidance
+from .guidance import ClassifierFreeGuidance, check_guidance_options
 from .images import METADATA_KEY, from_pil, to_pil
 from .samplers import Callback, get_sampler
 from .schedules import karras, vp_alphas_cumprod
@@ -169,11 +169,18 @@ class Pipeline:
         seed: int = 0,
         callback: Callback | None = None,
         num_images: int = 1,
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> list[Image.Image]:
-        """Text to image: ``num_images`` per prompt, image i seeded ``seed + i``."""
+        """Text to image: ``num_images`` per prompt, image i seeded ``seed + i``.
+
+        ``guidance_rescale``: φ of guidance rescale (Lin et al. 2023), 0 = off. ``guidance_interval``:
+        (lo, hi), guide only where lo < σ ≤ hi (Kynkäänniemi et al. 2024); None = at every σ.
+        """
         prompts = _expand(prompts, num_images)
-        x = self.sample(prompts, negative_prompt, steps, sampler, guidance, seed, callback)
-        return self._finish(x, prompts, negative_prompt, steps, sampler, guidance, seed)
+        options = _guidance_options(guidance_rescale, guidance_interval)
+        x = self.sample(prompts, negative_prompt, steps, sampler, guidance, seed, callback, **options)
+        return self._finish(x, prompts, negative_prompt, steps, sampler, guidance, seed, **options)
 
     def img2img(
         self,
@@ -187,6 +194,8 @@ class Pipeline:
         seed: int = 0,
         callback: Callback | None = None,
         num_images: int = 1,
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> list[Image.Image]:
         """SDEdit (Meng et al. 2022): noise the image to the σ of ``strength`` and denoise from there.
 
@@ -194,10 +203,14 @@ class Pipeline:
         """
         prompts = _expand(prompts, num_images)
         init = self._as_batch(image, len(prompts))
+        options = _guidance_options(guidance_rescale, guidance_interval)
         x = self.sample(
-            prompts, negative_prompt, steps, sampler, guidance, seed, callback, init=init, strength=strength
+            prompts, negative_prompt, steps, sampler, guidance, seed, callback,
+            init=init, strength=strength, **options,
+        )  # fmt: skip
+        return self._finish(
+            x, prompts, negative_prompt, steps, sampler, guidance, seed, strength=strength, **options
         )
-        return self._finish(x, prompts, negative_prompt, steps, sampler, guidance, seed, strength=strength)
 
     def inpaint(
         self,
@@ -211,15 +224,21 @@ class Pipeline:
         seed: int = 0,
         callback: Callback | None = None,
         num_images: int = 1,
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> list[Image.Image]:
         """Repaint where ``mask`` is white (1); keep every other pixel of ``image`` exactly."""
         prompts = _expand(prompts, num_images)
         init = self._as_batch(image, len(prompts))
         keep = 1 - self._as_mask(mask, len(prompts))  # [B, 1, H, W], 1 where the image is kept
+        options = _guidance_options(guidance_rescale, guidance_interval)
         x = self.sample(
-            prompts, negative_prompt, steps, sampler, guidance, seed, callback, init=init, keep=keep
+            prompts, negative_prompt, steps, sampler, guidance, seed, callback,
+            init=init, keep=keep, **options,
+        )  # fmt: skip
+        return self._finish(
+            x, prompts, negative_prompt, steps, sampler, guidance, seed, inpaint=True, **options
         )
-        return self._finish(x, prompts, negative_prompt, steps, sampler, guidance, seed, inpaint=True)
 
     # -- the engine ----------------------------------------------------------------------------
 
@@ -236,12 +255,15 @@ class Pipeline:
         init: Tensor | None = None,
         strength: float = 1.0,
         keep: Tensor | None = None,
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> Tensor:
         """The sampled batch [B, C, H, W] in [-1, 1] before conversion to PIL."""
         c = self.config
         steps = c.steps if steps is None else steps
         guidance = c.guidance if guidance is None else guidance
         _check_settings(steps, guidance, strength)
+        interval = check_guidance_options(guidance_rescale, guidance_interval or (0.0, math.inf))
         check_seed(seed, len(prompts))
         sample_fn = get_sampler(sampler or c.sampler)
         sigmas = karras(steps, c.sigma_min, c.sigma_max, c.rho)
@@ -253,7 +275,7 @@ class Pipeline:
             return init
         sigmas = sigmas[start:]
         x = noise * sigmas[0] if start == 0 else init + noise * sigmas[0]
-        denoiser, cond = self._guided(prompts, negative_prompt, guidance)
+        denoiser, cond = self._guided(prompts, negative_prompt, guidance, guidance_rescale, interval)
         if keep is not None:
             denoiser = _KeepKnown(denoiser, init, keep)
             x = x + keep * init
@@ -273,13 +295,19 @@ class Pipeline:
         return Conditioning.cat([alone[p] for p in prompts], length=int(self.text_encoder.max_length))
 
     def _guided(
-        self, prompts: list[str], negative: str | None, guidance: float
+        self,
+        prompts: list[str],
+        negative: str | None,
+        guidance: float,
+        rescale: float = 0.0,
+        interval: tuple[float, float] = (0.0, math.inf),
     ) -> tuple[Denoiser, Conditioning | None]:
         cond = self.encode(prompts)
         denoiser = FixedBatch(self.denoiser, BATCH_ROWS)  # a seed's image whatever its batch
         if cond is None or guidance == 1.0:
             return denoiser, cond
-        return ClassifierFreeGuidance(denoiser, guidance, self.encode([negative or ""])), cond
+        uncond = self.encode([negative or ""])
+        return ClassifierFreeGuidance(denoiser, guidance, uncond, rescale, sigma_interval=interval), cond
 
     def _as_batch(self, image: Image.Image | Tensor, batch: int) -> Tensor:
         """An init image (PIL or [C, H, W] / [1, C, H, W] tensor in [-1, 1]) as [B, C, H, W]."""
@@ -359,6 +387,24 @@ def _expand(prompts: str | list[str], num_images: int) -> list[str]:
     if int(num_images) != num_images or num_images < 1:
         raise ValueError(f"num_images must be a positive integer, got {num_images}")
     return [p for p in prompts for _ in range(num_images)]
+
+
+def _guidance_options(rescale: float, interval: tuple[float, float] | None) -> dict:
+    """The non-default guidance options as ``sample`` keywords (and PNG metadata), checked.
+
+    An interval is two finite σ (a model's σ_max bounds the walk, so hi = σ_max already means "no
+    upper end"): it is stored as JSON in the images it makes.
+    """
+    options: dict = {}
+    if rescale != 0.0:
+        check_guidance_options(rescale, (0.0, 1.0))
+        options["guidance_rescale"] = float(rescale)
+    if interval is not None:
+        lo, hi = check_guidance_options(0.0, interval)
+        if not math.isfinite(hi):
+            raise ValueError(f"the guidance interval needs a finite upper σ, got {hi}")
+        options["guidance_interval"] = [lo, hi]
+    return options
 
 
 def _check_settings(steps: int, guidance: float, strength: float) -> None:

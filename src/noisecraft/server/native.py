@@ -99,6 +99,7 @@ async def _job(body: GenerateRequest, state: st.ServerState) -> Job:
     seed = st.pick_seed(body.seed)
     kwargs: dict[str, Any] = dict(negative_prompt=body.negative_prompt, steps=body.steps, sampler=sampler)
     kwargs.update(guidance=body.guidance, seed=seed, num_images=body.num_images)
+    kwargs.update(guidance_rescale=body.guidance_rescale, guidance_interval=body.guidance_interval)
 
     def batch(callback) -> list[Image.Image]:
         if mask is not None:

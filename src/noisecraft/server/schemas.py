@@ -8,12 +8,13 @@ extensions. The native body (``/v1/generate``) forbids unknown fields: a typo is
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_SEED = 2**53 - 1  # exact in JSON numbers and JavaScript; image i uses seed + i, still < 2**63
 IGNORED = "Accepted for A1111 compatibility and ignored."
+FiniteSigma = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 
 
 # -- AUTOMATIC1111-compatible (/sdapi/v1) ------------------------------------------------------
@@ -151,11 +152,24 @@ class GenerateRequest(BaseModel):
     sampler: str | None = Field(None, description="a name from GET /v1/samplers; default: the model's")
     steps: int | None = Field(None, ge=1, description="default: the model's")
     guidance: float | None = Field(None, ge=0.0, le=100.0, allow_inf_nan=False, description="CFG scale")
+    guidance_rescale: float = Field(
+        0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="guidance rescale φ (Lin et al. 2023); 0: off"
+    )
+    guidance_interval: tuple[FiniteSigma, FiniteSigma] | None = Field(
+        None, description="[lo, hi]: guide only where lo < σ ≤ hi (Kynkäänniemi et al. 2024); null: every σ"
+    )
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="image i uses seed + i; -1: random")
     num_images: int = Field(1, ge=1, description="images drawn in one batch")
     init_image: str | None = Field(None, description="base64 image to start from (SDEdit)")
     strength: float = Field(0.6, ge=0.0, le=1.0, description="init_image: 0 keeps it, 1 ignores it")
     mask: str | None = Field(None, description="base64 image, with init_image: white is repainted")
+
+    @field_validator("guidance_interval")
+    @classmethod
+    def _lo_below_hi(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"needs lo < hi, got {list(value)}")
+        return value
 
 
 class ModelInfo(BaseModel):
