@@ -112,6 +112,28 @@ def test_inpainting_with_the_brush(page):
     page.screenshot(path=str(ARTIFACTS / "server-page-inpaint.png"), full_page=True)
 
 
+def test_guidance_options_reach_the_pipeline(page):
+    page.wait_for_selector("#model option[value=tiny]", state="attached")
+    page.check("input[value=txt2img]")
+    page.click("#guidance-options summary")
+    page.fill("#prompt", "a blue square")
+    page.fill("#steps", "5")
+    page.fill("#seed", "9")
+    page.fill("#guidance", "3")
+    page.fill("#rescale", "0.5")
+    page.fill("#interval-lo", "0.5")  # "to" left empty: the model's σ_max (10)
+    count = page.locator("#gallery figure").count()
+    page.click("#generate")
+    page.wait_for_function(f"document.querySelectorAll('#gallery figure').length == {count + 1}")
+    card = page.inner_text("#gallery figure >> nth=0")
+    assert "rescale" in card and "0.5 – 10" in card
+    href = page.get_attribute("#gallery figure >> nth=0 >> a[download]", "href")
+    (want,) = make_tiny_pipeline().generate(
+        "a blue square", steps=5, guidance=3.0, seed=9, guidance_rescale=0.5, guidance_interval=(0.5, 10.0)
+    )
+    assert np.array_equal(pixels(decode_png(href)), pixels(want))
+
+
 def test_docs_page_renders_the_spec_offline(page, url):
     page.goto(f"{url}/docs")
     page.wait_for_selector('.op h3 >> text="/sdapi/v1/img2img"')

@@ -57,7 +57,8 @@ async def models(request: Request) -> list[ModelInfo]:
         out.append(
             ModelInfo(
                 name=name, image_size=c.image_size, channels=c.channels, steps=c.steps, sampler=c.sampler,
-                guidance=c.guidance, weights=pipe.weights_hash, default=name == registry.default,
+                guidance=c.guidance, sigma_max=c.sigma_max, weights=pipe.weights_hash,
+                default=name == registry.default,
                 text_conditioned=pipe.text_encoder is not None,
             )
         )  # fmt: skip

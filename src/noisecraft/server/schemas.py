@@ -179,6 +179,7 @@ class ModelInfo(BaseModel):
     steps: int
     sampler: str
     guidance: float
+    sigma_max: float = Field(description="the σ sampling starts from")
     weights: str = Field(description="first 16 hex digits of SHA-256 over the weights")
     text_conditioned: bool
     default: bool

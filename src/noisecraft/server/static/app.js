@@ -14,8 +14,12 @@ async function loadChoices() {
   applyModelDefaults();
 }
 
+function currentModel() {
+  return state.models.find((m) => m.name === $("model").value);
+}
+
 function applyModelDefaults() {
-  const model = state.models.find((m) => m.name === $("model").value);
+  const model = currentModel();
   if (!model) return;
   $("sampler").value = model.sampler;
   $("steps").value = model.steps;
@@ -46,6 +50,11 @@ function requestBody() {
     seed: number("seed"),
     num_images: number("num"),
   };
+  if (number("rescale") > 0) body.guidance_rescale = number("rescale");
+  if ($("interval-lo").value !== "" || $("interval-hi").value !== "") {
+    const hi = $("interval-hi").value === "" ? currentModel().sigma_max : number("interval-hi");
+    body.guidance_interval = [number("interval-lo"), hi];
+  }
   if (mode() !== "txt2img") {
     if (!state.initImage) throw new Error("choose a start image first");
     body.init_image = state.initImage;
@@ -159,6 +168,8 @@ function addToGallery(image, model) {
   const list = document.createElement("dl");
   const rows = [["prompt", p.prompt], ["negative", p.negative_prompt], ["seed", image.seed], ["steps", p.steps],
     ["sampler", p.sampler], ["guidance", p.guidance], ["model", model]];
+  if (p.guidance_rescale !== undefined) rows.push(["rescale", p.guidance_rescale]);
+  if (p.guidance_interval !== undefined) rows.push(["interval σ", p.guidance_interval.join(" – ")]);
   if (p.strength !== undefined) rows.push(["strength", p.strength]);
   if (p.inpaint) rows.push(["inpainted", "yes"]);
   for (const [key, value] of rows) {
