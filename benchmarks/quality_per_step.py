@@ -130,7 +130,8 @@ def report(args: argparse.Namespace, pipe: Pipeline, results: dict[str, dict[int
     rows = [
         [name] + [f"{curve[n]:.2f}" if n in curve else "" for n in columns] for name, curve in results.items()
     ]
-    top = max(columns)  # each sampler's largest NFE counts as "top" (heun's 19 beside euler's 20)
+    top = max(columns)
+    # each sampler's largest NFE counts as its "top" (heun's 19 beside euler's 20)
     best_top = min((curve[max(curve)] for curve in results.values() if curve), default=math.inf)
     best_10 = min((f for curve in results.values() for n, f in curve.items() if n <= 10), default=math.inf)
     verdict = "met" if best_10 <= 1.1 * best_top else "NOT met"

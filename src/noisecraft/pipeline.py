@@ -178,9 +178,11 @@ class Pipeline:
         (lo, hi), guide only where lo < σ ≤ hi (Kynkäänniemi et al. 2024); None = at every σ.
         """
         prompts = _expand(prompts, num_images)
-        options = _guidance_options(guidance_rescale, guidance_interval)
+        options = dict(guidance_rescale=guidance_rescale, guidance_interval=guidance_interval)
         x = self.sample(prompts, negative_prompt, steps, sampler, guidance, seed, callback, **options)
-        return self._finish(x, prompts, negative_prompt, steps, sampler, guidance, seed, **options)
+        return self._finish(
+            x, prompts, negative_prompt, steps, sampler, guidance, seed, **_metadata(**options)
+        )
 
     def img2img(
         self,
@@ -203,13 +205,21 @@ class Pipeline:
         """
         prompts = _expand(prompts, num_images)
         init = self._as_batch(image, len(prompts))
-        options = _guidance_options(guidance_rescale, guidance_interval)
+        options = dict(guidance_rescale=guidance_rescale, guidance_interval=guidance_interval)
         x = self.sample(
             prompts, negative_prompt, steps, sampler, guidance, seed, callback,
             init=init, strength=strength, **options,
         )  # fmt: skip
         return self._finish(
-            x, prompts, negative_prompt, steps, sampler, guidance, seed, strength=strength, **options
+            x,
+            prompts,
+            negative_prompt,
+            steps,
+            sampler,
+            guidance,
+            seed,
+            strength=strength,
+            **_metadata(**options),
         )
 
     def inpaint(
@@ -231,13 +241,13 @@ class Pipeline:
         prompts = _expand(prompts, num_images)
         init = self._as_batch(image, len(prompts))
         keep = 1 - self._as_mask(mask, len(prompts))  # [B, 1, H, W], 1 where the image is kept
-        options = _guidance_options(guidance_rescale, guidance_interval)
+        options = dict(guidance_rescale=guidance_rescale, guidance_interval=guidance_interval)
         x = self.sample(
             prompts, negative_prompt, steps, sampler, guidance, seed, callback,
             init=init, keep=keep, **options,
         )  # fmt: skip
         return self._finish(
-            x, prompts, negative_prompt, steps, sampler, guidance, seed, inpaint=True, **options
+            x, prompts, negative_prompt, steps, sampler, guidance, seed, inpaint=True, **_metadata(**options)
         )
 
     # -- the engine ----------------------------------------------------------------------------
@@ -263,7 +273,7 @@ class Pipeline:
         steps = c.steps if steps is None else steps
         guidance = c.guidance if guidance is None else guidance
         _check_settings(steps, guidance, strength)
-        interval = check_guidance_options(guidance_rescale, guidance_interval or (0.0, math.inf))
+        interval = _check_interval(guidance_rescale, guidance_interval)
         check_seed(seed, len(prompts))
         sample_fn = get_sampler(sampler or c.sampler)
         sigmas = karras(steps, c.sigma_min, c.sigma_max, c.rho)
@@ -389,22 +399,25 @@ def _expand(prompts: str | list[str], num_images: int) -> list[str]:
     return [p for p in prompts for _ in range(num_images)]
 
 
-def _guidance_options(rescale: float, interval: tuple[float, float] | None) -> dict:
-    """The non-default guidance options as ``sample`` keywords (and PNG metadata), checked.
+def _check_interval(rescale: float, interval: tuple[float, float] | None) -> tuple[float, float]:
+    """The checked (lo, hi) to guide in; None = every σ. A given interval needs a finite hi: it is
+    stored as JSON in the images it makes (a model's σ_max already bounds the walk)."""
+    if interval is None:
+        return check_guidance_options(rescale, (0.0, math.inf))
+    lo, hi = check_guidance_options(rescale, interval)
+    if not math.isfinite(hi):
+        raise ValueError(f"the guidance interval needs a finite upper σ, got {hi}")
+    return lo, hi
 
-    An interval is two finite σ (a model's σ_max bounds the walk, so hi = σ_max already means "no
-    upper end"): it is stored as JSON in the images it makes.
-    """
-    options: dict = {}
-    if rescale != 0.0:
-        check_guidance_options(rescale, (0.0, 1.0))
-        options["guidance_rescale"] = float(rescale)
-    if interval is not None:
-        lo, hi = check_guidance_options(0.0, interval)
-        if not math.isfinite(hi):
-            raise ValueError(f"the guidance interval needs a finite upper σ, got {hi}")
-        options["guidance_interval"] = [lo, hi]
-    return options
+
+def _metadata(guidance_rescale: float, guidance_interval: tuple[float, float] | None) -> dict:
+    """The non-default guidance options (already checked by ``sample``) as PNG metadata."""
+    meta: dict = {}
+    if guidance_rescale != 0.0:
+        meta["guidance_rescale"] = float(guidance_rescale)
+    if guidance_interval is not None:
+        meta["guidance_interval"] = [float(v) for v in guidance_interval]
+    return meta
 
 
 def _check_settings(steps: int, guidance: float, strength: float) -> None:

@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..guidance import check_guidance_options
+
 MAX_SEED = 2**53 - 1  # exact in JSON numbers and JavaScript; image i uses seed + i, still < 2**63
 IGNORED = "Accepted for A1111 compatibility and ignored."
 FiniteSigma = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
@@ -167,8 +169,8 @@ class GenerateRequest(BaseModel):
     @field_validator("guidance_interval")
     @classmethod
     def _lo_below_hi(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
-        if value is not None and not value[0] < value[1]:
-            raise ValueError(f"needs lo < hi, got {list(value)}")
+        if value is not None:
+            check_guidance_options(0.0, value)
         return value
 
 
