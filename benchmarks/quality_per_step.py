@@ -29,6 +29,7 @@ from common import RESULTS, add_common_arguments, append_results, markdown_table
 from noisecraft.denoisers import GaussianMixtureDenoiser
 from noisecraft.evaluation.evaluate import evaluate
 from noisecraft.pipeline import Pipeline
+from noisecraft.noise import SeededNoise
 from noisecraft.samplers import SAMPLERS
 from noisecraft.schedules import karras
 
@@ -49,9 +50,9 @@ def count_nfe(sampler: str, steps: int) -> int:
         return mixture(x, sigma)
 
     sigmas = karras(steps, 0.002, 80.0)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 2, generator=g, dtype=torch.float64) * sigmas[0]
-    SAMPLERS[sampler](counted, x, sigmas.double(), None, generator=[g])
+    noise = SeededNoise([0])
+    x = noise.randn((2,), torch.float64) * sigmas[0]
+    SAMPLERS[sampler](counted, x, sigmas.double(), None, generator=noise)
     return calls
 
 

@@ -11,6 +11,7 @@ from conftest import make_mixture2d
 from torch import Tensor
 
 from noisecraft.denoisers import GaussianMixtureDenoiser
+from noisecraft.noise import SeededNoise
 from noisecraft.samplers import SAMPLERS
 from noisecraft.samplers.adaptive import ode_adaptive
 from noisecraft.samplers.ode import dpmpp_2m, euler, heun, lms, lms_coefficients
@@ -235,9 +236,8 @@ def test_heun_churn_is_seeded(mixture, start):
     assert (run(1, 5.0) - run(1, 0.0)).abs().max() > 1e-2
     torch.testing.assert_close(run(1, 0.0), run(None, 0.0), rtol=0, atol=0)  # no churn, no noise drawn
     # One generator per sample: a sample's result does not depend on its batch.
-    gens = [torch.Generator().manual_seed(10 + b) for b in range(3)]
-    batch = heun(mixture, start[:3], sigmas, generator=gens, s_churn=5.0)
-    alone = heun(mixture, start[1:2], sigmas, generator=[torch.Generator().manual_seed(11)], s_churn=5.0)
+    batch = heun(mixture, start[:3], sigmas, generator=SeededNoise([10, 11, 12]), s_churn=5.0)
+    alone = heun(mixture, start[1:2], sigmas, generator=SeededNoise([11]), s_churn=5.0)
     torch.testing.assert_close(batch[1:2], alone)
 
 

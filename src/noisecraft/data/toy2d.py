@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..denoisers import GaussianMixtureDenoiser
+from ..mixture import GaussianMixtureDenoiser
 
 TOY_MIXTURES = ("ring", "grid", "moons")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -11,9 +11,12 @@ from torch import Tensor
 
 from ..conditioning import Conditioning
 from ..denoisers import Denoiser
+from ..noise import Noise, SeededNoise, as_noise
 from ..schedules import check_sigmas
 
-Generator = torch.Generator | Sequence[torch.Generator] | None
+# Where a sampler's fresh noise comes from: a SeededNoise (one generator per sample, as Pipeline
+# uses), one torch generator, or None (torch's global generator).
+Generator = Noise | torch.Generator | None
 
 
 @dataclass
@@ -47,13 +50,13 @@ class Sampler(Protocol):
 
 
 def check_inputs(x: Tensor, sigmas: Tensor, generator: Generator = None) -> Tensor:
-    """Validate a sampler's inputs (one generator per sample, if a list); return σ on x's device and dtype."""
+    """Validate a sampler's inputs (one seeded generator per sample); return σ on x's device and dtype."""
     if not isinstance(x, Tensor) or x.ndim < 2:
         raise ValueError("x must be a tensor of shape [B, ...] with a batch dimension")
     if not torch.isfinite(x).all():
         raise ValueError("x contains NaN or infinity")
-    if not (generator is None or isinstance(generator, torch.Generator)) and len(generator) != x.shape[0]:
-        raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+    if isinstance(generator, SeededNoise) and len(generator) != x.shape[0]:
+        raise ValueError(f"got {len(generator)} seeded generators for a batch of {x.shape[0]}")
     return check_sigmas(sigmas).to(device=x.device, dtype=x.dtype)
 
 
@@ -65,15 +68,10 @@ def denoise(denoiser: Denoiser, x: Tensor, sigma: Tensor, cond: Conditioning | N
 def noise_like(x: Tensor, generator: Generator) -> Tensor:
     """Standard normal noise shaped like x.
 
-    With a list of generators, one per sample, each row is drawn from its own generator, so a
-    sample's noise — and so its result — does not depend on the batch it was drawn in.
+    With a SeededNoise each row is drawn from its own generator, so a sample's noise — and so its
+    result — does not depend on the batch it was drawn in.
     """
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    if len(generator) != x.shape[0]:
-        raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
-    rows = [torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=x.device) for g in generator]
-    return torch.stack(rows)
+    return as_noise(generator).randn_like(x)
 
 
 def report(callback: Callback | None, i: int, sigmas: Tensor, x: Tensor, denoised: Tensor) -> None:

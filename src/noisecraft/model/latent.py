@@ -1,0 +1,78 @@
+"""Pixels ↔ the space a model samples in: the identity, or an autoencoder's latents × a scale
+(latent diffusion, Rombach et al. 2022). Samplers never know which: it sits at the edges."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..components import load_component
+
+
+class LatentSpace:
+    """Identity (``autoencoder=None``) or ``autoencoder.encode(images) · scale`` / its inverse.
+
+    The autoencoder is any component with ``encode(images) → latents`` and ``decode(latents) →
+    images`` (images [B, C, H, W] in [-1, 1]); it stays frozen.
+    """
+
+    def __init__(self, autoencoder: nn.Module | None = None, scale: float = 1.0):
+        if autoencoder is not None and not (
+            callable(getattr(autoencoder, "encode", None)) and callable(getattr(autoencoder, "decode", None))
+        ):
+            raise ValueError(f"a {type(autoencoder).__name__} has no encode/decode: it is not an autoencoder")
+        self.autoencoder, self.scale = autoencoder, scale
+        if autoencoder is not None:
+            autoencoder.eval().requires_grad_(False)
+        self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+    @classmethod
+    def from_folder(cls, path: str, scale: float) -> LatentSpace:
+        """The identity for an empty ``path``, else the saved autoencoder component at ``path``."""
+        if not path:
+            return cls()
+        module = load_component(path)
+        try:
+            return cls(module, scale)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+
+    @property
+    def is_identity(self) -> bool:
+        return self.autoencoder is None
+
+    def to(self, *args, **kwargs) -> LatentSpace:
+        if self.autoencoder is not None:
+            self.autoencoder.to(*args, **kwargs)
+        return self
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Images [B, C, H, W] in [-1, 1] → what the model samples, [B, *sample_shape]."""
+        if self.autoencoder is None:
+            return images
+        with torch.no_grad():
+            return self.autoencoder.encode(images) * self.scale
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """What the model samples → images [B, C, H, W] in [-1, 1] (not clamped)."""
+        if self.autoencoder is None:
+            return latents
+        with torch.no_grad():
+            return self.autoencoder.decode(latents / self.scale)
+
+    def sample_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of one sample for images of ``image_shape`` (C, H, W)."""
+        if self.autoencoder is None:
+            return tuple(image_shape)
+        if image_shape not in self._shapes:  # asked of the autoencoder once per image shape
+            shape_of = getattr(self.autoencoder, "latent_shape", None)
+            if callable(shape_of):
+                self._shapes[image_shape] = tuple(shape_of(image_shape))
+            else:
+                probe = torch.zeros(1, *image_shape, device=_device_of(self.autoencoder))
+                self._shapes[image_shape] = tuple(self.encode(probe).shape[1:])
+        return self._shapes[image_shape]
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))

@@ -1,0 +1,99 @@
+"""The one sampling function: (denoiser, shape, options, seeds, conditioning) → samples.
+
+``Pipeline`` (generate, img2img, inpaint), training previews and evaluation all sample through
+``sample``, so a preview is exactly what the exported model generates for the same prompt and seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..conditioning import Conditioning
+from ..denoisers import Denoiser, FixedBatch
+from ..guidance import ClassifierFreeGuidance
+from ..noise import SeededNoise
+from ..samplers import Callback, get_sampler
+from ..schedules import karras
+from ..text.tokenizer import check_prompts
+from .options import SamplingOptions
+
+# The network runs on chunks of this many samples (denoisers.FixedBatch): 4 covers one image with its
+# unguided twin (padded) and keeps 4 guided images at 2 calls a step.
+BATCH_ROWS = 4
+
+
+def encode_prompts(text_encoder: nn.Module | None, prompts: list[str]) -> Conditioning | None:
+    """The Conditioning of ``prompts`` (None for an unconditional model).
+
+    Each distinct prompt is encoded alone and padded to the encoder's full context: an encoder's and
+    a network's rounding depend on the shapes they run at (batch, token count), and a prompt must
+    condition its images the same in any batch.
+    """
+    if text_encoder is None:
+        return None
+    alone = {p: text_encoder([p]) for p in dict.fromkeys(check_prompts(prompts))}
+    return Conditioning.cat([alone[p] for p in prompts], length=int(text_encoder.max_length))
+
+
+class KeepKnown(nn.Module):
+    """Inpainting as a Denoiser: the known region's x̂0 is the known image, so every sampler keeps it."""
+
+    def __init__(self, denoiser: Denoiser, known: Tensor, keep: Tensor):
+        super().__init__()
+        self.denoiser, self.known, self.keep = denoiser, known, keep  # [B, C, ...], [B, 1, ...]
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Conditioning | None = None) -> Tensor:
+        return self.keep * self.known + (1 - self.keep) * self.denoiser(x, sigma, cond)
+
+
+def guided(
+    denoiser: Denoiser, options: SamplingOptions, cond: Conditioning | None, uncond: Conditioning | None
+) -> Denoiser:
+    """The denoiser run in fixed chunks, under classifier-free guidance when there is text to guide by."""
+    fixed = FixedBatch(denoiser, BATCH_ROWS)  # a seed's image whatever its batch
+    if cond is None or uncond is None or options.guidance == 1.0:
+        return fixed
+    interval = options.guidance_interval or (0.0, float("inf"))
+    return ClassifierFreeGuidance(fixed, options.guidance, uncond, options.guidance_rescale, interval)
+
+
+@torch.no_grad()
+def sample(
+    denoiser: Denoiser,
+    shape: Sequence[int],
+    options: SamplingOptions,
+    seeds: Sequence[int],
+    cond: Conditioning | None = None,
+    uncond: Conditioning | None = None,
+    *,
+    callback: Callback | None = None,
+    init: Tensor | None = None,
+    keep: Tensor | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """len(seeds) samples of one example ``shape``, [B, *shape], sample i drawn from seed i alone.
+
+    ``options`` must be resolved (no None left). ``init`` [B, *shape]: start from it at the σ of
+    ``options.strength`` (SDEdit, Meng et al. 2022); with ``keep`` [B, 1, ...] (1 = known) it is
+    inpainting instead, and the known part of ``init`` is kept exactly. The starting noise is drawn
+    on the CPU in float32 and then moved to ``device`` and ``dtype``.
+    """
+    sample_fn = get_sampler(options.sampler)
+    noise = SeededNoise(seeds)
+    x = noise.randn(shape).to(device, dtype)  # [B, *shape]
+    steps = options.steps
+    start = min(steps, round(steps * (1 - options.strength))) if init is not None and keep is None else 0
+    if start == steps:  # strength 0: nothing to do
+        return init
+    sigmas = karras(steps, options.sigma_min, options.sigma_max, options.rho, dtype)[start:]  # [n + 1]
+    x = x * sigmas[0] if start == 0 else init + x * sigmas[0]
+    denoiser = guided(denoiser, options, cond, uncond)
+    if keep is not None:
+        denoiser = KeepKnown(denoiser, init, keep)
+        x = x + keep * init
+    out = sample_fn(denoiser, x, sigmas, cond, generator=noise, callback=callback)
+    return out if keep is None else keep * init + (1 - keep) * out

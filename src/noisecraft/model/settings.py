@@ -1,0 +1,78 @@
+"""A saved model's settings: the σ range and preconditioning it was trained with, what it makes, and
+the defaults of a sampling request. Stored as ``pipeline.json`` in a model folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..denoisers import PRECONDITIONINGS, Denoiser, precondition
+from ..schedules import vp_alphas_cumprod
+
+
+@dataclass
+class ModelSettings:
+    """How to turn the network's output into images, and the defaults of every sampling request."""
+
+    name: str = "custom"
+    image_size: int = 32  # pixels per side of the images it makes
+    channels: int = 3  # image channels: 1 (grey) or 3 (RGB)
+    precond: str = "edm"  # one of denoisers.PRECONDITIONINGS
+    sigma_data: float = 0.5
+    beta_schedule: str = "linear"  # vp_* only: the training ᾱ table
+    num_train_timesteps: int = 1000
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    steps: int = 20
+    sampler: str = "dpmpp_2m"
+    guidance: float = 4.0
+    latent_scale: float = 1.0  # latent models (an autoencoder/ folder): latents × this are sampled
+
+    def __post_init__(self) -> None:
+        _check_field_types(self)
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
+        if self.precond not in PRECONDITIONINGS:
+            raise ValueError(f"unknown precond {self.precond!r}; valid: {', '.join(PRECONDITIONINGS)}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if self.latent_scale <= 0:
+            raise ValueError(f"latent_scale must be positive, got {self.latent_scale}")
+
+    def denoiser(self, net: nn.Module) -> Denoiser:
+        """``net`` wrapped in the preconditioning these settings name."""
+        return build_denoiser(
+            net, self.precond, self.sigma_data, self.beta_schedule, self.num_train_timesteps
+        )
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the model makes."""
+        return self.channels, self.image_size, self.image_size
+
+
+def _check_field_types(settings: ModelSettings) -> None:
+    """ValueError naming the first field of a (hand-edited) pipeline.json that has the wrong type."""
+    for field in dataclasses.fields(settings):
+        value, kind = getattr(settings, field.name), type(field.default)
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{field.name} must be a positive integer, got {value!r}")
+        if kind is float and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+        ):
+            raise ValueError(f"{field.name} must be a finite number, got {value!r}")
+        if kind is str and not isinstance(value, str):
+            raise ValueError(f"{field.name} must be a string, got {value!r}")
+
+
+def build_denoiser(
+    net: nn.Module, precond: str, sigma_data: float, beta_schedule: str, num_train_timesteps: int
+) -> Denoiser:
+    """The raw network wrapped in its preconditioning (Karras et al. 2022, Table 1); ``vp_*`` kinds
+    get the ᾱ table they were trained on."""
+    alphas = vp_alphas_cumprod(beta_schedule, num_train_timesteps) if precond.startswith("vp_") else None
+    return precondition(net, precond, sigma_data, alphas)
