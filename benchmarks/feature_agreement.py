@@ -20,7 +20,8 @@ import argparse
 import torch
 from common import add_common_arguments, append_results, markdown_table, setup
 
-from noisecraft.evaluation.classifier import DOMAIN_DATA, load_domain_classifier
+from noisecraft.evaluation.classifier import load_domain_classifier
+from noisecraft.evaluation.classifier_data import DOMAIN_DATA
 from noisecraft.evaluation.disturb import DEFAULT_LEVELS, disturbed_sets
 from noisecraft.evaluation.evaluate import generate_images
 from noisecraft.evaluation.features import DomainFeatures, InceptionFeatures

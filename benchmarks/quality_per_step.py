@@ -28,8 +28,8 @@ from common import RESULTS, add_common_arguments, append_results, markdown_table
 
 from noisecraft.denoisers import GaussianMixtureDenoiser
 from noisecraft.evaluation.evaluate import evaluate
-from noisecraft.pipeline import Pipeline
 from noisecraft.noise import SeededNoise
+from noisecraft.pipeline import Pipeline
 from noisecraft.samplers import SAMPLERS
 from noisecraft.schedules import karras
 

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from noisecraft.evaluation.classifier import (
-    DOMAIN_DATA,
     DomainClassifier,
     DomainClassifierConfig,
     load_domain_classifier,
     shipped_classifiers,
 )
+from noisecraft.evaluation.classifier_data import DOMAIN_DATA
 from noisecraft.evaluation.disturb import (
     DEFAULT_LEVELS,
     disturb,
@@ -104,7 +104,7 @@ def test_shipped_classifier_features_rank_every_disturbance_in_order(domain):
 
 
 def test_classifier_command_trains_saves_and_reports_the_disturbance_check(tmp_path, monkeypatch, capsys):
-    from noisecraft.evaluation import classifier as module
+    from noisecraft.evaluation import classifier_training as module
 
     g = torch.Generator().manual_seed(3)
     images, labels = torch.rand(64, 1, 32, 32, generator=g) * 2 - 1, torch.arange(64) % 10

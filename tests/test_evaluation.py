@@ -24,13 +24,8 @@ from noisecraft.evaluation.adherence import (
     shapes_fact_accuracy,
     shapes_oracle_accuracy,
 )
-from noisecraft.evaluation.classifier import (
-    DomainClassifier,
-    DomainClassifierConfig,
-    classifier_accuracy,
-    load_domain_classifier,
-    train_domain_classifier,
-)
+from noisecraft.evaluation.classifier import DomainClassifier, DomainClassifierConfig, load_domain_classifier
+from noisecraft.evaluation.classifier_training import classifier_accuracy, train_domain_classifier
 from noisecraft.evaluation.evaluate import evaluate, summary_line
 from noisecraft.evaluation.features import InceptionFeatures, inception_path, tf_bilinear_resize
 from noisecraft.evaluation.metrics import (
@@ -230,7 +225,7 @@ def test_domain_classifier_trains_saves_and_loads(tmp_path):
 
 
 def test_shipped_mnist_classifier_accuracy():
-    from noisecraft.evaluation.classifier import mnist_arrays
+    from noisecraft.evaluation.classifier_data import mnist_arrays
 
     model = load_domain_classifier("mnist")
     assert isinstance(model, DomainClassifier) and model.config.class_names[3] == "3"
@@ -240,7 +235,7 @@ def test_shipped_mnist_classifier_accuracy():
 
 def test_shipped_shapes_classifier_reads_colour_and_kind():
     from noisecraft.data.shapes import ShapesDataset, render
-    from noisecraft.evaluation.classifier import shapes_classes
+    from noisecraft.evaluation.classifier_data import shapes_classes
 
     model = load_domain_classifier("shapes")
     classes = shapes_classes()
@@ -254,7 +249,7 @@ def test_shipped_shapes_classifier_reads_colour_and_kind():
 
 def test_emoji_classifier_data_is_one_class_per_emoji():
     from noisecraft.data.emoji import DEFAULT_FONT
-    from noisecraft.evaluation.classifier import emoji_arrays, emoji_classes
+    from noisecraft.evaluation.classifier_data import emoji_arrays, emoji_classes
 
     if not Path(DEFAULT_FONT).is_file():
         pytest.skip("fonts-noto-color-emoji not installed")
@@ -267,7 +262,8 @@ def test_emoji_classifier_data_is_one_class_per_emoji():
 
 def test_shipped_emoji_classifier_identifies_shifted_emoji_with_dense_features():
     from noisecraft.data.emoji import DEFAULT_FONT
-    from noisecraft.evaluation.classifier import _random_shift, emoji_arrays, emoji_classes
+    from noisecraft.evaluation.classifier_data import emoji_arrays, emoji_classes
+    from noisecraft.evaluation.classifier_training import _random_shift
 
     if not Path(DEFAULT_FONT).is_file():
         pytest.skip("fonts-noto-color-emoji not installed")

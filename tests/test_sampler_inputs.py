@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from noisecraft.noise import SeededNoise
 from noisecraft.samplers import SAMPLERS, get_sampler
 
 GOOD_SIGMAS = torch.tensor([2.0, 1.0, 0.5, 0.0])
@@ -86,9 +87,9 @@ def test_bad_x(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(n for n in NOISY if n in SAMPLERS))
 def test_wrong_number_of_generators(name: str) -> None:
-    generators = [torch.Generator().manual_seed(s) for s in range(3)]
+    noise = SeededNoise([0, 1, 2])
     assert_rejected(
-        name, x_batch(2), GOOD_SIGMAS, "3 generators for a batch of 2", generator=generators, **NOISY[name]
+        name, x_batch(2), GOOD_SIGMAS, "3 seeded generators for a batch of 2", generator=noise, **NOISY[name]
     )
 
 

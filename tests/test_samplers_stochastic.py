@@ -11,6 +11,7 @@ from conftest import ToyEpsNet, make_mixture2d
 from torch import Tensor
 
 from noisecraft.denoisers import DiscreteVPDenoiser, GaussianMixtureDenoiser
+from noisecraft.noise import SeededNoise
 from noisecraft.samplers import SAMPLERS, Step
 from noisecraft.samplers.base import noise_like
 from noisecraft.schedules import karras, vp_alphas_cumprod, vp_discrete
@@ -46,8 +47,8 @@ def start(batch: int, sigma_max: float, seed: int = 0) -> Tensor:
     return torch.randn(batch, 3, 4, 4, generator=g, dtype=torch.float64) * sigma_max
 
 
-def seeded(*seeds: int) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(s) for s in seeds]
+def seeded(*seeds: int) -> SeededNoise:
+    return SeededNoise(seeds)
 
 
 def run(name: str, opts: dict, model, x: Tensor, generator, steps: int = 8) -> Tensor:

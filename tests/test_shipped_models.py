@@ -13,7 +13,8 @@ import torch
 from noisecraft.cli import main
 from noisecraft.data.shapes_oracle import fact_checks, parse_caption, read_scene
 from noisecraft.images import read_png_metadata
-from noisecraft.pipeline import SHIPPED_DIR, Pipeline, shipped_models
+from noisecraft.model import SHIPPED_DIR, shipped_models
+from noisecraft.pipeline import Pipeline
 
 REQUIRED = ("emoji", "shapes")
 PROMPTS = {"shapes": "a red circle", "emoji": "red apple", "mnist": "a handwritten 7"}

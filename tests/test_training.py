@@ -8,6 +8,7 @@ import signal
 import struct
 import time
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -324,6 +325,18 @@ def test_text_to_image_unet_trains_previews_and_exports(tmp_path):
         got = net_module(x, c_noise, encoder(["dark", "light"]))
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert isinstance(encoder([""]), Conditioning)
+    # The last preview is what the exported model generates, with its defaults, for each prompt and seed.
+    from noisecraft.pipeline import Pipeline
+
+    pipe = Pipeline.load(tmp_path / "model")
+    assert (pipe.config.steps, pipe.config.guidance) == (2, 2.0)
+    with Image.open(tmp_path / "samples" / "step-00000003.png") as grid:
+        cells = np.asarray(grid)
+    for row, prompt in enumerate(["dark", "light"]):
+        for col, seed in enumerate([0, 1, 2]):
+            (image,) = pipe.generate(prompt, seed=seed)
+            cell = cells[2 + row * 10 : 10 + row * 10, 2 + col * 10 : 10 + col * 10]
+            assert np.array_equal(np.asarray(image), cell), (prompt, seed)
 
 
 def test_shapes32_recipe_runs_end_to_end(tmp_path):

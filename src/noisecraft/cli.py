@@ -53,13 +53,6 @@ def _run_explain(args: argparse.Namespace) -> None:
 FORWARD_SIGMAS = [0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5, 3.0, 10.0, 80.0]
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="make images from text with a shipped or saved model")
     p.add_argument("prompts", nargs="*", help="one or more prompts (each makes --num images)")
@@ -67,22 +60,28 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "--model", default=None, help="shipped model name or saved pipeline folder (default: emoji)"
     )
     p.add_argument("--negative", default=None, help="negative prompt: what the image should not be")
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps (default: the model's)")
-    p.add_argument("--sampler", default=None, help="a name from `noisecraft samplers` (default: the model's)")
-    p.add_argument("--guidance", type=_finite_float, default=None, help="classifier-free guidance scale")
+    # Sampling options: each flag's dest is a SamplingOptions field, which checks its value.
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     p.add_argument(
-        "--guidance-rescale", type=_finite_float, default=0.0, metavar="PHI",
+        "--sampler", default=None,
+        help="a name from `noisecraft samplers`, or its A1111 name ('Euler a'); default: the model's",
+    )  # fmt: skip
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument(
+        "--guidance-rescale", type=float, default=None, metavar="PHI",
         help="guidance rescale φ in [0, 1] (Lin et al. 2023; default: 0, off)",
     )  # fmt: skip
     p.add_argument(
-        "--guidance-interval", type=_finite_float, nargs=2, default=None, metavar=("LO", "HI"),
+        "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
         help="guide only where LO < σ ≤ HI (Kynkäänniemi et al. 2024; default: every σ)",
     )  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
+    p.add_argument("--seed", type=int, default=None, help="seed of the first image; image i uses seed + i")
     p.add_argument("--num", type=_positive_int, default=1, help="images per prompt (default: 1)")
     p.add_argument("--out", default="outputs/generate", help="output folder (default: %(default)s)")
     p.add_argument("--init", metavar="IMAGE", help="image-to-image: start from this picture (SDEdit)")
-    p.add_argument("--strength", type=_finite_float, default=0.6, help="--init: 0 keeps it, 1 ignores it")
+    p.add_argument(
+        "--strength", type=float, default=None, help="--init: 0 keeps it, 1 ignores it (default: 0.6)"
+    )
     p.add_argument("--mask", metavar="MASK", help="inpainting (with --init): repaint where the mask is white")
     p.add_argument("--show-steps", action="store_true", help="also save a step strip and a GIF per image")
     p.add_argument("--from-png", metavar="PNG", help="regenerate an image from the parameters it carries")
@@ -93,13 +92,19 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _run_generate(args: argparse.Namespace) -> None:
     from .generation import GenerateRequest, check_model_matches, generate_to_files, request_from_png
     from .images import read_png_metadata
+    from .model import SamplingOptions
     from .pipeline import Pipeline
 
     request = GenerateRequest(
-        args.prompts, args.negative, args.steps, args.sampler, args.guidance, args.seed, args.num,
-        args.init, args.strength, args.mask, args.show_steps, not args.quiet,
-        args.guidance_rescale, None if args.guidance_interval is None else tuple(args.guidance_interval),
-    )  # fmt: skip
+        prompts=args.prompts,
+        negative_prompt=args.negative,
+        num=args.num,
+        options=SamplingOptions.pick(vars(args)),  # every flag named after an option field
+        init=args.init,
+        mask=args.mask,
+        show_steps=args.show_steps,
+        progress=not args.quiet,
+    )
     model = args.model or "emoji"
     if args.from_png:
         request, png_model = request_from_png(args.from_png, request)

@@ -18,10 +18,12 @@ from PIL import Image  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from .data.toy2d import toy_mixture  # noqa: E402
-from .denoisers import GaussianMixtureDenoiser, score  # noqa: E402
+from .denoisers import score  # noqa: E402
 from .images import step_strip, to_pil  # noqa: E402
-from .samplers import Step, get_sampler  # noqa: E402
-from .schedules import add_noise, karras  # noqa: E402
+from .mixture import GaussianMixtureDenoiser  # noqa: E402
+from .model import SamplingOptions, sample  # noqa: E402
+from .samplers import Step  # noqa: E402
+from .schedules import add_noise  # noqa: E402
 
 LIMIT = 3.2  # half-width of the plotted square
 
@@ -74,11 +76,14 @@ def plot_forward(mixture: GaussianMixtureDenoiser, sigmas: list[float], n: int, 
 
 def run_sampler(mixture: GaussianMixtureDenoiser, config: ExplainConfig) -> tuple[Tensor, list[Step]]:
     """Sample ``config.num_points`` points with the exact denoiser; return the result and every Step."""
-    g = torch.Generator().manual_seed(config.seed)
-    sigmas = karras(config.steps, 0.01, config.sigma_max)
-    x = torch.randn(config.num_points, 2, generator=g) * sigmas[0]
+    options = SamplingOptions(
+        steps=config.steps, sampler=config.sampler, guidance=1.0, sigma_min=0.01, sigma_max=config.sigma_max,
+        rho=7.0,
+    )  # fmt: skip
+    n = config.num_points
     steps: list[Step] = []
-    out = get_sampler(config.sampler)(mixture, x, sigmas, generator=g, callback=steps.append)
+    seeds = range(config.seed * n, (config.seed + 1) * n)  # one per point
+    out = sample(mixture, (2,), options, seeds, callback=steps.append, rows=n)
     return out, steps
 
 
@@ -133,7 +138,7 @@ def explain_toy2d(out_dir: str | Path, config: ExplainConfig | None = None) -> l
     """Write forward.png, reverse.png and score.png for a 2-D mixture into ``out_dir``."""
     config = config or ExplainConfig()
     mixture = toy_mixture(config.mixture)
-    get_sampler(config.sampler)  # fail early on a bad name
+    SamplingOptions(sampler=config.sampler)  # fail early on a bad name
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = {

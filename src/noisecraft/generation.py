@@ -16,27 +16,22 @@ from PIL import Image
 
 from .callbacks import ProgressBar, StepRecorder, chain
 from .images import METADATA_KEY, load_image, make_grid, read_png_metadata, save_gif, save_png, upscale
-from .pipeline import Pipeline
+from .model import SamplingOptions
+from .pipeline import GenerationRequest, Pipeline
 
 
 @dataclass
 class GenerateRequest:
-    """Everything one ``noisecraft generate`` call asks for (None → the model's default)."""
+    """Everything one ``noisecraft generate`` call asks for: the job, and files for its images."""
 
     prompts: list[str] = field(default_factory=list)
     negative_prompt: str | None = None
-    steps: int | None = None
-    sampler: str | None = None
-    guidance: float | None = None
-    seed: int = 0
     num: int = 1
-    init: str | None = None  # image-to-image source
-    strength: float = 0.6
-    mask: str | None = None  # inpainting mask: white = repaint
+    options: SamplingOptions = field(default_factory=SamplingOptions)
+    init: str | None = None  # image-to-image source file
+    mask: str | None = None  # inpainting mask file: white = repaint
     show_steps: bool = False
     progress: bool = True
-    guidance_rescale: float = 0.0  # φ of guidance rescale (Lin et al. 2023)
-    guidance_interval: tuple[float, float] | None = None  # guide only where lo < σ ≤ hi
 
 
 def request_from_png(
@@ -46,17 +41,11 @@ def request_from_png(
     meta = read_png_metadata(path)
     try:
         request = GenerateRequest(
-            prompts=[meta["prompt"]],
+            prompts=[_text(meta, "prompt", required=True)],
             negative_prompt=_text(meta, "negative_prompt"),
-            steps=int(meta["steps"]),
-            sampler=meta["sampler"],
-            guidance=float(meta["guidance"]),
-            seed=int(meta["seed"]),
+            options=SamplingOptions.from_metadata(meta),
             init=_text(meta, "init"),
-            strength=float(meta.get("strength", 0.6)),
             mask=_text(meta, "mask"),
-            guidance_rescale=float(meta.get("guidance_rescale", 0.0)),
-            guidance_interval=_interval(meta.get("guidance_interval")),
         )
         model = _text(meta, "model") or ""
     except (KeyError, TypeError, ValueError) as err:
@@ -66,21 +55,12 @@ def request_from_png(
     return request, model
 
 
-def _text(meta: dict[str, Any], key: str) -> str | None:
+def _text(meta: dict[str, Any], key: str, required: bool = False) -> str | None:
     """An optional text field of PNG metadata; TypeError when it holds anything but a string."""
-    value = meta.get(key)
+    value = meta[key] if required else meta.get(key)
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{key} must be a string, got {value!r}")
     return value
-
-
-def _interval(value: Any) -> tuple[float, float] | None:
-    """The optional guidance interval of PNG metadata; TypeError unless it is two numbers."""
-    if value is None:
-        return None
-    if not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, int | float) for v in value):
-        raise TypeError(f"guidance_interval must be two numbers, got {value!r}")
-    return float(value[0]), float(value[1])
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -88,36 +68,15 @@ def _slug(text: str, limit: int = 40) -> str:
 
 
 def run(pipe: Pipeline, request: GenerateRequest) -> tuple[list[Image.Image], StepRecorder | None]:
-    """Call the pipeline's generate / img2img / inpaint as the request says."""
+    """Read the request's files and run it through the pipeline; the files' paths go into the metadata."""
     recorder = StepRecorder() if request.show_steps else None
     progress = ProgressBar("sampling") if request.progress else None
-    kwargs = dict(
-        negative_prompt=request.negative_prompt,
-        steps=request.steps,
-        sampler=request.sampler,
-        guidance=request.guidance,
-        seed=request.seed,
-        callback=chain(progress, recorder),
-        num_images=request.num,
-        guidance_rescale=request.guidance_rescale,
-        guidance_interval=request.guidance_interval,
-    )
-    size, channels = pipe.config.image_size, pipe.config.channels
-    if request.mask is not None:
-        if request.init is None:
-            raise ValueError("--mask needs --init: the image whose masked part is repainted")
-        init = load_image(request.init, channels, size)
-        mask = load_image(request.mask, 1)
-        if tuple(mask.shape[-2:]) != (size, size):
-            raise ValueError(
-                f"{request.mask}: mask is {mask.shape[-1]}×{mask.shape[-2]}, the model makes {size}×{size}"
-            )
-        images = pipe.inpaint(request.prompts, init, (mask > 0).float(), **kwargs)
-    elif request.init is not None:
-        init = load_image(request.init, channels, size)
-        images = pipe.img2img(request.prompts, init, request.strength, **kwargs)
-    else:
-        images = pipe.generate(request.prompts, **kwargs)
+    c = pipe.config
+    init = None if request.init is None else load_image(request.init, c.channels, c.image_size)
+    mask = None if request.mask is None else (load_image(request.mask, 1) > 0).float()
+    r = request
+    job = GenerationRequest(r.prompts, r.negative_prompt, r.num, r.options, init, mask)
+    images = pipe.run(job, chain(progress, recorder))
     for image in images:
         for key in ("init", "mask"):
             if getattr(request, key) is not None:

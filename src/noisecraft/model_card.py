@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from .pipeline import PIPELINE_FILE, SHIPPED_DIR, Pipeline
+from .model import SETTINGS_FILE, SHIPPED_DIR
+from .pipeline import Pipeline
 from .training.config import load_config, resolve_recipe, to_dict
 
 # Where each dataset comes from and under which licence it is used.
@@ -234,7 +235,7 @@ def _read_json_object(path: Path) -> dict[str, Any]:
 
 def _check_replaceable(dest: Path) -> None:
     """ValueError unless ``dest`` is absent, an empty folder or a saved model that ``ship`` may replace."""
-    if not dest.exists() or (dest.is_dir() and (not any(dest.iterdir()) or (dest / PIPELINE_FILE).is_file())):
+    if not dest.exists() or (dest.is_dir() and (not any(dest.iterdir()) or (dest / SETTINGS_FILE).is_file())):
         return
     raise ValueError(
         f"{dest} exists and is not a saved model: refusing to replace it (choose another --dest)"

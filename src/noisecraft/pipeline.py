@@ -64,6 +64,10 @@ class GenerationRequest:
     init: Image.Image | Tensor | None = None  # PIL, or [C, H, W] / [B, C, H, W] in [-1, 1]
     mask: Image.Image | Tensor | None = None  # white (1) = repaint; needs init
 
+    def __post_init__(self) -> None:
+        if self.mask is not None and self.init is None:
+            raise OptionError("mask", "inpainting needs an init image too: the image to repaint")
+
 
 class Pipeline:
     """Text → image with a trained network; also image-to-image (SDEdit) and inpainting."""
@@ -119,8 +123,6 @@ class Pipeline:
         prompts = _expand(request.prompts, request.num_images)
         init = keep = None
         if request.mask is not None:
-            if request.init is None:
-                raise OptionError("mask", "inpainting needs an init image too: the image to repaint")
             keep = 1 - self._as_mask(request.mask, len(prompts))  # [B, 1, H, W], 1 where kept
         if request.init is not None:
             init = self._as_batch(request.init, len(prompts))

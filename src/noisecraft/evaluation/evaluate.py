@@ -23,7 +23,9 @@ from torch.utils.data import IterableDataset
 from tqdm.auto import tqdm
 
 from ..likelihood import PRIOR_SIGMA_MAX, image_bits_per_dim
-from ..pipeline import Pipeline, check_seed
+from ..model import SamplingOptions
+from ..noise import check_seed
+from ..pipeline import Pipeline
 from . import ADHERENCE_DATASETS, IMAGE_DATASETS, METRICS
 from .adherence import (
     class_accuracy,
@@ -183,8 +185,7 @@ def _settings(pipeline: Pipeline, dataset: str, num_samples: int, metrics, seed:
     return {
         "model": c.name, "weights": pipeline.weights_hash, "dataset": dataset, "num_samples": num_samples,
         "seed": seed, "image_size": c.image_size, "channels": c.channels, "metrics": list(metrics),
-        "steps": sample["steps"] or c.steps, "sampler": sample["sampler"] or c.sampler,
-        "guidance": c.guidance if sample["guidance"] is None else sample["guidance"],
+        **sample,
     }  # fmt: skip
 
 
@@ -217,7 +218,8 @@ def evaluate(
     streamed = isinstance(data, IterableDataset)  # shards: no len(), no indexing
     check_compatible(pipeline, dataset, next(iter(data))[0] if streamed else data[0][0])
     kind = features or ("domain" if dataset in shipped_classifiers() else "inception")
-    sample = {"steps": steps, "sampler": sampler, "guidance": guidance}
+    options = SamplingOptions(steps=steps, sampler=sampler, guidance=guidance).resolve(c)
+    sample = {"steps": options.steps, "sampler": options.sampler, "guidance": options.guidance}
     results = _settings(pipeline, dataset, num_samples, metrics, seed, **sample)
     distribution = {"fid", "kid", "pr"} & set(metrics)
     generated, indices = None, None

@@ -100,8 +100,14 @@ def _positive_int(value: Any) -> int:
     return int(value)
 
 
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number, got {value!r}")
+    return float(value)
+
+
 def _finite(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not math.isfinite(_number(value)):
         raise ValueError(f"must be a finite number, got {value!r}")
     return float(value)
 
@@ -113,7 +119,7 @@ def _positive(value: Any) -> float:
 
 
 def _rescale(value: Any) -> float:
-    check_guidance_options(_finite(value), (0.0, math.inf))
+    check_guidance_options(_number(value), (0.0, math.inf))
     return float(value)
 
 

@@ -50,10 +50,14 @@ class KeepKnown(nn.Module):
 
 
 def guided(
-    denoiser: Denoiser, options: SamplingOptions, cond: Conditioning | None, uncond: Conditioning | None
+    denoiser: Denoiser,
+    options: SamplingOptions,
+    cond: Conditioning | None,
+    uncond: Conditioning | None,
+    rows: int = BATCH_ROWS,
 ) -> Denoiser:
     """The denoiser run in fixed chunks, under classifier-free guidance when there is text to guide by."""
-    fixed = FixedBatch(denoiser, BATCH_ROWS)  # a seed's image whatever its batch
+    fixed = FixedBatch(denoiser, rows)  # a seed's image whatever its batch
     if cond is None or uncond is None or options.guidance == 1.0:
         return fixed
     interval = options.guidance_interval or (0.0, float("inf"))
@@ -74,13 +78,15 @@ def sample(
     keep: Tensor | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    rows: int = BATCH_ROWS,
 ) -> Tensor:
     """len(seeds) samples of one example ``shape``, [B, *shape], sample i drawn from seed i alone.
 
     ``options`` must be resolved (no None left). ``init`` [B, *shape]: start from it at the σ of
     ``options.strength`` (SDEdit, Meng et al. 2022); with ``keep`` [B, 1, ...] (1 = known) it is
     inpainting instead, and the known part of ``init`` is kept exactly. The starting noise is drawn
-    on the CPU in float32 and then moved to ``device`` and ``dtype``.
+    on the CPU in float32 and then moved to ``device`` and ``dtype``. The denoiser runs on chunks of
+    ``rows`` samples (``FixedBatch``).
     """
     sample_fn = get_sampler(options.sampler)
     noise = SeededNoise(seeds)
@@ -91,7 +97,7 @@ def sample(
         return init
     sigmas = karras(steps, options.sigma_min, options.sigma_max, options.rho, dtype)[start:]  # [n + 1]
     x = x * sigmas[0] if start == 0 else init + x * sigmas[0]
-    denoiser = guided(denoiser, options, cond, uncond)
+    denoiser = guided(denoiser, options, cond, uncond, rows)
     if keep is not None:
         denoiser = KeepKnown(denoiser, init, keep)
         x = x + keep * init

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -18,10 +19,13 @@ from PIL import Image
 
 from .. import __version__
 from ..images import from_pil, to_pil
-from ..pipeline import Pipeline
+from ..model import SamplingOptions
+from ..pipeline import GenerationRequest, Pipeline
+from ..samplers import SAMPLERS
+from ..samplers.names import A1111_SAMPLERS, sampler_label
 from . import state as st
 from .imaging import binary_mask, encode_png, fit_output, png_text
-from .jobs import Batch, Job, job_events
+from .jobs import Job, job_events
 from .schemas import (
     A1111Img2Img,
     A1111Model,
@@ -50,8 +54,8 @@ async def img2img(body: A1111Img2Img, request: Request) -> dict[str, Any]:
 @router.get("/samplers", response_model=list[A1111Sampler])
 async def samplers() -> list[dict[str, Any]]:
     out = []
-    for name in st.SAMPLERS:
-        label, aliases = st.A1111_SAMPLERS.get(name, (name, []))
+    for name in SAMPLERS:
+        label, aliases = A1111_SAMPLERS.get(name, (name, []))
         out.append({"name": label, "aliases": [name, *aliases] if label != name else aliases, "options": {}})
     return out
 
@@ -151,8 +155,12 @@ async def _serve(body: A1111Txt2Img, request: Request) -> dict[str, Any]:
     raise HTTPException(503, "the request was cancelled")  # only a departed client or a shutdown get here
 
 
+# A1111's names for our options: a bad value is a 422 on the field the client sent.
+A1111_FIELDS = {"guidance": "cfg_scale", "sampler": "sampler_name", "strength": "denoising_strength"}
+
+
 async def _job(body: A1111Txt2Img, state: st.ServerState) -> Job:
-    """The Pipeline calls (one batch per n_iter) and the response builder for one request."""
+    """The Pipeline requests (one per n_iter) and the response builder for one request."""
     limits = state.limits
     texts = {"prompt": body.prompt, "negative_prompt": body.negative_prompt}
     if body.script_name:
@@ -161,35 +169,32 @@ async def _job(body: A1111Txt2Img, state: st.ServerState) -> Job:
         raise st.reject("alwayson_scripts", f"no scripts here: {', '.join(map(str, body.alwayson_scripts))}")
     checkpoint = (body.override_settings or {}).get("sd_model_checkpoint")
     name, pipe = state.models.get(st.resolve_model(state, checkpoint, "override_settings"))
-    steps = body.steps or pipe.config.steps
+    img2img = isinstance(body, A1111Img2Img)
+    values = dict(steps=body.steps, sampler=(body.sampler_name or body.sampler_index or "").strip() or None)
+    values.update(guidance=body.cfg_scale, seed=st.pick_seed(body.seed))
+    if img2img:  # A1111's default strength when a client sends null
+        values["strength"] = 0.75 if body.denoising_strength is None else body.denoising_strength
+    options = st.sampling_options(values, A1111_FIELDS).resolve(pipe.config)
     field = "batch_size" if body.batch_size > limits.max_batch else "n_iter"
-    st.check_common(limits, texts, steps, body.batch_size * body.n_iter, field)
-    sampler = st.resolve_sampler(body.sampler_name or body.sampler_index, "sampler_name")
+    st.check_common(limits, texts, options.steps, body.batch_size * body.n_iter, field)
     native = pipe.config.image_size
     width, height = body.width or native, body.height or native
     if width * height > limits.max_pixels:
         raise st.reject("width", f"{width}×{height} is more than {limits.max_pixels} pixels (width × height)")
-    init, mask = await _init_images(body, pipe, limits) if isinstance(body, A1111Img2Img) else (None, None)
-    seed = st.pick_seed(body.seed)
-    sampler = sampler or pipe.config.sampler
-    kwargs = dict(negative_prompt=body.negative_prompt or None, steps=steps, sampler=sampler)
-    kwargs.update(guidance=body.cfg_scale, num_images=body.batch_size)
+    init, mask = await _init_images(body, pipe, limits) if img2img else (None, None)
+    negative, count = body.negative_prompt or None, body.batch_size
     batches = [
-        _batch(pipe, body.prompt, init, mask, body, seed + k * body.batch_size, kwargs)
-        for k in range(body.n_iter)
+        partial(pipe.run, GenerationRequest(body.prompt, negative, count, seeded, init, mask))
+        for seeded in (replace(options, seed=options.seed + k * count) for k in range(body.n_iter))
     ]
+    finish = partial(_response, body, name, pipe, options, (width, height))
+    return Job(batches, finish, options.steps)
 
-    finish = partial(_response, body, name, pipe, sampler, seed, (width, height), steps)
-    return Job(batches, finish, steps)
 
-
-def _response(
-    body, name: str, pipe: Pipeline, sampler: str, seed: int, size, steps: int, images, interrupted
-):
+def _response(body, name: str, pipe: Pipeline, options: SamplingOptions, size, images, interrupted):
     """A1111's answer: PNGs stretched to width×height carrying their infotext, the request, and info."""
     width, height = size
-    seeds = [seed + i for i in range(len(images))]
-    info = _info(body, name, pipe, sampler, seed, seeds, size, steps, interrupted)
+    info = _info(body, name, pipe, options, len(images), size, interrupted)
     encoded = [
         encode_png(fit_output(image, width, height), png_text(image, text))
         for image, text in zip(images, info["infotexts"])
@@ -203,16 +208,6 @@ def _response(
         else:
             parameters.update(init_images=None, mask=None)  # as A1111 does: do not echo megabytes back
     return {"images": encoded if body.send_images else [], "parameters": parameters, "info": json.dumps(info)}
-
-
-def _batch(pipe: Pipeline, prompt: str, init, mask, body: A1111Txt2Img, seed: int, kwargs: dict) -> Batch:
-    """One sampler call: generate, img2img (SDEdit) or inpaint."""
-    if mask is not None:
-        return lambda callback: pipe.inpaint(prompt, init, mask, seed=seed, callback=callback, **kwargs)
-    if init is not None:
-        strength = body.denoising_strength if body.denoising_strength is not None else 0.75
-        return lambda callback: pipe.img2img(prompt, init, strength, seed=seed, callback=callback, **kwargs)
-    return lambda callback: pipe.generate(prompt, seed=seed, callback=callback, **kwargs)
 
 
 async def _init_images(body: A1111Img2Img, pipe: Pipeline, limits) -> tuple[torch.Tensor, Image.Image | None]:
@@ -232,15 +227,17 @@ async def _init_images(body: A1111Img2Img, pipe: Pipeline, limits) -> tuple[torc
     return init, mask
 
 
-def _info(body, name: str, pipe: Pipeline, sampler: str, seed: int, seeds, size, steps, interrupted) -> dict:
+def _info(body, name: str, pipe: Pipeline, options: SamplingOptions, count: int, size, interrupted) -> dict:
     """A1111's ``info``: the settings and seeds each image was made with, and one infotext per image."""
     width, height = size
+    sampler, seed, steps = options.sampler, options.seed, options.steps
+    seeds = [seed + i for i in range(count)]
     native = pipe.config.image_size
     strength = body.denoising_strength if isinstance(body, A1111Img2Img) and not body.mask else None
     extra = {"Native size": f"{native}x{native}", "noisecraft sampler": sampler}
     if interrupted:
         extra["Interrupted"] = True
-    label, model_hash = st.sampler_label(sampler), pipe.weights_hash[:10]
+    label, model_hash = sampler_label(sampler), pipe.weights_hash[:10]
 
     def infotext(s: int) -> str:
         fields = [

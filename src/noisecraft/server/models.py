@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..pipeline import Pipeline, shipped_models
+from ..model import shipped_models
+from ..pipeline import Pipeline
 
 
 class UnknownModel(ValueError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -22,6 +23,8 @@ from fastapi.responses import StreamingResponse
 from PIL import Image
 
 from ..images import METADATA_KEY, from_pil
+from ..pipeline import GenerationRequest
+from ..samplers import SAMPLERS
 from . import state as st
 from .imaging import binary_mask, encode_png, png_text
 from .jobs import Job, job_events
@@ -67,7 +70,7 @@ async def models(request: Request) -> list[ModelInfo]:
 
 @router.get("/samplers", response_model=list[str])
 async def samplers() -> list[str]:
-    return list(st.SAMPLERS)
+    return list(SAMPLERS)
 
 
 @router.get("/status", response_model=ServerStatus)
@@ -87,44 +90,36 @@ async def _job(body: GenerateRequest, state: st.ServerState) -> Job:
     limits = state.limits
     texts = {"prompt": body.prompt, "negative_prompt": body.negative_prompt}
     name, pipe = state.models.get(st.resolve_model(state, body.model, "model"))
-    st.check_common(limits, texts, body.steps or pipe.config.steps, body.num_images, "num_images")
-    sampler = st.resolve_sampler(body.sampler, "sampler")
-    if body.mask is not None and body.init_image is None:
-        raise st.reject("mask", "inpainting needs init_image too")
-    c = pipe.config
+    options = st.sampling_options({**body.model_dump(), "seed": st.pick_seed(body.seed)})
+    steps = options.resolve(pipe.config).steps
+    st.check_common(limits, texts, steps, body.num_images, "num_images")
     init = mask = None
     if body.init_image is not None:
-        init = from_pil(await st.decode(body.init_image, "init_image", limits), c.channels, c.image_size)
+        init = await st.decode(body.init_image, "init_image", limits)
+        init = from_pil(init, pipe.config.channels, pipe.config.image_size)
     if body.mask is not None:
-        mask = binary_mask(await st.decode(body.mask, "mask", limits), c.image_size)
-    seed = st.pick_seed(body.seed)
-    kwargs: dict[str, Any] = dict(negative_prompt=body.negative_prompt, steps=body.steps, sampler=sampler)
-    kwargs.update(guidance=body.guidance, seed=seed, num_images=body.num_images)
-    kwargs.update(guidance_rescale=body.guidance_rescale, guidance_interval=body.guidance_interval)
-
-    def batch(callback) -> list[Image.Image]:
-        if mask is not None:
-            return pipe.inpaint(body.prompt, init, mask, callback=callback, **kwargs)
-        if init is not None:
-            return pipe.img2img(body.prompt, init, body.strength, callback=callback, **kwargs)
-        return pipe.generate(body.prompt, callback=callback, **kwargs)
+        mask = binary_mask(await st.decode(body.mask, "mask", limits), pipe.config.image_size)
+    job = st.checked(
+        lambda: GenerationRequest(body.prompt, body.negative_prompt, body.num_images, options, init, mask),
+        {"init": "init_image"},
+    )
 
     def finish(images: list[Image.Image], interrupted: bool) -> dict[str, Any]:
         return {
             "model": name,
-            "seed": seed,
+            "seed": options.seed,
             "interrupted": interrupted,
             "images": [
                 {
                     "image": "data:image/png;base64," + encode_png(image, png_text(image)),
-                    "seed": seed + i,
+                    "seed": options.seed + i,
                     "parameters": image.info.get(METADATA_KEY),
                 }
                 for i, image in enumerate(images)
             ],
         }
 
-    return Job([batch], finish, body.steps or c.steps, previews=True)
+    return Job([partial(pipe.run, job)], finish, steps, previews=True)
 
 
 async def _stream(job: Job, position: int, request: Request) -> AsyncIterator[str]:

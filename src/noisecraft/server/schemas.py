@@ -8,15 +8,12 @@ extensions. The native body (``/v1/generate``) forbids unknown fields: a typo is
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from ..guidance import check_guidance_options
+from pydantic import BaseModel, ConfigDict, Field
 
 MAX_SEED = 2**53 - 1  # exact in JSON numbers and JavaScript; image i uses seed + i, still < 2**63
 IGNORED = "Accepted for A1111 compatibility and ignored."
-FiniteSigma = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 
 
 # -- AUTOMATIC1111-compatible (/sdapi/v1) ------------------------------------------------------
@@ -38,7 +35,7 @@ class A1111Txt2Img(BaseModel):
     batch_size: int = Field(1, ge=1, description="images per sampler call")
     n_iter: int = Field(1, ge=1, description="sampler calls; batch_size × n_iter images in all")
     steps: int | None = Field(None, ge=1, description="default: the model's")
-    cfg_scale: float = Field(7.0, ge=0.0, le=100.0, allow_inf_nan=False, description="guidance scale")
+    cfg_scale: float = Field(7.0, ge=0.0, le=100.0, description="guidance scale")
     width: int | None = Field(None, ge=0, le=8192, description="output width; null or 0: the model's size")
     height: int | None = Field(None, ge=0, le=8192, description="output height; null or 0: the model's size")
     denoising_strength: float | None = Field(None, ge=0.0, le=1.0, description="txt2img: ignored (hires fix)")
@@ -152,26 +149,19 @@ class GenerateRequest(BaseModel):
     negative_prompt: str | None = Field(None, description="what the image should not be")
     model: str | None = Field(None, description="a name from GET /v1/models; default: the first")
     sampler: str | None = Field(None, description="a name from GET /v1/samplers; default: the model's")
-    steps: int | None = Field(None, ge=1, description="default: the model's")
-    guidance: float | None = Field(None, ge=0.0, le=100.0, allow_inf_nan=False, description="CFG scale")
-    guidance_rescale: float = Field(
-        0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="guidance rescale φ (Lin et al. 2023); 0: off"
+    steps: int | None = Field(None, description="default: the model's")
+    guidance: float | None = Field(None, ge=0.0, le=100.0, description="CFG scale")
+    guidance_rescale: float | None = Field(
+        None, description="guidance rescale φ in [0, 1] (Lin et al. 2023); null or 0: off"
     )
-    guidance_interval: tuple[FiniteSigma, FiniteSigma] | None = Field(
+    guidance_interval: tuple[float, float] | None = Field(
         None, description="[lo, hi]: guide only where lo < σ ≤ hi (Kynkäänniemi et al. 2024); null: every σ"
     )
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="image i uses seed + i; -1: random")
     num_images: int = Field(1, ge=1, description="images drawn in one batch")
     init_image: str | None = Field(None, description="base64 image to start from (SDEdit)")
-    strength: float = Field(0.6, ge=0.0, le=1.0, description="init_image: 0 keeps it, 1 ignores it")
+    strength: float | None = Field(None, description="init_image: 0 keeps it, 1 ignores it; default 0.6")
     mask: str | None = Field(None, description="base64 image, with init_image: white is repainted")
-
-    @field_validator("guidance_interval")
-    @classmethod
-    def _lo_below_hi(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
-        if value is not None:
-            check_guidance_options(0.0, value)
-        return value
 
 
 class ModelInfo(BaseModel):

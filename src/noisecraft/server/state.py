@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from ..samplers import SAMPLERS
+from ..model import OptionError, SamplingOptions
 from .imaging import BadImage, decode_image
 from .jobs import Job, QueueFull, Worker
 from .limits import Limits
 from .models import ModelRegistry, UnknownModel
 
-# A1111 display names and aliases of our samplers (all σ schedules here are Karras et al. 2022).
-A1111_SAMPLERS: dict[str, tuple[str, list[str]]] = {
-    "euler_ancestral": ("Euler a", ["k_euler_a", "k_euler_ancestral"]),
-    "euler": ("Euler", ["k_euler"]),
-    "lms": ("LMS", ["k_lms"]),
-    "heun": ("Heun", ["k_heun"]),
-    "dpmpp_2m": ("DPM++ 2M", ["k_dpmpp_2m"]),
-    "dpmpp_2s_ancestral": ("DPM++ 2S a", ["k_dpmpp_2s_a"]),
-    "dpmpp_2m_sde": ("DPM++ 2M SDE", ["k_dpmpp_2m_sde"]),
-    "dpmpp_3m_sde": ("DPM++ 3M SDE", ["k_dpmpp_3m_sde"]),
-    "ddim": ("DDIM", []),
-    "ddpm": ("DDPM", []),
-    "unipc": ("UniPC", []),
-}
-
+T = TypeVar("T")
 
 @dataclass
 class ServerState:
@@ -48,21 +36,19 @@ def reject(field: str, message: str, status: int = 422) -> HTTPException:
     )
 
 
-def sampler_label(name: str) -> str:
-    """The A1111 display name of one of our samplers (our name where A1111 has none)."""
-    return A1111_SAMPLERS.get(name, (name, []))[0]
+def checked(build: Callable[[], T], fields: dict[str, str] | None = None) -> T:
+    """``build()``, its OptionError turned into a 422 naming the request's own field (``fields`` maps
+    option names to an API's names, e.g. guidance → cfg_scale)."""
+    try:
+        return build()
+    except OptionError as err:
+        field = (fields or {}).get(err.field, err.field)
+        raise reject(field, str(err).removeprefix(f"{err.field}: ")) from None
 
 
-def resolve_sampler(name: str | None, field: str) -> str | None:
-    """Our sampler name for an A1111 name, alias or our own name (case-insensitive); None → the model's."""
-    if name is None or name.strip() == "":
-        return None
-    wanted = name.strip().lower().removesuffix(" karras")  # A1111 < 1.6 spelled the schedule into the name
-    for ours in SAMPLERS:
-        label, aliases = A1111_SAMPLERS.get(ours, (ours, []))
-        if wanted in (ours, label.lower(), *aliases):
-            return ours
-    raise reject(field, f"unknown sampler {name!r}; GET /sdapi/v1/samplers lists them")
+def sampling_options(values: dict[str, Any], fields: dict[str, str] | None = None) -> SamplingOptions:
+    """The request's sampling options (the entries of ``values`` named after one), checked once."""
+    return checked(lambda: SamplingOptions.pick(values), fields)
 
 
 def resolve_model(state: ServerState, name: str | None, field: str) -> str:

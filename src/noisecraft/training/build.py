@@ -19,8 +19,9 @@ from torch import Tensor, nn
 
 from ..components import COMPONENTS, load_component
 from ..conditioning import Conditioning
-from ..denoisers import precondition
 from ..losses import denoising_loss, flow_matching_loss
+from ..model import build_denoiser as model_denoiser
+from ..model import find_weights
 from ..schedules import edm_lognormal, logit_normal, vp_alphas_cumprod, vp_uniform_timestep
 from .config import OptimConfig, ScheduleConfig, TrainConfig, from_dict
 
@@ -53,12 +54,10 @@ def build_net(config: TrainConfig, text_dim: int) -> nn.Module:
 
 def init_folder(source: str) -> Path:
     """The folder ``model.init`` names: a shipped model, or a saved folder holding ``net/``."""
-    from ..pipeline import SHIPPED_DIR  # lazy: the pipeline is only needed to find shipped models
-
-    folder = SHIPPED_DIR / source if (SHIPPED_DIR / source / "net").is_dir() else Path(source)
-    if not (folder / "net").is_dir():
-        raise ValueError(f"model.init: {source!r} is neither a shipped model nor a folder with net/")
-    return folder
+    try:
+        return find_weights(source)
+    except ValueError as err:
+        raise ValueError(f"model.init: {err}") from None
 
 
 def init_from(net: nn.Module, source: str, new: Sequence[str] = ()) -> None:
@@ -96,10 +95,8 @@ def parent_record(source: str) -> dict[str, Any] | None:
 
 def build_denoiser(net: nn.Module, config: TrainConfig) -> nn.Module:
     """Wrap the raw network in the preconditioning ``model.precond`` names."""
-    alphas_cumprod = None
-    if config.model.precond.startswith("vp_"):
-        alphas_cumprod = vp_alphas_cumprod(config.schedule.beta_schedule, config.schedule.num_train_timesteps)
-    return precondition(net, config.model.precond, config.model.sigma_data, alphas_cumprod)
+    m, s = config.model, config.schedule
+    return model_denoiser(net, m.precond, m.sigma_data, s.beta_schedule, s.num_train_timesteps)
 
 
 def build_text_encoder(
@@ -201,29 +198,3 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     progress = (step - o.warmup_steps) / max(1, config.steps - o.warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cosine)
-
-
-class LatentSpace:
-    """Pixels ↔ the space the model trains in: identity, or a saved autoencoder's latents × scale.
-
-    The autoencoder hook: ``model.autoencoder`` names a saved component with ``encode(images) →
-    latents`` and ``decode(latents) → images``; it stays frozen.
-    """
-
-    def __init__(self, path: str, scale: float, device: torch.device):
-        self.autoencoder, self.scale = None, scale
-        if path:
-            module = load_component(path)
-            if not (callable(getattr(module, "encode", None)) and callable(getattr(module, "decode", None))):
-                raise ValueError(
-                    f"model.autoencoder: {path} holds a {type(module).__name__}, which has no encode/decode"
-                )
-            self.autoencoder = module.to(device).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def encode(self, images: Tensor) -> Tensor:
-        return images if self.autoencoder is None else self.autoencoder.encode(images) * self.scale
-
-    @torch.no_grad()
-    def decode(self, latents: Tensor) -> Tensor:
-        return latents if self.autoencoder is None else self.autoencoder.decode(latents / self.scale)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from ..model import OptionError, SamplingOptions
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser, under its PyPI name
@@ -105,8 +107,19 @@ class SamplingConfig:
     steps: int = 32
     sigma_min: float = 0.002
     sigma_max: float = 80.0
+    rho: float = 7.0  # Karras et al. 2022's schedule exponent
     guidance: float = 1.0  # classifier-free guidance scale (1 = off)
     points: int = 2000  # 2-D data: points drawn per seed for the scatter plot
+
+    def options(self) -> SamplingOptions:
+        """The options previews sample with, checked; the exported model takes them as its defaults."""
+        try:
+            return SamplingOptions(
+                steps=self.steps, sampler=self.sampler, guidance=self.guidance,
+                sigma_min=self.sigma_min, sigma_max=self.sigma_max, rho=self.rho,
+            )  # fmt: skip
+        except OptionError as err:
+            raise ValueError(f"sampling.{err}") from None
 
 
 @dataclass
@@ -324,7 +337,6 @@ def check_ranges(c: TrainConfig) -> None:
         "checkpoint.every": c.checkpoint.every,
         "checkpoint.keep": c.checkpoint.keep,
         "log.every": c.log.every,
-        "sampling.steps": c.sampling.steps,
         "sampling.points": c.sampling.points,
         "schedule.high_sigma": c.schedule.high_sigma,
     }
@@ -362,8 +374,7 @@ def check_ranges(c: TrainConfig) -> None:
         raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {c.optim.min_lr_ratio}")
     if not all(0.0 <= b < 1.0 for b in c.optim.betas):
         raise ValueError(f"optim.betas must be in [0, 1), got {list(c.optim.betas)}")
-    if not 0 < c.sampling.sigma_min < c.sampling.sigma_max:
-        raise ValueError("sampling.sigma_min must be positive and below sampling.sigma_max")
+    c.sampling.options()
     if not c.sampling.prompts or not c.sampling.seeds:
         raise ValueError("sampling.prompts and sampling.seeds must not be empty")
 

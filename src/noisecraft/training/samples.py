@@ -1,8 +1,8 @@
 """Sample previews during training: fixed prompts × fixed seeds, so successive grids are comparable.
 
 Images become a PNG grid (one row per prompt, one column per seed); 2-D points become a scatter
-plot (one colour per prompt). Sampling uses the EMA weights and its own generators, so it never
-disturbs the training random stream.
+plot (one colour per prompt). Sampling uses the EMA weights and its own seeded generators, so it
+never disturbs the training random stream.
 """
 
 from __future__ import annotations
@@ -14,20 +14,17 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from ..guidance import ClassifierFreeGuidance
-from ..samplers import get_sampler
-from ..schedules import karras
-from .build import LatentSpace, TextEncoderFn
+from ..model import LatentSpace, encode_prompts, sample
+from .build import TextEncoderFn
 from .config import SamplingConfig
 
 
-def _conditioning(objective: nn.Module, frozen: TextEncoderFn | None, prompts: list[str]):
-    if frozen is not None:
-        return frozen(prompts)
-    return objective.encode(prompts)
+def preview_seeds(config: SamplingConfig, per_seed: int) -> list[int]:
+    """One seed per sample, prompt-major: seed s of a grid; for point clouds, s·per_seed + j."""
+    per_prompt = [s * per_seed + j if per_seed > 1 else s for s in config.seeds for j in range(per_seed)]
+    return per_prompt * len(config.prompts)
 
 
-@torch.no_grad()
 def draw_samples(
     objective: nn.Module,
     frozen: TextEncoderFn | None,
@@ -36,22 +33,19 @@ def draw_samples(
     per_seed: int,
     device: torch.device,
 ) -> Tensor:
-    """len(prompts)·len(seeds)·per_seed samples of one example ``shape``, prompt-major, [N, *shape]."""
-    groups = [(prompt, seed) for prompt in config.prompts for seed in config.seeds]
-    prompts = [prompt for prompt, _ in groups for _ in range(per_seed)]
-    generators = [torch.Generator(device).manual_seed(seed) for _, seed in groups]
-    noise = torch.cat([torch.randn((per_seed, *shape), generator=g, device=device) for g in generators])
-    # one image per seed: per-sample generators make each image independent of the batch it is in
-    generator = generators if per_seed == 1 else generators[0]
-    cond = _conditioning(objective, frozen, prompts)
-    denoiser = objective.denoiser
-    if cond is not None and config.guidance != 1.0:
-        denoiser = ClassifierFreeGuidance(denoiser, config.guidance, _conditioning(objective, frozen, [""]))
-    sigmas = karras(config.steps, config.sigma_min, config.sigma_max).to(device)
+    """len(prompts)·len(seeds)·per_seed samples of one example ``shape``, prompt-major, [N, *shape].
+
+    The model layer's ``sample``, as ``Pipeline.generate`` calls it: a grid cell is the image the
+    exported model makes for that prompt and seed with its default options.
+    """
+    prompts = [prompt for prompt in config.prompts for _ in range(len(config.seeds) * per_seed)]
+    encoder = objective.text_encoder if frozen is None else frozen.encoder
+    cond = encode_prompts(encoder, prompts)
+    options = config.options()
+    uncond = encode_prompts(encoder, [""]) if cond is not None and options.guidance != 1.0 else None
     dtype = next(objective.parameters()).dtype
-    x = noise.to(dtype) * sigmas[0]
-    sigmas = sigmas.to(dtype)
-    return get_sampler(config.sampler)(denoiser, x, sigmas, cond, generator=generator)
+    seeds = preview_seeds(config, per_seed)
+    return sample(objective.denoiser, shape, options, seeds, cond, uncond, device=device, dtype=dtype)
 
 
 def save_image_grid(images: Tensor, rows: int, path: Path) -> None:

@@ -19,9 +19,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import IterableDataset
 
 from ..components import save_component
+from ..model import LatentSpace, ModelSettings, write_settings
+from ..model.options import MODEL_DEFAULTS
 from .build import (
     DiffusionObjective,
-    LatentSpace,
     build_denoiser,
     build_net,
     build_optimizer,
@@ -124,7 +125,10 @@ class Trainer:
             self.parent = parent_record(c.model.init)
         objective = DiffusionObjective(build_denoiser(net, c), trainable_text, c)
         self.objective = objective.to(self.device, self.dtype).train()
-        self.latent = LatentSpace(c.model.autoencoder, c.model.latent_scale, self.device)
+        try:
+            self.latent = LatentSpace.from_folder(c.model.autoencoder, c.model.latent_scale).to(self.device)
+        except ValueError as err:
+            raise ValueError(f"model.autoencoder: {err}") from None
         self.ema = PowerEMA(self.objective, c.ema.std) if c.ema.std > 0 else None
         self.params = [p for p in self.objective.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, c.optim, self.device)
@@ -225,32 +229,36 @@ class Trainer:
         if self.parent is not None:
             record["parent"] = self.parent  # the run model.init started from, and its own parent, …
         (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n")
-        if "image_size" in c.net and not c.autoencoder:
-            write_pipeline_config(self.config, folder, self.out.name)
+        image_shape = self._image_shape(model.denoiser.net)
+        if image_shape is not None:
+            if self.latent.autoencoder is not None:
+                save_component(self.latent.autoencoder, folder / "autoencoder")
+            write_settings(model_settings(self.config, self.out.name, image_shape), folder)
         return folder
 
+    def _image_shape(self, net: torch.nn.Module) -> tuple[int, int, int] | None:
+        """(C, H, W) of the images the model makes; None for points or non-square images (no pipeline)."""
+        size = getattr(net.config, "image_size", None)
+        if size is None:
+            return None
+        if self.latent.autoencoder is None:
+            return net.config.in_channels, size, size
+        shape = tuple(self.batches.example().shape)  # pixels: the autoencoder sets the sample size
+        return shape if len(shape) == 3 and shape[1] == shape[2] else None
 
-def write_pipeline_config(config: TrainConfig, folder: Path, name: str) -> None:
-    """pipeline.json beside the components, so ``Pipeline.load(folder)`` can generate from the export."""
-    from ..pipeline import PIPELINE_FILE, PipelineConfig
 
-    m, s, sampling = config.model, config.schedule, config.sampling
-    pipeline = PipelineConfig(
-        name=name,
-        image_size=int(m.net["image_size"]),
-        channels=int(m.net.get("in_channels", 3)),
-        precond=m.precond,
-        sigma_data=m.sigma_data,
-        beta_schedule=s.beta_schedule,
-        num_train_timesteps=s.num_train_timesteps,
-        sigma_min=sampling.sigma_min,
-        sigma_max=sampling.sigma_max,
-        steps=20,
-        sampler="dpmpp_2m",
-        guidance=sampling.guidance,
-    )
-    text = json.dumps(dataclasses.asdict(pipeline), indent=2, sort_keys=True) + "\n"
-    (folder / PIPELINE_FILE).write_text(text)
+def model_settings(config: TrainConfig, name: str, image_shape: tuple[int, ...]) -> ModelSettings:
+    """The exported model's settings: what it was trained with, and its previews' options as defaults,
+    so ``Pipeline.load(export).generate(prompt, seed=s)`` is the preview's image of that prompt and seed."""
+    m, s = config.model, config.schedule
+    channels, height, _ = image_shape
+    defaults = config.sampling.options()
+    return ModelSettings(
+        name=name, image_size=height, channels=channels, precond=m.precond, sigma_data=m.sigma_data,
+        beta_schedule=s.beta_schedule, num_train_timesteps=s.num_train_timesteps,
+        latent_scale=m.latent_scale if m.autoencoder else 1.0,
+        **{key: getattr(defaults, key) for key in MODEL_DEFAULTS},
+    )  # fmt: skip
 
 
 def _section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

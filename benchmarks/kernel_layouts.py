@@ -1,6 +1,6 @@
 """Which kernel variant is fastest on this CPU for the U-Net's own shapes: the evidence behind nets/ choices.
 
-    .venv/bin/python benchmarks/kernels.py [--threads 1]
+    .venv/bin/python benchmarks/kernel_layouts.py [--threads 1]
 
 Every case times forward + backward at training batch 32 (the shapes of the peer-sized U-Net of
 speed_vs_diffusers.py), all variants of all cases interleaved:
