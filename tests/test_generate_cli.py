@@ -60,6 +60,24 @@ def test_from_png_reproduces_pixels(tiny_pipeline_dir, tmp_path):
     assert read_png_metadata(again) == read_png_metadata(first)
 
 
+def test_a1111_sampler_names_and_the_schedule_flag(tiny_pipeline_dir, tmp_path):
+    """`--sampler "Euler a"` is euler_ancestral; `--schedule Exponential` changes the σ spacing, is stored
+    in the PNG, and `--from-png` reuses it."""
+    args = ["a star", "--model", str(tiny_pipeline_dir), "--quiet", "--seed", "1", "--steps", "4"]
+    assert main(["generate", *args, "--sampler", "Euler a", "--out", str(tmp_path / "alias")]) == 0
+    assert main(["generate", *args, "--sampler", "euler_ancestral", "--out", str(tmp_path / "ours")]) == 0
+    (alias,), (ours,) = (tmp_path / "alias").glob("*.png"), (tmp_path / "ours").glob("*.png")
+    assert read_png_metadata(alias)["sampler"] == "euler_ancestral"
+    assert np.array_equal(pixels(alias), pixels(ours))
+    assert main(["generate", *args, "--schedule", "Exponential", "--out", str(tmp_path / "exp")]) == 0
+    (exp,) = (tmp_path / "exp").glob("*.png")
+    assert read_png_metadata(exp)["schedule"] == "exponential"
+    assert read_png_metadata(ours)["schedule"] == "karras"
+    assert not np.array_equal(pixels(exp), pixels(ours))
+    assert main(["generate", "--from-png", str(exp), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    assert np.array_equal(pixels(next((tmp_path / "again").glob("*.png"))), pixels(exp))
+
+
 def test_from_png_reproduces_guidance_rescale_and_interval(tiny_pipeline_dir, tmp_path):
     args = ["--model", str(tiny_pipeline_dir), "--quiet", "--seed", "2", "--steps", "4"]
     main(["generate", "a star", "--guidance", "4", "--guidance-rescale", "0.5",
@@ -170,6 +188,8 @@ def bomb_png(width: int, height: int) -> bytes:
     [
         (["--model", "no-such-model"], "unknown model"),
         (["--sampler", "nope"], "unknown sampler"),
+        (["--schedule", "cosine"], "unknown schedule 'cosine'; valid: karras, exponential"),
+        (["--strength", "1.5", "--init", "SOURCE"], "strength: must be in [0, 1], got 1.5"),
         (["--steps", "0"], "positive integer"),
         (["--guidance", "nan"], "finite"),
         (["--guidance-rescale", "2"], "guidance rescale must be in [0, 1], got 2.0"),

@@ -99,6 +99,19 @@ def test_webuiapi_txt2img_matches_the_pipeline(server, pipe, client):
     assert json.loads(result.images[1].info[METADATA_KEY])["seed"] == 4
 
 
+def test_a1111_scheduler_chooses_the_sigma_spacing(pipe, client):
+    body = {"prompt": "a red circle", "seed": 5, "steps": 4, "width": 8, "height": 8, "sampler_name": "Euler"}
+    images = {}
+    for scheduler in ("Karras", "Exponential"):
+        answer = client.post("/sdapi/v1/txt2img", json={**body, "scheduler": scheduler}).json()
+        images[scheduler] = pixels(decode_png(answer["images"][0]))
+        assert f"Schedule type: {scheduler}," in json.loads(answer["info"])["infotexts"][0]
+    options = dict(seed=5, steps=4, sampler="euler", guidance=7.0, schedule="exponential")
+    (want,) = pipe.generate("a red circle", **options)
+    assert np.array_equal(images["Exponential"], pixels(want))
+    assert not np.array_equal(images["Karras"], images["Exponential"])
+
+
 def test_webuiapi_img2img_and_inpainting(server, pipe, client):
     api = _api(server, sampler="Euler", steps=6)
     source = pipe.generate("a red circle", seed=0)[0].resize((64, 64), Image.Resampling.NEAREST)
@@ -210,6 +223,7 @@ def test_models_samplers_docs_and_page(client):
         ("/sdapi/v1/txt2img", {"prompt": "x" * 201}, "prompt"),
         ("/sdapi/v1/txt2img", {"negative_prompt": "x" * 201}, "negative_prompt"),
         ("/sdapi/v1/txt2img", {"sampler_name": "Euler z"}, "sampler_name"),
+        ("/sdapi/v1/txt2img", {"scheduler": "Beta"}, "scheduler"),
         ("/sdapi/v1/txt2img", {"override_settings": {"sd_model_checkpoint": "nope"}}, "override_settings"),
         ("/sdapi/v1/txt2img", {"script_name": "x/y/z plot"}, "script_name"),
         ("/sdapi/v1/txt2img", {"steps": -3}, "steps"),
@@ -222,6 +236,10 @@ def test_models_samplers_docs_and_page(client):
         ("/v1/generate", {"prompt": "x", "model": "nope"}, "model"),
         ("/v1/generate", {"prompt": "x", "mask": png_b64(Image.new("L", (8, 8)))}, "mask"),
         ("/v1/generate", {"prompt": "x", "stepz": 3}, "stepz"),
+        ("/v1/generate", {"prompt": "x", "steps": 0}, "steps"),
+        ("/v1/generate", {"prompt": "x", "schedule": "cosine"}, "schedule"),
+        ("/v1/generate", {"prompt": "x", "sampler": "Euler z"}, "sampler"),
+        ("/v1/generate", {"prompt": "x", "strength": 1.5}, "strength"),
         ("/v1/generate", {"prompt": "x", "guidance_rescale": 2}, "guidance_rescale"),
         ("/v1/generate", {"prompt": "x", "guidance_interval": [3, 1]}, "guidance_interval"),
         ("/v1/generate", {"prompt": "x", "guidance_interval": [-1, 1]}, "guidance_interval"),

@@ -75,6 +75,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
         help="guide only where LO < σ ≤ HI (Kynkäänniemi et al. 2024; default: every σ)",
     )  # fmt: skip
+    p.add_argument(
+        "--schedule", default=None, help="σ spacing: karras or exponential (default: the model's, karras)"
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of the first image; image i uses seed + i")
     p.add_argument("--num", type=_positive_int, default=1, help="images per prompt (default: 1)")
     p.add_argument("--out", default="outputs/generate", help="output folder (default: %(default)s)")

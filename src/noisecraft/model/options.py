@@ -18,6 +18,7 @@ from ..guidance import check_guidance_options
 from ..noise import check_seed
 from ..samplers import SAMPLERS
 from ..samplers.names import canonical_sampler
+from .schedule import canonical_schedule
 from .settings import ModelSettings
 
 
@@ -30,7 +31,7 @@ class OptionError(ValueError):
 
 
 # Fields left None take the model's value (ModelSettings has a field of the same name).
-MODEL_DEFAULTS = ("steps", "sampler", "guidance", "sigma_min", "sigma_max", "rho")
+MODEL_DEFAULTS = ("steps", "sampler", "guidance", "schedule", "sigma_min", "sigma_max", "rho")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class SamplingOptions:
     guidance_interval: tuple[float, float] | None = None  # guide only where lo < σ ≤ hi (Kynkäänniemi 2024)
     sigma_min: float | None = None
     sigma_max: float | None = None
+    schedule: str | None = None  # how σ is spaced: one of SCHEDULES (A1111's "Karras" too)
     rho: float | None = None  # Karras et al. 2022's schedule exponent
     seed: int = 0  # image i of a request uses seed + i
     strength: float = 0.6  # image-to-image: 0 keeps the init image, 1 ignores it (SDEdit)
@@ -156,6 +158,7 @@ _CHECKS = {
     "sigma_min": _positive,
     "sigma_max": _positive,
     "rho": _positive,
+    "schedule": canonical_schedule,
     "seed": _seed,
     "strength": _strength,
 }

@@ -16,9 +16,9 @@ from ..denoisers import Denoiser, FixedBatch
 from ..guidance import ClassifierFreeGuidance
 from ..noise import SeededNoise
 from ..samplers import Callback, get_sampler
-from ..schedules import karras
 from ..text.tokenizer import check_prompts
 from .options import SamplingOptions
+from .schedule import schedule_sigmas
 
 # The network runs on chunks of this many samples (denoisers.FixedBatch): 4 covers one image with its
 # unguided twin (padded) and keeps 4 guided images at 2 calls a step.
@@ -95,7 +95,8 @@ def sample(
     start = min(steps, round(steps * (1 - options.strength))) if init is not None and keep is None else 0
     if start == steps:  # strength 0: nothing to do
         return init
-    sigmas = karras(steps, options.sigma_min, options.sigma_max, options.rho, dtype)[start:]  # [n + 1]
+    o = options
+    sigmas = schedule_sigmas(o.schedule, steps, o.sigma_min, o.sigma_max, o.rho, dtype)[start:]  # [n + 1]
     x = x * sigmas[0] if start == 0 else init + x * sigmas[0]
     denoiser = guided(denoiser, options, cond, uncond, rows)
     if keep is not None:

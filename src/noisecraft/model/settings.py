@@ -27,6 +27,7 @@ class ModelSettings:
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
+    schedule: str = "karras"  # σ spacing of sampling (model.schedule.SCHEDULES)
     steps: int = 20
     sampler: str = "dpmpp_2m"
     guidance: float = 4.0

@@ -20,6 +20,7 @@ from PIL import Image
 from .. import __version__
 from ..images import from_pil, to_pil
 from ..model import SamplingOptions
+from ..model.schedule import schedule_label
 from ..pipeline import GenerationRequest, Pipeline
 from ..samplers import SAMPLERS
 from ..samplers.names import A1111_SAMPLERS, sampler_label
@@ -156,7 +157,8 @@ async def _serve(body: A1111Txt2Img, request: Request) -> dict[str, Any]:
 
 
 # A1111's names for our options: a bad value is a 422 on the field the client sent.
-A1111_FIELDS = {"guidance": "cfg_scale", "sampler": "sampler_name", "strength": "denoising_strength"}
+A1111_FIELDS = {"guidance": "cfg_scale", "sampler": "sampler_name", "schedule": "scheduler"}
+A1111_FIELDS["strength"] = "denoising_strength"
 
 
 async def _job(body: A1111Txt2Img, state: st.ServerState) -> Job:
@@ -172,6 +174,8 @@ async def _job(body: A1111Txt2Img, state: st.ServerState) -> Job:
     img2img = isinstance(body, A1111Img2Img)
     values = dict(steps=body.steps, sampler=(body.sampler_name or body.sampler_index or "").strip() or None)
     values.update(guidance=body.cfg_scale, seed=st.pick_seed(body.seed))
+    if body.scheduler and body.scheduler.lower() != "automatic":
+        values["schedule"] = body.scheduler
     if img2img:  # A1111's default strength when a client sends null
         values["strength"] = 0.75 if body.denoising_strength is None else body.denoising_strength
     options = st.sampling_options(values, A1111_FIELDS).resolve(pipe.config)
@@ -241,7 +245,8 @@ def _info(body, name: str, pipe: Pipeline, options: SamplingOptions, count: int,
 
     def infotext(s: int) -> str:
         fields = [
-            f"Steps: {steps}", f"Sampler: {label}", "Schedule type: Karras", f"CFG scale: {body.cfg_scale}",
+            f"Steps: {steps}", f"Sampler: {label}", f"Schedule type: {schedule_label(options.schedule)}",
+            f"CFG scale: {body.cfg_scale}",
             f"Seed: {s}", f"Size: {width}x{height}", f"Model hash: {model_hash}", f"Model: {name}",
         ] + ([f"Denoising strength: {strength}"] if strength is not None else []) + [
             f"Native size: {native}x{native}", f"Version: noisecraft {__version__}",

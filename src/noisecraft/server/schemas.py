@@ -31,7 +31,9 @@ class A1111Txt2Img(BaseModel):
         None, description="an A1111 name ('Euler a') or ours ('euler_ancestral')"
     )
     sampler_index: str | None = Field(None, description="older name of sampler_name; used when it is absent")
-    scheduler: str | None = Field(None, description="ignored: σ are always spaced as Karras et al. 2022")
+    scheduler: str | None = Field(
+        None, description="σ spacing: 'Karras' or 'Exponential'; null or 'Automatic': the model's"
+    )
     batch_size: int = Field(1, ge=1, description="images per sampler call")
     n_iter: int = Field(1, ge=1, description="sampler calls; batch_size × n_iter images in all")
     steps: int | None = Field(None, ge=1, description="default: the model's")
@@ -150,6 +152,7 @@ class GenerateRequest(BaseModel):
     model: str | None = Field(None, description="a name from GET /v1/models; default: the first")
     sampler: str | None = Field(None, description="a name from GET /v1/samplers; default: the model's")
     steps: int | None = Field(None, description="default: the model's")
+    schedule: str | None = Field(None, description="σ spacing: karras or exponential; default: the model's")
     guidance: float | None = Field(None, ge=0.0, le=100.0, description="CFG scale")
     guidance_rescale: float | None = Field(
         None, description="guidance rescale φ in [0, 1] (Lin et al. 2023); null or 0: off"
