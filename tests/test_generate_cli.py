@@ -198,6 +198,7 @@ def bomb_png(width: int, height: int) -> bytes:
         (["--init", "NOT_AN_IMAGE"], "not a readable image"),
         (["--init", "SOURCE", "--mask", "BIG_MASK"], "mask is 9×9"),
         (["--init", "BOMB"], "not a readable image"),
+        (["--init", "EPS"], "not a readable image"),  # Pillow may not hand it to Ghostscript
         (["--init", "SOURCE", "--mask", "BOMB"], "not a readable image"),
         (["--from-png", "BOMB"], "not a readable image"),
         (["--seed", "99999999999999999999"], "seed must be an integer from -2**63 to 2**64 - 1"),
@@ -208,8 +209,10 @@ def test_bad_input_is_one_line_and_nonzero(tiny_pipeline_dir, tmp_path, extra, m
     Image.new("RGB", (8, 8)).save(tmp_path / "source.png")
     Image.new("L", (9, 9)).save(tmp_path / "big.png")
     (tmp_path / "bomb.png").write_bytes(bomb_png(100_000, 100_000))
+    Image.new("RGB", (8, 8)).save(tmp_path / "image.eps")
     names = {
-        "NOT_AN_IMAGE": "not-an-image.png", "SOURCE": "source.png", "BIG_MASK": "big.png", "BOMB": "bomb.png"
+        "NOT_AN_IMAGE": "not-an-image.png", "SOURCE": "source.png", "BIG_MASK": "big.png", "BOMB": "bomb.png",
+        "EPS": "image.eps",
     }  # fmt: skip
     extra = [str(tmp_path / names[a]) if a in names else a for a in extra]
     if "--model" not in extra:

@@ -78,7 +78,7 @@ def run_sampler(mixture: GaussianMixtureDenoiser, config: ExplainConfig) -> tupl
     """Sample ``config.num_points`` points with the exact denoiser; return the result and every Step."""
     options = SamplingOptions(
         steps=config.steps, sampler=config.sampler, guidance=1.0, sigma_min=0.01, sigma_max=config.sigma_max,
-        rho=7.0,
+        rho=7.0, schedule="karras",
     )  # fmt: skip
     n = config.num_points
     steps: list[Step] = []

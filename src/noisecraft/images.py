@@ -13,6 +13,9 @@ from PIL import Image, ImageDraw, PngImagePlugin, UnidentifiedImageError
 from torch import Tensor
 
 METADATA_KEY = "noisecraft"  # the PNG text chunk holding the generation parameters as JSON
+# The image formats a user's file or upload may be: Pillow is never left to pick any decoder it has
+# (EPS would run Ghostscript).
+READABLE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 
 
 def to_pil(images: Tensor) -> list[Image.Image]:
@@ -37,7 +40,7 @@ def from_pil(image: Image.Image, channels: int = 3, size: int | None = None) -> 
 def load_image(path: str | os.PathLike, channels: int = 3, size: int | None = None) -> Tensor:
     """Read an image file as [C, H, W] in [-1, 1], with one clear error for a missing or broken file."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=READABLE_FORMATS) as image:
             image.load()
             return from_pil(image, channels, size)
     except FileNotFoundError:
@@ -60,7 +63,7 @@ def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict[str, An
 def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The generation parameters saved by ``save_png``; a clear error when the file has none."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=("PNG",)) as image:
             text = getattr(image, "text", {}).get(METADATA_KEY)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None

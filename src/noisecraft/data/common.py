@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..images import READABLE_FORMATS
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
@@ -29,7 +31,8 @@ def decode_rgb(source: bytes | str | Path, name: str | None = None) -> Image.Ima
     """Fully decode an image as RGB (transparency composited on white); ValueError naming it if unreadable."""
     name = name or str(source)
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+        stream = io.BytesIO(source) if isinstance(source, bytes) else source
+        with Image.open(stream, formats=READABLE_FORMATS) as image:
             image.load()  # decode now, so a truncated file fails here and not deep in a DataLoader
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 rgba = image.convert("RGBA")

@@ -17,7 +17,7 @@ from ..guidance import ClassifierFreeGuidance
 from ..noise import SeededNoise
 from ..samplers import Callback, get_sampler
 from ..text.tokenizer import check_prompts
-from .options import SamplingOptions
+from .options import MODEL_DEFAULTS, SamplingOptions
 from .schedule import schedule_sigmas
 
 # The network runs on chunks of this many samples (denoisers.FixedBatch): 4 covers one image with its
@@ -88,6 +88,9 @@ def sample(
     on the CPU in float32 and then moved to ``device`` and ``dtype``. The denoiser runs on chunks of
     ``rows`` samples (``FixedBatch``).
     """
+    unresolved = [key for key in MODEL_DEFAULTS if getattr(options, key) is None]
+    if unresolved:
+        raise ValueError(f"sample needs resolved options (options.resolve(settings)); {unresolved} are None")
     sample_fn = get_sampler(options.sampler)
     noise = SeededNoise(seeds)
     x = noise.randn(shape).to(device, dtype)  # [B, *shape]

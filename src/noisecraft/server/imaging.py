@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from ..images import METADATA_KEY
+from ..images import METADATA_KEY, READABLE_FORMATS
 
 
 class BadImage(ValueError):
@@ -31,7 +31,7 @@ def decode_image(data: str, field: str, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw))
+            image = Image.open(io.BytesIO(raw), formats=READABLE_FORMATS)
             if image.width * image.height > max_pixels:  # checked from the header, before decoding
                 raise BadImage(f"{field}: {image.width}×{image.height} is more than {max_pixels} pixels")
             image.load()

@@ -108,6 +108,7 @@ class SamplingConfig:
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0  # Karras et al. 2022's schedule exponent
+    schedule: str = "karras"  # σ spacing: karras or exponential
     guidance: float = 1.0  # classifier-free guidance scale (1 = off)
     points: int = 2000  # 2-D data: points drawn per seed for the scatter plot
 
@@ -116,7 +117,7 @@ class SamplingConfig:
         try:
             return SamplingOptions(
                 steps=self.steps, sampler=self.sampler, guidance=self.guidance,
-                sigma_min=self.sigma_min, sigma_max=self.sigma_max, rho=self.rho,
+                sigma_min=self.sigma_min, sigma_max=self.sigma_max, rho=self.rho, schedule=self.schedule,
             )  # fmt: skip
         except OptionError as err:
             raise ValueError(f"sampling.{err}") from None
