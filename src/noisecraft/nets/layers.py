@@ -30,9 +30,10 @@ M = TypeVar("M", bound=nn.Module)
 # Small helpers.
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with min(32, C/4) groups as in EDM, reduced to a divisor of C (tiny nets: ≥ 1)."""
-    return nn.GroupNorm(math.gcd(channels, max(1, min(32, channels // 4))), channels, eps=1e-5)
+def group_norm(channels: int, groups: int = 0, eps: float = 1e-5) -> nn.GroupNorm:
+    """GroupNorm with ``groups`` groups; 0: min(32, C/4) as in EDM, reduced to a divisor of C (≥ 1)."""
+    groups = groups or math.gcd(channels, max(1, min(32, channels // 4)))
+    return nn.GroupNorm(groups, channels, eps=eps)
 
 
 def zero_init(module: M) -> M:
@@ -276,7 +277,9 @@ class Attention(nn.Module):
     instead of the NaN of a softmax over an empty set.
     """
 
-    def __init__(self, dim: int, head_dim: int, context_dim: int = 0, self_attend: bool = True):
+    def __init__(
+        self, dim: int, head_dim: int, context_dim: int = 0, self_attend: bool = True, qkv_bias: bool = True
+    ):
         super().__init__()
         if dim % head_dim:
             raise ValueError(f"attention width {dim} is not a multiple of head_dim {head_dim}")
@@ -284,10 +287,10 @@ class Attention(nn.Module):
             raise ValueError("cross-attention needs context_dim > 0")
         self.heads, self.self_attend, self.context_dim = dim // head_dim, self_attend, context_dim
         if self_attend:
-            self.to_qkv = TokenLinear(dim, 3 * dim)  # one fused matmul for q, k, v
+            self.to_qkv = TokenLinear(dim, 3 * dim, bias=qkv_bias)  # one fused matmul for q, k, v
         else:
-            self.to_q = TokenLinear(dim, dim)
-        self.to_kv = TokenLinear(context_dim, 2 * dim) if context_dim else None
+            self.to_q = TokenLinear(dim, dim, bias=qkv_bias)
+        self.to_kv = TokenLinear(context_dim, 2 * dim, bias=qkv_bias) if context_dim else None
         self.out = TokenLinear(dim, dim)
         self.context_memo = InferenceMemo()  # a prompt's keys and values are the same at every step
 
@@ -344,18 +347,46 @@ class FeedForward(nn.Sequential):
         return linear_flops(self[0], tokens) + linear_flops(self[3], tokens)
 
 
+class GatedFeedForward(nn.Module):
+    """MLP with a GELU-gated first layer (GEGLU, Shazeer 2020), as in Stable Diffusion's transformers."""
+
+    def __init__(self, dim: int, mult: int, dropout: float = 0.0):
+        super().__init__()
+        self.proj = TokenLinear(dim, 2 * mult * dim)  # value and gate halves in one matmul
+        self.dropout, self.out = nn.Dropout(dropout), TokenLinear(mult * dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)  # [B, N, mult·dim] each
+        return self.out(self.dropout(value * F.gelu(gate)))
+
+    def flops(self, tokens: int) -> int:
+        return linear_flops(self.proj, tokens) + linear_flops(self.out, tokens)
+
+
+FEED_FORWARDS = {"gelu": FeedForward, "geglu": GatedFeedForward}
+
+
 class TransformerBlock(nn.Module):
     """Pre-norm block: self-attention, cross-attention to text (if context_dim), MLP (Rombach et al. 2022)."""
 
-    def __init__(self, dim: int, head_dim: int, context_dim: int, mlp_ratio: int, dropout: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        head_dim: int,
+        context_dim: int,
+        mlp_ratio: int,
+        dropout: float = 0.0,
+        feed_forward: str = "gelu",
+        qkv_bias: bool = True,
+    ):
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, head_dim)
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, head_dim, qkv_bias=qkv_bias)
         if context_dim:
             self.norm2 = nn.LayerNorm(dim)
-            self.cross = Attention(dim, head_dim, context_dim, self_attend=False)
+            self.cross = Attention(dim, head_dim, context_dim, self_attend=False, qkv_bias=qkv_bias)
         else:
             self.norm2, self.cross = None, None
-        self.norm3, self.mlp = nn.LayerNorm(dim), FeedForward(dim, mlp_ratio, dropout)
+        self.norm3, self.mlp = nn.LayerNorm(dim), FEED_FORWARDS[feed_forward](dim, mlp_ratio, dropout)
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """x [B, N, dim]; context [B, L, context_dim] or None (no cross-attention contribution)."""

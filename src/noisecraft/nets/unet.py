@@ -18,10 +18,8 @@ from torch import Tensor, nn
 from ..components import register_component
 from ..conditioning import Conditioning
 from .layers import (
+    FEED_FORWARDS,
     NOISE_EMBEDDINGS,
-    Attention,
-    FeedForward,
-    InferenceMemo,
     NoiseEmbedding,
     TokenLinear,
     TransformerBlock,
@@ -37,6 +35,7 @@ from .layers import (
     uses_onednn,
     zero_init,
 )
+from .unet_text import TextLayout, TokenRefiner
 
 
 @dataclass
@@ -61,6 +60,17 @@ class UNetConfig:
     text_window: int = 0  # odd: the refiner first adds each token's neighbours (zero at init); 0 = off
     noise_embedding: str = "positional"  # see layers.NoiseEmbedding
     noise_scale: float = 1.0  # c_noise is multiplied by this before the embedding
+    # Stable Diffusion's U-Net (Rombach et al. 2022) differs from the ADM-style default in these:
+    out_channels: int = 0  # 0: as many as in_channels (SD's inpainting nets take 9, give 4)
+    num_heads: tuple[int, ...] = ()  # attention heads per level (SD); empty: width / head_dim
+    transformer_depth: tuple[int, ...] = ()  # transformer blocks per level; empty: one each
+    embedding_mode: str = "scale_shift"  # how a residual block takes the embedding: scale_shift | add (SD)
+    feed_forward: str = "gelu"  # the transformers' MLP: gelu (tanh GELU) | geglu (SD)
+    qkv_bias: bool = True  # SD's attention q/k/v projections have no bias
+    norm_groups: int = 0  # GroupNorm groups; 0: min(32, C/4), as in EDM
+    norm_eps: float = 1e-5
+    transformer_norm_eps: float = 1e-5  # the GroupNorm before each transformer (SD: 1e-6)
+    pooled_embedding: bool = True  # the pooled prompt joins the noise embedding (SD 1/2: it does not)
 
     def __post_init__(self) -> None:
         if min(self.image_size, self.in_channels, self.channels, self.blocks_per_level, self.head_dim) < 1:
@@ -78,10 +88,12 @@ class UNetConfig:
                 f"UNetConfig: attention_resolutions {sorted(unknown)} match no level; "
                 f"level resolutions at image_size {self.image_size}: {self.resolutions}"
             )
+        self._check_sd_options()
         for level, mult in enumerate(self.channel_mult):
             attends = self.attends(level) or (self.mid_attention and level == len(self.channel_mult) - 1)
-            if attends and (self.channels * mult) % self.head_dim:
-                raise ValueError(f"UNetConfig: width {self.channels * mult} is not a multiple of head_dim")
+            width = self.channels * mult
+            if attends and (width % self.num_heads[level] if self.num_heads else width % self.head_dim):
+                raise ValueError(f"UNetConfig: width {width} does not split into heads (head_dim, num_heads)")
         if self.noise_embedding not in NOISE_EMBEDDINGS:
             raise ValueError(f"UNetConfig: noise_embedding must be one of {NOISE_EMBEDDINGS}")
         if self.text_dim < 0 or not 0 <= self.dropout < 1:
@@ -95,6 +107,43 @@ class UNetConfig:
             )
         if self.text_window < 0 or (self.text_window and (self.text_window % 2 == 0 or not self.text_layers)):
             raise ValueError("UNetConfig: text_window must be 0 or an odd width, and needs text_layers > 0")
+
+    def _check_sd_options(self) -> None:
+        levels = len(self.channel_mult)
+        for name in ("num_heads", "transformer_depth"):
+            values = getattr(self, name)
+            if values and (len(values) != levels or min(values) < 1):
+                raise ValueError(
+                    f"UNetConfig: {name} needs one positive count per level ({levels}), got {values}"
+                )
+        if self.embedding_mode not in ("scale_shift", "add"):
+            raise ValueError(
+                f"UNetConfig: embedding_mode must be scale_shift or add, got {self.embedding_mode!r}"
+            )
+        if self.feed_forward not in FEED_FORWARDS:
+            raise ValueError(f"UNetConfig: feed_forward must be one of {sorted(FEED_FORWARDS)}")
+        if (
+            self.out_channels < 0
+            or self.norm_groups < 0
+            or min(self.norm_eps, self.transformer_norm_eps) <= 0
+        ):
+            raise ValueError(
+                "UNetConfig: out_channels and norm_groups must be ≥ 0, the norm epsilons positive"
+            )
+
+    @property
+    def outputs(self) -> int:
+        """Channels of the output."""
+        return self.out_channels or self.in_channels
+
+    def head_dim_at(self, level: int) -> int:
+        """Width of one attention head at ``level``."""
+        width = self.channels * self.channel_mult[level]
+        return width // self.num_heads[level] if self.num_heads else self.head_dim
+
+    def depth_at(self, level: int) -> int:
+        """Transformer blocks in each transformer of ``level``."""
+        return self.transformer_depth[level] if self.transformer_depth else 1
 
     @property
     def downsampling(self) -> int:
@@ -114,19 +163,25 @@ class UNetConfig:
 class ResBlock(nn.Module):
     """Residual block whose second norm is modulated by the embedding (ADM's scale-shift norm)."""
 
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, config: UNetConfig):
         super().__init__()
-        self.norm1, self.conv1 = group_norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, 2 * c_out)
-        self.norm2, self.dropout = group_norm(c_out), nn.Dropout(dropout)
+        groups, eps = config.norm_groups, config.norm_eps
+        self.norm1, self.conv1 = group_norm(c_in, groups, eps), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.scale_shift = config.embedding_mode == "scale_shift"  # else added (LDM / SD)
+        self.emb = nn.Linear(emb_dim, 2 * c_out if self.scale_shift else c_out)
+        self.norm2, self.dropout = group_norm(c_out, groups, eps), nn.Dropout(config.dropout)
         self.conv2 = zero_init(nn.Conv2d(c_out, c_out, 3, padding=1))
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         """x [B, c_in, H, W], emb [B, E] (already through SiLU) → [B, c_out, H, W]."""
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)  # [B, c_out, 1, 1] each
-        h = self.conv2(self.dropout(F.silu(modulate(self.norm2(h), shift, scale))))
+        if self.scale_shift:
+            scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)  # [B, c_out, 1, 1] each
+            h = modulate(self.norm2(h), shift, scale)
+        else:
+            h = self.norm2(h + self.emb(emb)[:, :, None, None])
+        h = self.conv2(self.dropout(F.silu(h)))
         return add_residual(h, x if self.skip is None else self.skip(x))  # h: conv2's fresh output
 
     def flops(self, size: int) -> int:
@@ -135,50 +190,30 @@ class ResBlock(nn.Module):
         return total + (conv_flops(self.skip, size, size) if self.skip is not None else 0)
 
 
-class TextLayout(nn.Module):
-    """A feature map read from the prompt alone: cross-attention from each position's fixed 2-D sin-cos
-    code (no image features) to the prompt's tokens, through a zero-initialised projection.
-
-    At high σ the image input is noise, and a transformer's queries, made from its features, are
-    noise too: measured on shapes, a U-Net trained only at σ = 80 on two-shape captions did not learn
-    which named shape goes left in 1,000 steps, while a small transformer from the same words to the
-    8×8 layout did. Here the queries are positions only, so "red circle left of blue square" can
-    put red on the left at any σ; it depends on the prompt alone and is computed once per prompt.
-    """
-
-    def __init__(self, channels: int, config: UNetConfig):
-        super().__init__()
-        self.channels = channels
-        self.attn = Attention(channels, config.head_dim, context_dim=config.text_dim, self_attend=False)
-        self.out = zero_init(nn.Linear(channels, channels))
-        self.memo = InferenceMemo()  # the same prompt at every sampler step
-
-    def forward(self, tokens: Tensor, mask: Tensor | None, height: int, width: int) -> Tensor:
-        """tokens [B, L, D], mask [B, L] → [B, height·width, channels]."""
-        return self.memo(self, (tokens, mask), lambda: self._layout(tokens, mask, height, width))
-
-    def _layout(self, tokens: Tensor, mask: Tensor | None, height: int, width: int) -> Tensor:
-        where = sincos_positions(height, width, self.channels, tokens)  # [HW, C]; attn.to_q learns from it
-        return self.out(self.attn(where.expand(tokens.shape[0], *where.shape), tokens, mask))  # [B, HW, C]
-
-    def flops(self, size: int, text_len: int) -> int:
-        n = size * size
-        return self.attn.flops(n, text_len) + linear_flops(self.out, n)
-
-
 class SpatialTransformer(nn.Module):
     """Feature map → tokens → TransformerBlock → feature map, added as a zero-initialised residual."""
 
-    def __init__(self, channels: int, config: UNetConfig):
+    def __init__(self, channels: int, config: UNetConfig, level: int):
         super().__init__()
-        self.norm, self.proj_in = group_norm(channels), TokenLinear(channels, channels)
+        norm = group_norm(channels, config.norm_groups, config.transformer_norm_eps)
+        self.norm, self.proj_in = norm, TokenLinear(channels, channels)
         # Where each token sits, said outright instead of left to the convolutions' zero padding; zero
         # at first, so a trained net can grow it (model.init_new).
         self.pos_proj = zero_init(TokenLinear(channels, channels)) if config.attention_positions else None
-        self.layout = TextLayout(channels, config) if config.text_layout else None
-        self.block = TransformerBlock(
-            channels, config.head_dim, config.text_dim, config.mlp_ratio, config.dropout
-        )
+        self.layout = TextLayout(channels, config.head_dim, config.text_dim) if config.text_layout else None
+        blocks = [
+            TransformerBlock(
+                channels,
+                config.head_dim_at(level),
+                config.text_dim,
+                config.mlp_ratio,
+                config.dropout,
+                config.feed_forward,
+                config.qkv_bias,
+            )  # fmt: skip
+            for _ in range(config.depth_at(level))
+        ]
+        self.block, self.more_blocks = blocks[0], nn.ModuleList(blocks[1:])  # SDXL: up to 10 deep
         self.proj_out = zero_init(TokenLinear(channels, channels))
 
     def forward(self, x: Tensor, tokens: Tensor | None, mask: Tensor | None) -> Tensor:
@@ -188,87 +223,27 @@ class SpatialTransformer(nn.Module):
             h = h + self.pos_proj(sincos_positions(height, width, c, h))  # [HW, C] broadcast over B
         if self.layout is not None and tokens is not None:
             h = h + self.layout(tokens, mask, height, width)  # [B, HW, C]
-        h = self.proj_out(self.block(h, tokens, mask))  # [B, HW, C]
+        h = self.block(h, tokens, mask)
+        for block in self.more_blocks:
+            h = block(h, tokens, mask)
+        h = self.proj_out(h)  # [B, HW, C]
         return x + h.transpose(1, 2).reshape(b, c, height, width)
 
     def flops(self, size: int, text_len: int) -> int:
         n = size * size
-        total = linear_flops(self.proj_in, n) + self.block.flops(n, text_len) + linear_flops(self.proj_out, n)
+        total = linear_flops(self.proj_in, n) + linear_flops(self.proj_out, n)
+        total += sum(block.flops(n, text_len) for block in [self.block, *self.more_blocks])
         total += linear_flops(self.pos_proj, n) if self.pos_proj is not None else 0
         return total + (self.layout.flops(size, text_len) if self.layout is not None else 0)
-
-
-class TokenRefiner(nn.Module):
-    """Trainable pre-norm transformer layers over a frozen text encoder's tokens, added back through a
-    zero-initialised projection (the identity at first, so it can grow a trained network).
-
-    Cross-attention is blind to the order of its keys, and a frozen sentence encoder's last-layer tokens
-    keep little of where each word stood: "a red circle left of a blue square" and "a blue square left
-    of a red circle" then condition a U-Net identically. These layers see each token's position (1-D
-    sin-cos, added after the input projection) so training can work out which colour belongs to which
-    shape and which shape a relation puts first.
-
-    With ``window`` > 0 a convolution over the token axis first adds each token's neighbours to it
-    (zero-initialised): "star" in "a green star" and in "a blue star" are near-identical MiniLM tokens,
-    so an image feature that asks "what is the green thing?" finds no key that answers; the window
-    binds a noun to its adjectives directly, where attention has to learn to look one word back.
-    """
-
-    def __init__(
-        self, text_dim: int, width: int, layers: int, head_dim: int, mlp_ratio: int, window: int = 0
-    ) -> None:
-        super().__init__()
-        self.proj_in = nn.Linear(text_dim, width)
-        self.phrase = zero_init(nn.Conv1d(width, width, window, padding=window // 2)) if window else None
-        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(2 * layers))
-        # Cross-attention from the tokens to themselves is self-attention that honours the padding mask.
-        self.attns = nn.ModuleList(
-            Attention(width, head_dim, context_dim=width, self_attend=False) for _ in range(layers)
-        )
-        self.mlps = nn.ModuleList(FeedForward(width, mlp_ratio) for _ in range(layers))
-        self.proj_out = zero_init(nn.Linear(width, text_dim))
-        self.memo = InferenceMemo()  # a sampler refines the same prompt at every step: once is enough
-
-    def forward(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
-        """tokens [B, L, D], mask [B, L] bool (True = real) → refined tokens [B, L, D]."""
-        return self.memo(self, (tokens, mask), lambda: self._refine(tokens, mask))
-
-    def _refine(self, tokens: Tensor, mask: Tensor | None) -> Tensor:
-        h = self.proj_in(tokens)  # [B, L, width]
-        # [L, width]: token i at column i of a 1 × L grid, so the row half of the features is constant
-        # (sin 0, cos 0): a 1-D table would use all of them, but the shipped shapes model learnt this one.
-        h = h + sincos_positions(1, h.shape[1], h.shape[2], h)
-        if self.phrase is not None:
-            h = self.mix_phrases(h, mask)
-        for i, (attn, mlp) in enumerate(zip(self.attns, self.mlps)):
-            q = self.norms[2 * i](h)
-            h = h + attn(q, q, mask)
-            h = h + mlp(self.norms[2 * i + 1](h))
-        return tokens + self.proj_out(h)
-
-    def mix_phrases(self, h: Tensor, mask: Tensor | None) -> Tensor:
-        """h [B, L, width] plus the phrase window over the token axis; padding tokens add nothing."""
-        real = h if mask is None else h * mask[..., None]  # [B, L, width]
-        return h + self.phrase(real.transpose(1, 2)).transpose(1, 2)
-
-    def flops(self, text_len: int) -> int:
-        """Forward FLOPs for one prompt of ``text_len`` tokens."""
-        total = linear_flops(self.proj_in, text_len) + linear_flops(self.proj_out, text_len)
-        if self.phrase is not None:
-            phrase = self.phrase
-            total += 2 * text_len * phrase.in_channels * phrase.out_channels * phrase.kernel_size[0]
-        for attn, mlp in zip(self.attns, self.mlps):
-            total += attn.flops(text_len, text_len) + mlp.flops(text_len)
-        return total
 
 
 class UNetBlock(nn.Module):
     """One step of a level: a residual block, then (at attention resolutions) a transformer."""
 
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, config: UNetConfig, attention: bool):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, config: UNetConfig, attention: bool, level: int):
         super().__init__()
-        self.res = ResBlock(c_in, c_out, emb_dim, config.dropout)
-        self.attn = SpatialTransformer(c_out, config) if attention else None
+        self.res = ResBlock(c_in, c_out, emb_dim, config)
+        self.attn = SpatialTransformer(c_out, config, level) if attention else None
 
     def forward(self, x: Tensor, emb: Tensor, tokens: Tensor | None, mask: Tensor | None) -> Tensor:
         x = self.res(x, emb)
@@ -319,7 +294,7 @@ class UNet(nn.Module):
         self.embed_mlp = nn.Sequential(
             nn.Linear(cfg.channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
-        self.pooled_proj = nn.Linear(cfg.text_dim, emb_dim) if cfg.text_dim else None
+        self.pooled_proj = nn.Linear(cfg.text_dim, emb_dim) if cfg.text_dim and cfg.pooled_embedding else None
         self.text_refiner = (
             TokenRefiner(
                 cfg.text_dim, cfg.text_width, cfg.text_layers, cfg.head_dim, cfg.mlp_ratio, cfg.text_window
@@ -333,24 +308,29 @@ class UNet(nn.Module):
         self.down, skips, c = nn.ModuleList(), [cfg.channels], cfg.channels
         for level, width in enumerate(widths):
             for _ in range(cfg.blocks_per_level):
-                self.down.append(UNetBlock(c, width, emb_dim, cfg, cfg.attends(level)))
+                self.down.append(UNetBlock(c, width, emb_dim, cfg, cfg.attends(level), level))
                 c = width
                 skips.append(c)
             if level < last:
                 self.down.append(Downsample(c))
                 skips.append(c)
         self.mid = nn.ModuleList(
-            [UNetBlock(c, c, emb_dim, cfg, cfg.mid_attention), UNetBlock(c, c, emb_dim, cfg, False)]
+            [
+                UNetBlock(c, c, emb_dim, cfg, cfg.mid_attention, last),
+                UNetBlock(c, c, emb_dim, cfg, False, last),
+            ]
         )
         self.up = nn.ModuleList()
         for level in reversed(range(len(widths))):
             for _ in range(cfg.blocks_per_level + 1):  # one more block: it takes the level's input skip
-                self.up.append(UNetBlock(c + skips.pop(), widths[level], emb_dim, cfg, cfg.attends(level)))
+                self.up.append(
+                    UNetBlock(c + skips.pop(), widths[level], emb_dim, cfg, cfg.attends(level), level)
+                )
                 c = widths[level]
             if level > 0:
                 self.up.append(Upsample(c))
-        self.norm_out = group_norm(c)
-        self.conv_out = zero_init(nn.Conv2d(c, cfg.in_channels, 3, padding=1))
+        self.norm_out = group_norm(c, cfg.norm_groups, cfg.norm_eps)
+        self.conv_out = zero_init(nn.Conv2d(c, cfg.outputs, 3, padding=1))
 
     def forward(self, x_in: Tensor, c_noise: Tensor | float, cond: Conditioning | None = None) -> Tensor:
         """The raw output for noisy input x_in [B, C, H, W] at noise input c_noise [B]."""
@@ -359,7 +339,7 @@ class UNet(nn.Module):
         if tokens is not None and self.text_refiner is not None:
             tokens = self.text_refiner(tokens, mask)  # [B, L, D]
         emb = self.embed_mlp(self.noise_embed(noise_vector(c_noise, batch, x_in)))  # [B, E]
-        if pooled is not None:
+        if pooled is not None and self.pooled_proj is not None:
             emb = emb + self.pooled_proj(pooled)
         emb = F.silu(emb)  # every block's modulation starts with SiLU: apply it once
         if self.nhwc_on_cpu and uses_onednn(x_in):
