@@ -1,0 +1,155 @@
+"""Stable Diffusion U-Net weights → noisecraft's ``UNet``: the key maps, as data.
+
+Two foreign layouts: diffusers' ``UNet2DConditionModel`` (``down_blocks.0.resnets.1.conv1.weight``)
+and the original LDM single file (``model.diffusion_model.input_blocks.2.0.in_layers.2.weight``).
+A table of block prefixes, built from the config, pairs each of our blocks with its diffusers and
+original names; a table of suffixes per block kind pairs the tensors inside. Attention q/k/v are
+fused in our modules (one matmul): the map lists the tensors concatenated into each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from ..nets.unet import UNetConfig
+from .keys import TensorMap
+
+# Inside a residual block: ours ← diffusers ← original.
+RESNET = [
+    ("norm1", "norm1", "in_layers.0"),
+    ("conv1", "conv1", "in_layers.2"),
+    ("emb", "time_emb_proj", "emb_layers.1"),
+    ("norm2", "norm2", "out_layers.0"),
+    ("conv2", "conv2", "out_layers.3"),
+    ("skip", "conv_shortcut", "skip_connection"),  # only where the width changes
+]
+# Inside one transformer block (diffusers and the original file agree): ours ← theirs, fused in order.
+TRANSFORMER_BLOCK = [
+    ("norm1", ["norm1"]),
+    ("attn.to_qkv", ["attn1.to_q", "attn1.to_k", "attn1.to_v"]),
+    ("attn.out", ["attn1.to_out.0"]),
+    ("norm2", ["norm2"]),
+    ("cross.to_q", ["attn2.to_q"]),
+    ("cross.to_kv", ["attn2.to_k", "attn2.to_v"]),
+    ("cross.out", ["attn2.to_out.0"]),
+    ("norm3", ["norm3"]),
+    ("mlp.proj", ["ff.net.0.proj"]),
+    ("mlp.out", ["ff.net.2"]),
+]
+TOP = [  # outside the blocks: ours ← diffusers ← original
+    ("embed_mlp.0", "time_embedding.linear_1", "time_embed.0"),
+    ("embed_mlp.2", "time_embedding.linear_2", "time_embed.2"),
+    ("conv_in", "conv_in", "input_blocks.0.0"),
+    ("norm_out", "conv_norm_out", "out.0"),
+    ("conv_out", "conv_out", "out.2"),
+]
+
+
+def blocks(config: UNetConfig) -> Iterator[tuple[str, str, str, str, int]]:
+    """(kind, our prefix, diffusers prefix, original prefix, level) of every block, in order."""
+    levels, per = len(config.channel_mult), config.blocks_per_level
+    ours, orig = 0, 1  # the original's input_blocks.0 is conv_in
+    for level in range(levels):
+        theirs = f"down_blocks.{level}"
+        for j in range(per):
+            block = f"input_blocks.{orig}"
+            yield "resnet", f"down.{ours}.res", f"{theirs}.resnets.{j}", f"{block}.0", level
+            if config.attends(level):
+                yield "transformer", f"down.{ours}.attn", f"{theirs}.attentions.{j}", f"{block}.1", level
+            ours, orig = ours + 1, orig + 1
+        if level < levels - 1:
+            yield "conv", f"down.{ours}", f"{theirs}.downsamplers.0.conv", f"input_blocks.{orig}.0.op", level
+            ours, orig = ours + 1, orig + 1
+    last, second = levels - 1, 2 if config.mid_attention else 1
+    yield "resnet", "mid.0.res", "mid_block.resnets.0", "middle_block.0", last
+    if config.mid_attention:
+        yield "transformer", "mid.0.attn", "mid_block.attentions.0", "middle_block.1", last
+    yield "resnet", "mid.1.res", "mid_block.resnets.1", f"middle_block.{second}", last
+    yield from _up_blocks(config)
+
+
+def _up_blocks(config: UNetConfig) -> Iterator[tuple[str, str, str, str, int]]:
+    levels, ours, orig = len(config.channel_mult), 0, 0
+    for up, level in enumerate(reversed(range(levels))):
+        theirs = f"up_blocks.{up}"
+        for j in range(config.blocks_per_level + 1):
+            block = f"output_blocks.{orig}"
+            yield "resnet", f"up.{ours}.res", f"{theirs}.resnets.{j}", f"{block}.0", level
+            if config.attends(level):
+                yield "transformer", f"up.{ours}.attn", f"{theirs}.attentions.{j}", f"{block}.1", level
+            ours, orig = ours + 1, orig + 1
+        if level > 0:  # the upsampler sits in the original's last block of the level
+            block = f"output_blocks.{orig - 1}.{2 if config.attends(level) else 1}"
+            yield "conv", f"up.{ours}.conv", f"{theirs}.upsamplers.0.conv", f"{block}.conv", level
+            ours += 1
+
+
+def unet_map(config: UNetConfig, layout: str) -> TensorMap:
+    """Our tensor name → the foreign tensors (concatenated) it is made of; layout: diffusers | original."""
+    theirs = 1 if layout == "diffusers" else 2
+    entries: dict[str, list[str]] = {}
+
+    def add(ours: str, foreign: list[str]) -> None:
+        for leaf in ("weight", "bias"):
+            entries[f"{ours}.{leaf}"] = [f"{name}.{leaf}" for name in foreign]
+
+    for row in TOP:
+        add(row[0], [row[theirs]])
+    for kind, *prefixes, level in blocks(config):
+        ours, foreign = prefixes[0], prefixes[theirs]
+        if kind == "conv":
+            add(ours, [foreign])
+        elif kind == "resnet":
+            for row in RESNET:
+                add(f"{ours}.{row[0]}", [f"{foreign}.{row[theirs]}"])
+        else:
+            _add_transformer(add, ours, foreign, config.depth_at(level))
+    return TensorMap(entries)
+
+
+def _add_transformer(add, ours: str, foreign: str, depth: int) -> None:
+    for name in ("norm", "proj_in", "proj_out"):
+        add(f"{ours}.{name}", [f"{foreign}.{name}"])
+    for i in range(depth):
+        block = f"{ours}.block" if i == 0 else f"{ours}.more_blocks.{i - 1}"
+        for mine, parts in TRANSFORMER_BLOCK:
+            add(f"{block}.{mine}", [f"{foreign}.transformer_blocks.{i}.{part}" for part in parts])
+
+
+def unet_config_from_diffusers(values: dict[str, Any]) -> UNetConfig:
+    """A diffusers ``unet/config.json`` as our UNetConfig; ValueError naming what we cannot run."""
+    unsupported = {
+        "addition_embed_type": None, "class_embed_type": None, "time_embedding_type": "positional",
+        "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu", "resnet_time_scale_shift": "default",
+        "dual_cross_attention": False, "only_cross_attention": False, "encoder_hid_dim": None,
+    }  # fmt: skip
+    for key, wanted in unsupported.items():
+        if values.get(key, wanted) != wanted:
+            raise ValueError(f"unet config: {key}={values[key]!r} is not supported (only {wanted!r})")
+    down = list(values.get("down_block_types", []))
+    widths = list(values["block_out_channels"])
+    levels = len(widths)
+    if len(down) != levels or any(t not in ("CrossAttnDownBlock2D", "DownBlock2D") for t in down):
+        raise ValueError(f"unet config: unsupported down_block_types {down}")
+    size = int(values.get("sample_size") or 64)
+    attends = tuple(size // 2**level for level, kind in enumerate(down) if kind.startswith("CrossAttn"))
+    heads = values.get("num_attention_heads") or values.get("attention_head_dim") or 8
+    depth = values.get("transformer_layers_per_block", 1)
+    mid = values.get("mid_block_type", "UNetMidBlock2DCrossAttn")
+    if mid not in ("UNetMidBlock2DCrossAttn", None):
+        raise ValueError(f"unet config: unsupported mid_block_type {mid!r}")
+    return UNetConfig(
+        image_size=size, in_channels=int(values.get("in_channels", 4)), channels=widths[0],
+        channel_mult=tuple(w // widths[0] for w in widths),
+        blocks_per_level=int(values.get("layers_per_block", 2)), attention_resolutions=attends,
+        mid_attention=mid is not None, text_dim=int(values["cross_attention_dim"]),
+        out_channels=int(values.get("out_channels", 4)), num_heads=_per_level(heads, levels),
+        transformer_depth=_per_level(depth, levels), embedding_mode="add", feed_forward="geglu",
+        qkv_bias=False, norm_groups=int(values.get("norm_num_groups", 32)),
+        norm_eps=float(values.get("norm_eps", 1e-5)), transformer_norm_eps=1e-6, pooled_embedding=False,
+    )  # fmt: skip
+
+
+def _per_level(value: int | list[int], levels: int) -> tuple[int, ...]:
+    return tuple(int(v) for v in value) if isinstance(value, list | tuple) else (int(value),) * levels
