@@ -1,5 +1,7 @@
-"""Networks: ``Net(x_in [B, C, H, W], c_noise [B], cond) -> raw [B, C, H, W]``, saved as components."""
+"""Networks: ``Net(x_in [B, C, H, W], c_noise [B], cond) -> raw [B, C, H, W]``, saved as components;
+and the latent-diffusion autoencoder (``AutoencoderKL``: encode / decode)."""
 
+from .autoencoder import AutoencoderConfig, AutoencoderKL
 from .dit import DiT, DiTConfig
 from .layers import Attention, FeedForward, NoiseEmbedding, TransformerBlock
 from .mlp import MLP, MLPConfig
@@ -7,6 +9,8 @@ from .unet import UNet, UNetConfig
 
 __all__ = [
     "Attention",
+    "AutoencoderConfig",
+    "AutoencoderKL",
     "DiT",
     "DiTConfig",
     "FeedForward",
