@@ -76,8 +76,13 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         help="guide only where LO < σ ≤ HI (Kynkäänniemi et al. 2024; default: every σ)",
     )  # fmt: skip
     p.add_argument(
-        "--schedule", default=None, help="σ spacing: karras or exponential (default: the model's, karras)"
+        "--schedule",
+        default=None,
+        help="σ spacing: karras, exponential; for DDPM/SD models also uniform, leading, trailing "
+        "(default: the model's)",
     )
+    p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
+    p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
     p.add_argument("--seed", type=int, default=None, help="seed of the first image; image i uses seed + i")
     p.add_argument("--num", type=_positive_int, default=1, help="images per prompt (default: 1)")
     p.add_argument("--out", default="outputs/generate", help="output folder (default: %(default)s)")

@@ -71,8 +71,9 @@ def run(pipe: Pipeline, request: GenerateRequest) -> tuple[list[Image.Image], St
     """Read the request's files and run it through the pipeline; the files' paths go into the metadata."""
     recorder = StepRecorder() if request.show_steps else None
     progress = ProgressBar("sampling") if request.progress else None
-    c = pipe.config
-    init = None if request.init is None else load_image(request.init, c.channels, c.image_size)
+    options = request.options.resolve(pipe.config)
+    size = (options.width, options.height)
+    init = None if request.init is None else load_image(request.init, pipe.config.channels, size)
     mask = None if request.mask is None else (load_image(request.mask, 1) > 0).float()
     r = request
     job = GenerationRequest(r.prompts, r.negative_prompt, r.num, r.options, init, mask)

@@ -27,17 +27,20 @@ def to_pil(images: Tensor) -> list[Image.Image]:
     return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
 
 
-def from_pil(image: Image.Image, channels: int = 3, size: int | None = None) -> Tensor:
-    """A PIL image → [C, H, W] in [-1, 1]; resized (Lanczos) to size×size when ``size`` is given."""
+def from_pil(image: Image.Image, channels: int = 3, size: int | tuple[int, int] | None = None) -> Tensor:
+    """A PIL image → [C, H, W] in [-1, 1]; resized (Lanczos) to size×size (or (width, height)) if given."""
     image = image.convert("RGB" if channels == 3 else "L")
-    if size is not None and image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.LANCZOS)
+    size = (size, size) if isinstance(size, int) else size
+    if size is not None and image.size != tuple(size):
+        image = image.resize(tuple(size), Image.Resampling.LANCZOS)
     data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
     data = data.reshape(image.height, image.width, channels).permute(2, 0, 1)  # [C, H, W]
     return data.float() / 127.5 - 1
 
 
-def load_image(path: str | os.PathLike, channels: int = 3, size: int | None = None) -> Tensor:
+def load_image(
+    path: str | os.PathLike, channels: int = 3, size: int | tuple[int, int] | None = None
+) -> Tensor:
     """Read an image file as [C, H, W] in [-1, 1], with one clear error for a missing or broken file."""
     try:
         with Image.open(path, formats=READABLE_FORMATS) as image:

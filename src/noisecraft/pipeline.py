@@ -122,10 +122,11 @@ class Pipeline:
         options = request.options.resolve(self.config)
         prompts = _expand(request.prompts, request.num_images)
         init = keep = None
+        size = self._check_size(options)
         if request.mask is not None:
-            keep = 1 - self._as_mask(request.mask, len(prompts))  # [B, 1, H, W], 1 where kept
+            keep = 1 - self._as_mask(request.mask, len(prompts), size)  # [B, 1, H, W], 1 where kept
         if request.init is not None:
-            init = self._as_batch(request.init, len(prompts))
+            init = self._as_batch(request.init, len(prompts), size)
         x = self._sample(prompts, request.negative_prompt, options, callback, init, keep)
         mode = "inpaint" if keep is not None else "img2img" if init is not None else "generate"
         return self._finish(x, prompts, request.negative_prompt, options, mode)
@@ -211,7 +212,7 @@ class Pipeline:
     ) -> Tensor:
         """Pixels [B, C, H, W] from resolved options; init [B, C, H, W] and keep [B, 1, H, W] in pixels."""
         check_seed(options.seed, len(prompts))
-        shape = self.latent.sample_shape(self.config.image_shape)
+        shape = self.latent.sample_shape((self.config.channels, options.height, options.width))
         cond = self.encode(prompts)
         uncond = self.encode([negative or ""]) if cond is not None and options.guidance != 1.0 else None
         seeds = range(options.seed, options.seed + len(prompts))
@@ -239,33 +240,44 @@ class Pipeline:
             return keep
         return 1 - F.adaptive_max_pool2d(1 - keep, tuple(shape[1:]))
 
-    def _as_batch(self, image: Image.Image | Tensor, batch: int) -> Tensor:
-        """An init image (PIL or [C, H, W] / [1, C, H, W] tensor in [-1, 1]) as [B, C, H, W]."""
+    def _check_size(self, options: SamplingOptions) -> tuple[int, int]:
+        """(width, height) of the request, checked against what the network can take."""
+        multiple, (width, height) = self.size_multiple, (options.width, options.height)
+        if width % multiple or height % multiple:
+            message = f"width and height must be multiples of {multiple}, got {width}×{height}"
+            raise OptionError("width", message)
+        return width, height
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the network's down-sampling × the autoencoder's."""
         c = self.config
+        factor = c.image_size // self.latent.sample_shape(c.image_shape)[-1]
+        return factor * int(getattr(self.net.config, "downsampling", 1))
+
+    def _as_batch(self, image: Image.Image | Tensor, batch: int, size: tuple[int, int]) -> Tensor:
+        """An init image (PIL or [C, H, W] / [1, C, H, W] tensor in [-1, 1]) as [B, C, H, W]."""
+        shape = (self.config.channels, size[1], size[0])  # (C, H, W) from (width, height)
         if isinstance(image, Image.Image):
-            image = from_pil(image, c.channels, c.image_size)
+            image = from_pil(image, shape[0], size)
         if not isinstance(image, Tensor) or image.ndim not in (3, 4):
             raise ValueError("the init image must be a PIL image or a [C, H, W] tensor")
         image = image[None] if image.ndim == 3 else image
-        if tuple(image.shape[1:]) != c.image_shape:
-            raise ValueError(
-                f"init image has shape {tuple(image.shape[1:])}, the model makes {c.image_shape}"
-            )
-        return image.float().expand(batch, *c.image_shape)
+        if tuple(image.shape[1:]) != shape:
+            raise ValueError(f"init image has shape {tuple(image.shape[1:])}, the request makes {shape}")
+        return image.float().expand(batch, *shape)
 
-    def _as_mask(self, mask: Image.Image | Tensor, batch: int) -> Tensor:
+    def _as_mask(self, mask: Image.Image | Tensor, batch: int, size: tuple[int, int]) -> Tensor:
         """A mask (PIL, white = repaint; or a tensor in [0, 1]) as [B, 1, H, W] in {0, 1}."""
-        size = self.config.image_size
+        width, height = size
         if isinstance(mask, Image.Image):
-            if mask.size != (size, size):
-                raise ValueError(
-                    f"mask is {mask.size[0]}×{mask.size[1]}, the model makes {size}×{size} images"
-                )
+            if mask.size != size:
+                raise ValueError(f"mask is {mask.size[0]}×{mask.size[1]}, the request makes {width}×{height}")
             mask = (from_pil(mask, 1) > 0).float()
-        if not isinstance(mask, Tensor) or tuple(mask.shape[-2:]) != (size, size):
+        if not isinstance(mask, Tensor) or tuple(mask.shape[-2:]) != (height, width):
             shown = "×".join(map(str, mask.shape[-2:][::-1])) if isinstance(mask, Tensor) else "not an image"
-            raise ValueError(f"mask is {shown}: it must be a {size}×{size} image or tensor")
-        return (mask.reshape(-1, 1, size, size) > 0.5).float().expand(batch, 1, size, size)
+            raise ValueError(f"mask is {shown}: it must be a {width}×{height} image or tensor")
+        return (mask.reshape(-1, 1, height, width) > 0.5).float().expand(batch, 1, height, width)
 
     def _finish(
         self, x: Tensor, prompts: list[str], negative: str | None, options: SamplingOptions, mode: str
@@ -281,7 +293,7 @@ class Pipeline:
                 "negative_prompt": negative,
                 **recorded,
                 "seed": options.seed + i,
-                "size": [c.image_size, c.image_size],
+                "size": [options.width, options.height],
                 "model": self.source or c.name,
                 "weights": self.weights_hash,
                 **extra,

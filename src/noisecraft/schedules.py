@@ -193,9 +193,16 @@ def vp_discrete(
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """The σ of an n-step sampler on a discrete VP model's timesteps, then 0."""
-    table = vp_sigmas(alphas_cumprod)
-    timesteps = vp_timesteps(n, len(table), spacing)
-    return _finish(sigma_at_timestep(timesteps, table), dtype)
+    return discrete_sigmas(n, vp_sigmas(alphas_cumprod), spacing, dtype)
+
+
+def discrete_sigmas(
+    n: int, sigma_table: Tensor, spacing: Spacing = "linspace", dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """The σ of an n-step sampler at the timesteps ``spacing`` picks from a model's increasing σ table,
+    then 0."""
+    timesteps = vp_timesteps(n, len(sigma_table), spacing)
+    return _finish(sigma_at_timestep(timesteps, sigma_table), dtype)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,8 +30,9 @@ class OptionError(ValueError):
         self.field = field
 
 
-# Fields left None take the model's value (ModelSettings has a field of the same name).
+# Fields left None take the model's value (ModelSettings has a field or property of the same name).
 MODEL_DEFAULTS = ("steps", "sampler", "guidance", "schedule", "sigma_min", "sigma_max", "rho")
+MODEL_DEFAULTS += ("width", "height")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class SamplingOptions:
     sigma_max: float | None = None
     schedule: str | None = None  # how σ is spaced: one of SCHEDULES (A1111's "Karras" too)
     rho: float | None = None  # Karras et al. 2022's schedule exponent
+    width: int | None = None  # image size in pixels (the model's native size by default)
+    height: int | None = None
     seed: int = 0  # image i of a request uses seed + i
     strength: float = 0.6  # image-to-image: 0 keeps the init image, 1 ignores it (SDEdit)
 
@@ -160,5 +163,7 @@ _CHECKS = {
     "rho": _positive,
     "schedule": canonical_schedule,
     "seed": _seed,
+    "width": _positive_int,
+    "height": _positive_int,
     "strength": _strength,
 }

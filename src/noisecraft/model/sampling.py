@@ -99,7 +99,8 @@ def sample(
     if start == steps:  # strength 0: nothing to do
         return init
     o = options
-    sigmas = schedule_sigmas(o.schedule, steps, o.sigma_min, o.sigma_max, o.rho, dtype)[start:]  # [n + 1]
+    table = getattr(denoiser, "sigma_table", None)  # a discrete model's σ per timestep, if any
+    sigmas = schedule_sigmas(o.schedule, steps, o.sigma_min, o.sigma_max, o.rho, dtype, table)[start:]
     x = x * sigmas[0] if start == 0 else init + x * sigmas[0]
     denoiser = guided(denoiser, options, cond, uncond, rows)
     if keep is not None:

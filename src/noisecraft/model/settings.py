@@ -52,8 +52,16 @@ class ModelSettings:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of the images the model makes."""
+        """(C, H, W) of the images the model makes by default."""
         return self.channels, self.image_size, self.image_size
+
+    @property
+    def width(self) -> int:  # the default of SamplingOptions.width
+        return self.image_size
+
+    @property
+    def height(self) -> int:
+        return self.image_size
 
 
 def _check_field_types(settings: ModelSettings) -> None:

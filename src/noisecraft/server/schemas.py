@@ -152,7 +152,11 @@ class GenerateRequest(BaseModel):
     model: str | None = Field(None, description="a name from GET /v1/models; default: the first")
     sampler: str | None = Field(None, description="a name from GET /v1/samplers; default: the model's")
     steps: int | None = Field(None, description="default: the model's")
-    schedule: str | None = Field(None, description="σ spacing: karras or exponential; default: the model's")
+    schedule: str | None = Field(
+        None, description="σ spacing: karras, exponential (SD also: uniform, leading, trailing)"
+    )
+    width: int | None = Field(None, description="image width in pixels; default: the model's")
+    height: int | None = Field(None, description="image height in pixels; default: the model's")
     guidance: float | None = Field(None, ge=0.0, le=100.0, description="CFG scale")
     guidance_rescale: float | None = Field(
         None, description="guidance rescale φ in [0, 1] (Lin et al. 2023); null or 0: off"
