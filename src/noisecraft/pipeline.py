@@ -36,8 +36,7 @@ from .model import (
     OptionError,
     SamplingOptions,
     encode_prompts,
-    find_model,
-    load_parts,
+    load_model,
     sample,
     shipped_models,
 )
@@ -94,12 +93,13 @@ class Pipeline:
         return self.parts.save(path, dtype)
 
     @classmethod
-    def load(cls, name_or_path: str | os.PathLike) -> Pipeline:
-        """A shipped model by name (``shipped_models()``) or a folder written by ``save``."""
-        folder = find_model(name_or_path)
-        parts = load_parts(folder)
+    def load(cls, name_or_path: str | os.PathLike, vae: str | os.PathLike | None = None) -> Pipeline:
+        """A shipped model by name (``shipped_models()``), a folder written by ``save``, or Stable
+        Diffusion weights: a diffusers folder or a single ``.safetensors`` file (``vae``: another
+        autoencoder file for it)."""
+        parts, origin = load_model(name_or_path, vae)
         pipe = cls(parts.net, parts.text_encoder, parts.settings, parts.latent)
-        pipe.source = str(name_or_path) if folder.parent == SHIPPED_DIR else str(folder.resolve())
+        pipe.source = str(name_or_path) if origin.parent == SHIPPED_DIR else str(origin.resolve())
         return pipe
 
     @property

@@ -153,3 +153,46 @@ def unet_config_from_diffusers(values: dict[str, Any]) -> UNetConfig:
 
 def _per_level(value: int | list[int], levels: int) -> tuple[int, ...]:
     return tuple(int(v) for v in value) if isinstance(value, list | tuple) else (int(value),) * levels
+
+
+def unet_config_from_original(shapes: dict[str, tuple[int, ...]], heads: int | None = None) -> UNetConfig:
+    """The UNetConfig of an original-layout U-Net (names without ``model.diffusion_model.``), read from
+    its tensor shapes. Head counts are not in the shapes: SD 2's 1,024-wide text means 64-wide heads,
+    anything else SD 1's 8 heads per level, unless ``heads`` says."""
+    levels: list[list[int]] = [[]]  # the input blocks of each level; a downsampler starts the next
+    n = 1
+    while True:
+        if f"input_blocks.{n}.0.op.weight" in shapes:
+            levels.append([])
+        elif f"input_blocks.{n}.0.in_layers.2.weight" in shapes:
+            levels[-1].append(n)
+        else:
+            break
+        n += 1
+    if not levels[0] or len({len(blocks) for blocks in levels}) != 1:
+        raise ValueError("the U-Net's input blocks do not form levels of equal length")
+    firsts = [f"input_blocks.{blocks[0]}" for blocks in levels]
+    widths = [shapes[f"{first}.0.in_layers.2.weight"][0] for first in firsts]
+    attends = [f"{first}.1.proj_in.weight" in shapes for first in firsts]
+    context = next((s[1] for k, s in shapes.items() if k.endswith("attn2.to_k.weight")), 0)
+    if not context:
+        raise ValueError("no cross-attention in this U-Net: not a text-to-image Stable Diffusion model")
+    projection = next(s for k, s in shapes.items() if k.endswith("proj_in.weight"))
+    depth = [_depth(shapes, f"{first}.1") or 1 for first in firsts]
+    head_count = heads or (0 if context == 1024 else 8)
+    return unet_config_from_diffusers({
+        "sample_size": 64, "in_channels": shapes["input_blocks.0.0.weight"][1],
+        "out_channels": shapes["out.2.weight"][0], "block_out_channels": widths,
+        "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attends],
+        "layers_per_block": len(levels[0]), "cross_attention_dim": context,
+        "use_linear_projection": len(projection) == 2, "transformer_layers_per_block": depth,
+        "attention_head_dim": [head_count or w // 64 for w in widths],
+    })  # fmt: skip
+
+
+def _depth(shapes: dict[str, tuple[int, ...]], prefix: str) -> int:
+    """How many transformer blocks the transformer at ``prefix`` holds (0: none)."""
+    depth = 0
+    while f"{prefix}.transformer_blocks.{depth}.norm1.weight" in shapes:
+        depth += 1
+    return depth

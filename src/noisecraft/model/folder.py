@@ -35,7 +35,30 @@ def find_model(name_or_path: str | os.PathLike) -> Path:
     if str(name_or_path) in shipped_models():
         return SHIPPED_DIR / str(name_or_path)
     shipped = ", ".join(shipped_models()) or "none installed"
-    raise ValueError(f"unknown model {str(name_or_path)!r}: not a saved pipeline folder; shipped: {shipped}")
+    raise ValueError(
+        f"unknown model {str(name_or_path)!r}: not a saved pipeline folder, a diffusers folder or a "
+        f".safetensors file; shipped: {shipped}"
+    )
+
+
+def load_model(
+    name_or_path: str | os.PathLike, vae: str | os.PathLike | None = None
+) -> tuple[ModelParts, Path]:
+    """A model's parts and where they came from: a noisecraft folder or shipped name, or Stable
+    Diffusion weights (a diffusers folder or a single .safetensors file; ``vae`` swaps the autoencoder)."""
+    from ..formats.stable_diffusion import is_foreign, load_stable_diffusion  # only the loader reads formats/
+
+    path = Path(name_or_path).expanduser()
+    if is_foreign(path):
+        fields, net, text, autoencoder = load_stable_diffusion(path, None if vae is None else Path(vae))
+        settings = ModelSettings(**fields)
+        return ModelParts(settings, net, text, LatentSpace(autoencoder, settings.latent_scale)), path
+    if vae is not None:
+        raise ValueError(
+            "--vae applies to Stable Diffusion weights (a diffusers folder or a .safetensors file)"
+        )
+    folder = find_model(name_or_path)
+    return load_parts(folder), folder
 
 
 def find_weights(source: str) -> Path:

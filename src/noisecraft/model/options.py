@@ -32,7 +32,7 @@ class OptionError(ValueError):
 
 # Fields left None take the model's value (ModelSettings has a field or property of the same name).
 MODEL_DEFAULTS = ("steps", "sampler", "guidance", "schedule", "sigma_min", "sigma_max", "rho")
-MODEL_DEFAULTS += ("width", "height")
+SIZE = ("width", "height")  # the model's native size (ModelSettings properties)
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class SamplingOptions:
 
     def resolve(self, settings: ModelSettings) -> SamplingOptions:
         """These options with every None replaced by the model's default (and checked again)."""
-        filled = {k: getattr(settings, k) for k in MODEL_DEFAULTS if getattr(self, k) is None}
+        filled = {k: getattr(settings, k) for k in MODEL_DEFAULTS + SIZE if getattr(self, k) is None}
         return dataclasses.replace(self, **filled) if filled else self
 
     def metadata(self, keep_strength: bool = False) -> dict[str, Any]:
@@ -81,7 +81,7 @@ class SamplingOptions:
             if field.name == "strength":
                 wanted = keep_strength
             else:
-                wanted = field.name in (*MODEL_DEFAULTS, "seed") or value != field.default
+                wanted = field.name in (*MODEL_DEFAULTS, *SIZE, "seed") or value != field.default
             if wanted and value is not None:
                 out[field.name] = list(value) if isinstance(value, tuple) else value
         return out

@@ -1,0 +1,237 @@
+"""Stable Diffusion weights people already have → noisecraft's own modules (Rombach et al. 2022).
+
+Two layouts: a diffusers folder (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
+``scheduler/``) and a single ``.safetensors`` file in the original layout (``model.diffusion_model.``,
+``first_stage_model.``, ``cond_stage_model.``), whose kind is read from its tensors. Tensors are read
+lazily, one at a time. Pickled files (``.ckpt``, ``.bin``, ``.pt``) are refused, never opened.
+Supported: SD 1.x (ε) and SD 2.x (ε or v) U-Nets; SD 2 single files, SDXL and 9-channel inpainting
+U-Nets are refused with a message saying so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from ..nets.autoencoder import AutoencoderKL
+from ..nets.unet import UNet
+from ..schedules import vp_alphas_cumprod, vp_sigmas
+from ..text.clip import SDTextEncoder
+from .keys import CheckpointError, convert
+from .unet import unet_config_from_diffusers, unet_config_from_original, unet_map
+from .vae import (
+    diffusers_name,
+    first_stage_part,
+    infer_vae_config,
+    original_name,
+    undeprecate_diffusers,
+    vae_config_from_diffusers,
+    vae_from_diffusers,
+    vae_from_original,
+)
+
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
+UNET_PREFIX, TEXT_PREFIX = "model.diffusion_model.", "cond_stage_model.transformer."
+# DDPM buffers an original checkpoint stores beside the networks: the schedule, which we rebuild.
+SCHEDULE_BUFFERS = (
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+    "logvar", "model_ema.decay", "model_ema.num_updates",
+)  # fmt: skip
+SD_SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+
+
+def is_foreign(path: Path) -> bool:
+    """Whether ``path`` is a diffusers folder or a weights file, not a noisecraft model folder."""
+    return (path / "model_index.json").is_file() or (
+        path.is_file() and path.suffix in (".safetensors", *PICKLE_SUFFIXES)
+    )
+
+
+def load_stable_diffusion(
+    path: Path, vae: Path | None = None
+) -> tuple[dict[str, Any], nn.Module, nn.Module, AutoencoderKL]:
+    """(settings fields, U-Net, text encoder, autoencoder) of a diffusers folder or a single file;
+    ``vae`` replaces the autoencoder with one from its own file."""
+    if path.suffix in PICKLE_SUFFIXES or (path.is_file() and path.suffix != ".safetensors"):
+        raise CheckpointError(
+            f"{path}: a pickled checkpoint is never loaded (it can run code); convert it to .safetensors "
+            "once with a tool you trust, e.g. safetensors' convert script, and pass that file"
+        )
+    settings, unet, text, autoencoder = (_diffusers_folder if path.is_dir() else _single_file)(path)
+    if vae is not None:
+        autoencoder = load_vae_file(vae)
+    settings["latent_scale"] = autoencoder.config.scale_factor
+    settings["image_size"] = unet.config.image_size * autoencoder.config.downsampling
+    return settings, unet, text, autoencoder
+
+
+def sd_settings(name: str, prediction: str, schedule: dict[str, Any] | None = None) -> dict[str, Any]:
+    """ModelSettings fields of an SD model: the discrete VP table, its σ range, SD's usual defaults."""
+    schedule = {**SD_SCHEDULE, **(schedule or {})}
+    for key, wanted in SD_SCHEDULE.items():
+        if schedule[key] != wanted:
+            raise CheckpointError(f"scheduler {key}={schedule[key]!r} is not supported (only {wanted!r})")
+    steps = int(schedule.get("num_train_timesteps", 1000))
+    table = vp_sigmas(vp_alphas_cumprod("scaled_linear", steps))  # [T] increasing σ
+    precond = {"epsilon": "vp_eps", "v_prediction": "vp_v"}.get(prediction)
+    if precond is None:
+        raise CheckpointError(f"prediction type {prediction!r} is not supported (epsilon or v_prediction)")
+    return dict(
+        name=name, channels=3, precond=precond, beta_schedule="scaled_linear", num_train_timesteps=steps,
+        sigma_min=float(table[0]), sigma_max=float(table[-1]), steps=25, sampler="dpmpp_2m", guidance=7.5,
+    )  # fmt: skip
+
+
+# -- diffusers folders ---------------------------------------------------------------------------------
+
+
+def _diffusers_folder(folder: Path) -> tuple[dict[str, Any], UNet, SDTextEncoder, AutoencoderKL]:
+    index = _json(folder / "model_index.json")
+    if "text_encoder_2" in index:
+        raise CheckpointError(f"{folder}: SDXL is not supported yet (SD 1.x and 2.x are)")
+    unet_config = unet_config_from_diffusers(_json(folder / "unet" / "config.json"))
+    unet = load_mapped(
+        UNet(unet_config), _weights(folder / "unet"), unet_map(unet_config, "diffusers"), "unet"
+    )
+    vae = AutoencoderKL(vae_config_from_diffusers(_json(folder / "vae" / "config.json")))
+    vae.load_state_dict(vae_from_diffusers(load_file(_weights(folder / "vae")), vae.config))
+    text_config = _json(folder / "text_encoder" / "config.json")
+    text_state = load_file(_weights(folder / "text_encoder"))
+    activation = text_config.get("hidden_act", "quick_gelu")  # OpenAI's CLIP (SD 1) or OpenCLIP (SD 2)
+    preset = "sd1" if activation == "quick_gelu" else "sd2"
+    heads = text_config.get("num_attention_heads")
+    text = SDTextEncoder.from_state_dicts(preset, text_state, activation=activation, heads=heads)
+    scheduler = _json(folder / "scheduler" / "scheduler_config.json")
+    settings = sd_settings(folder.name, scheduler.get("prediction_type", "epsilon"), scheduler)
+    return settings, unet.eval(), text, vae.eval()
+
+
+def _weights(folder: Path) -> Path:
+    """The safetensors file of a diffusers component folder (fp32 preferred); pickles are refused."""
+    for name in ("diffusion_pytorch_model.safetensors", "model.safetensors",
+                 "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors"):  # fmt: skip
+        if (folder / name).is_file():
+            return folder / name
+    pickled = [p.name for p in folder.glob("*") if p.suffix in PICKLE_SUFFIXES]
+    hint = f" (only pickled {pickled[0]}: convert it to safetensors)" if pickled else ""
+    raise CheckpointError(f"{folder}: no .safetensors weights{hint}")
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (not a complete diffusers folder)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return value
+
+
+# -- single files --------------------------------------------------------------------------------------
+
+
+def _single_file(path: Path) -> tuple[dict[str, Any], UNet, SDTextEncoder, AutoencoderKL]:
+    with _open(path) as f:
+        names = set(f.keys())
+        _check_kind(path, names, f)
+        shapes = {
+            n[len(UNET_PREFIX) :]: tuple(f.get_slice(n).get_shape())
+            for n in names
+            if n.startswith(UNET_PREFIX)
+        }
+        unet_config = unet_config_from_original(shapes)
+        unet_names = {n for n in names if n.startswith(UNET_PREFIX)}
+        unet = load_mapped(
+            UNet(unet_config), None, unet_map(unet_config, "original"), "unet",
+            names={n[len(UNET_PREFIX):] for n in unet_names}, get=lambda n: f.get_tensor(UNET_PREFIX + n),
+        )  # fmt: skip
+        text_state = {n[len(TEXT_PREFIX) :]: f.get_tensor(n) for n in names if n.startswith(TEXT_PREFIX)}
+        vae_state = first_stage_part(
+            {n: f.get_tensor(n) for n in names if n.startswith("first_stage_model.")}
+        )
+    _check_leftovers(path, names, unet_names)
+    text_state.pop("text_model.embeddings.position_ids", None)
+    text = SDTextEncoder.from_state_dicts("sd1", text_state)
+    vae = AutoencoderKL(infer_vae_config(vae_state, _original_encoder_name))
+    vae.load_state_dict(vae_from_original(vae_state, vae.config))
+    return sd_settings(path.stem, "epsilon"), unet.eval(), text, vae.eval()
+
+
+def _check_kind(path: Path, names: set[str], f: Any) -> None:
+    """CheckpointError unless the file holds an SD 1.x model (read from its tensors)."""
+    first = UNET_PREFIX + "input_blocks.0.0.weight"
+    if first not in names:
+        raise CheckpointError(f"{path}: not a Stable Diffusion checkpoint (no {first})")
+    in_channels = f.get_slice(first).get_shape()[1]
+    if in_channels != 4:
+        raise CheckpointError(
+            f"{path}: a U-Net with {in_channels} input channels (inpainting?) is not supported yet"
+        )
+    if any(n.startswith("conditioner.") for n in names):
+        raise CheckpointError(f"{path}: SDXL is not supported yet (SD 1.x and 2.x are)")
+    if not any(n.startswith(TEXT_PREFIX) for n in names):
+        raise CheckpointError(f"{path}: SD 2.x single files are not supported yet: load its diffusers folder")
+
+
+def _check_leftovers(path: Path, names: set[str], unet_names: set[str]) -> None:
+    parts = ("first_stage_model.", TEXT_PREFIX, "model_ema.")
+    left = [n for n in names - unet_names if not n.startswith(parts) and n not in SCHEDULE_BUFFERS]
+    if left:
+        raise CheckpointError(f"{path}: tensor {sorted(left)[0]} belongs to no part of Stable Diffusion")
+
+
+def _original_encoder_name(key: str) -> str:
+    """The original name of an encoder tensor (the decoder's needs the level count, unknown yet)."""
+    return original_name(key, 0)
+
+
+def _open(path: Path):
+    try:
+        return safe_open(str(path), framework="pt")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except Exception as err:  # safetensors raises its own error types for a damaged header
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def load_mapped(
+    module: nn.Module, file: Path | None, tensor_map, what: str, names=None, get=None
+) -> nn.Module:
+    """``module`` with its tensors from ``file`` (or ``names``/``get``) through ``tensor_map``."""
+    if file is not None:
+        with _open(file) as f:
+            state = convert(tensor_map, module.state_dict(), set(f.keys()), f.get_tensor, what)
+    else:
+        state = convert(tensor_map, module.state_dict(), names, get, what)
+    module.load_state_dict(state)
+    return module
+
+
+def load_vae_file(path: Path) -> AutoencoderKL:
+    """An autoencoder from its own .safetensors file, in diffusers' or the original naming."""
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path}: a VAE must be a .safetensors file (pickles are never loaded)")
+    with _open(path):
+        pass  # one clear message for a missing or damaged file
+    state = load_file(str(path))
+    if any(k.startswith("first_stage_model.") for k in state):
+        state = first_stage_part(state)
+    if any(k.startswith("encoder.down_blocks.") for k in state):
+        state = undeprecate_diffusers(state)
+        config = infer_vae_config(state, diffusers_name)
+        converted = vae_from_diffusers(state, config)
+    else:
+        config = infer_vae_config(state, _original_encoder_name)
+        converted = vae_from_original(state, config)
+    vae = AutoencoderKL(config)
+    vae.load_state_dict(converted)
+    return vae.eval()

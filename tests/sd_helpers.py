@@ -1,0 +1,76 @@
+"""Tiny random Stable Diffusion models built with diffusers, saved as a diffusers folder and as an
+original-layout single file, for the loader and pipeline tests (no weights are downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from test_clip_tokenizer import reference_tokenizer, write_reference_files
+
+from noisecraft.formats.unet import unet_config_from_diffusers, unet_map
+from noisecraft.formats.vae import original_name, vae_config_from_diffusers, vae_from_diffusers
+from noisecraft.nets.unet import UNet
+
+
+def tiny_sd_pipeline(tmp: Path, prediction: str = "epsilon"):
+    """A diffusers StableDiffusionPipeline of tiny random parts: 16×16 images, 8×8 latents."""
+    from diffusers import AutoencoderKL as DiffusersVAE
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), cross_attention_dim=64,
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8, norm_num_groups=32,
+    )  # fmt: skip
+    vae = DiffusersVAE(
+        block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=32, latent_channels=4,
+        sample_size=16, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    )  # fmt: skip
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=1, intermediate_size=37,
+            vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu",
+        )
+    )  # fmt: skip
+    with torch.no_grad():  # zero-initialised outputs made non-zero, so every tensor matters
+        for module in (unet, vae):
+            for p in module.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+    scheduler = EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction,
+        timestep_spacing="trailing",
+    )  # fmt: skip
+    tokenizer = reference_tokenizer(write_reference_files(tmp / "vocab"))
+    return StableDiffusionPipeline(
+        vae=vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer, unet=unet.eval(), scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+
+
+def save_single_file(pipe, path: Path) -> Path:
+    """The pipeline's weights in the original single-file layout (names checked elsewhere against
+    diffusers' own converters: tests/test_sd_unet.py, tests/test_autoencoder.py)."""
+    config = unet_config_from_diffusers(dict(pipe.unet.config))
+    diffusers_map, original_map = unet_map(config, "diffusers"), unet_map(config, "original")
+    theirs, tensors = pipe.unet.state_dict(), {}
+    for key in UNet(config).state_dict():
+        for d, o in zip(diffusers_map.entries[key], original_map.entries[key], strict=True):
+            tensors[f"model.diffusion_model.{o}"] = theirs[d]
+    vae_state = pipe.vae.state_dict()
+    vae_config = vae_config_from_diffusers(dict(pipe.vae.config))
+    levels = len(vae_config.channels)
+    for ours, tensor in vae_from_diffusers(vae_state, vae_config).items():
+        name = original_name(ours, levels)
+        is_attention = ".mid.attn_1." in name and name.endswith(".weight") and tensor.ndim == 2
+        tensors[f"first_stage_model.{name}"] = tensor[:, :, None, None] if is_attention else tensor
+    for key, tensor in pipe.text_encoder.state_dict().items():
+        name = key if key.startswith("text_model.") else f"text_model.{key}"
+        tensors[f"cond_stage_model.transformer.{name}"] = tensor
+    tensors["alphas_cumprod"] = pipe.scheduler.alphas_cumprod.clone()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path

@@ -1,0 +1,102 @@
+"""Stable Diffusion weights through noisecraft's Pipeline: a diffusers folder and an original-layout
+single file load into our modules and generate what diffusers' StableDiffusionPipeline generates from
+the same starting latents (tiny random models, CPU, fp32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sd_helpers import save_single_file, tiny_sd_pipeline
+
+from noisecraft.formats.keys import CheckpointError
+from noisecraft.noise import SeededNoise
+from noisecraft.pipeline import Pipeline
+
+PROMPTS = ["a lighthouse at dusk, oil painting", "a cat"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sd")
+    pipe = tiny_sd_pipeline(tmp)
+    pipe.save_pretrained(tmp / "folder", safe_serialization=True)
+    return pipe, tmp
+
+
+def diffusers_images(pipe, latents: torch.Tensor, steps: int, guidance: float) -> torch.Tensor:
+    """diffusers' images [B, 3, H, W] in [0, 1]."""
+    with torch.no_grad():
+        return pipe(
+            PROMPTS, num_inference_steps=steps, guidance_scale=guidance, latents=latents, output_type="pt",
+            height=16, width=16,
+        ).images  # fmt: skip
+
+
+def ours(pipe: Pipeline, **options) -> torch.Tensor:
+    """Our images [B, 3, H, W] in [0, 1], as diffusers post-processes them."""
+    return (pipe.sample(PROMPTS, seed=7, **options) / 2 + 0.5).clamp(0, 1)
+
+
+def starting_noise() -> torch.Tensor:
+    return SeededNoise([7, 8]).randn((4, 8, 8))  # what Pipeline draws for seeds 7, 8
+
+
+def test_diffusers_folder_euler_matches_diffusers(reference):
+    pipe, tmp = reference
+    loaded = Pipeline.load(tmp / "folder")
+    assert loaded.config.image_size == 16 and loaded.config.precond == "vp_eps"
+    want = diffusers_images(pipe, starting_noise(), steps=10, guidance=7.5)  # Euler, trailing timesteps
+    got = ours(loaded, steps=10, sampler="euler", schedule="trailing", guidance=7.5)
+    assert (got - want).abs().max() <= 1e-4
+    assert want.std() > 0.01  # a picture, not a constant
+
+
+def test_ddim_matches_diffusers(reference):
+    from diffusers import DDIMScheduler
+
+    pipe, tmp = reference
+    ddim = DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=True, steps_offset=0)
+    pipe_ddim = type(pipe)(**{**pipe.components, "scheduler": ddim})
+    loaded = Pipeline.load(tmp / "folder")
+    sigma_max = float(loaded.denoiser.sigma_table[-1])
+    latents = starting_noise() * sigma_max / (1 + sigma_max**2) ** 0.5  # the same point, on the VP scale
+    want = diffusers_images(pipe_ddim, latents, steps=10, guidance=5.0)
+    got = ours(loaded, steps=10, sampler="ddim", schedule="trailing", guidance=5.0)
+    assert (got - want).abs().max() <= 1e-4
+
+
+def test_single_file_gives_the_folders_images(reference):
+    pipe, tmp = reference
+    single = save_single_file(pipe, tmp / "model.safetensors")
+    options = dict(steps=4, sampler="dpmpp_2m", guidance=4.0, width=16, height=16)  # a file: 512² unless told
+    from_file, from_folder = Pipeline.load(single), Pipeline.load(tmp / "folder")
+    torch.testing.assert_close(ours(from_file, **options), ours(from_folder, **options), rtol=0, atol=1e-5)
+
+
+def test_vae_file_swaps_the_autoencoder(reference):
+    from safetensors.torch import save_file
+
+    pipe, tmp = reference
+    vae_state = {k: v + 0.01 for k, v in pipe.vae.state_dict().items()}  # another autoencoder
+    save_file(vae_state, str(tmp / "vae.safetensors"))
+    plain = Pipeline.load(tmp / "folder")
+    swapped = Pipeline.load(tmp / "folder", vae=tmp / "vae.safetensors")
+    assert not torch.equal(ours(plain, steps=2), ours(swapped, steps=2))
+
+
+def test_bad_weights_are_one_clear_error(reference, tmp_path):
+    from safetensors.torch import save_file
+
+    pipe, tmp = reference
+    (tmp_path / "model.ckpt").write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(CheckpointError, match="pickled checkpoint is never loaded"):
+        Pipeline.load(tmp_path / "model.ckpt")
+    save_file({"weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(CheckpointError, match="not a Stable Diffusion checkpoint"):
+        Pipeline.load(tmp_path / "other.safetensors")
+    whole = save_single_file(pipe, tmp_path / "whole.safetensors").read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        Pipeline.load(tmp_path / "truncated.safetensors")
+    with pytest.raises(ValueError, match="multiples of 4, got 18×16"):  # autoencoder 2 × U-Net 2
+        Pipeline.load(tmp / "folder").generate("x", width=18, height=16, steps=1)
