@@ -100,3 +100,49 @@ def test_bad_weights_are_one_clear_error(reference, tmp_path):
         Pipeline.load(tmp_path / "truncated.safetensors")
     with pytest.raises(ValueError, match="multiples of 4, got 18×16"):  # autoencoder 2 × U-Net 2
         Pipeline.load(tmp / "folder").generate("x", width=18, height=16, steps=1)
+
+
+def test_the_server_serves_it_at_the_asked_size(reference):
+    """`noisecraft serve --model FOLDER`: A1111's width × height reach the latent model (no stretching),
+    a size it cannot draw is a 422 on width, and the image equals the Python call's."""
+    import httpx
+    from server_helpers import decode_png, pixels, serve
+
+    from noisecraft.server.app import create_app
+    from noisecraft.server.limits import Limits
+    from noisecraft.server.models import ModelRegistry
+
+    _, tmp = reference
+    models = ModelRegistry.load([str(tmp / "folder")])
+    pipe = models.pipelines["folder"]
+    limits = Limits(queue_size=2, max_batch=4, max_steps=50, max_pixels=4096, max_prompt_chars=200)
+    body = {"prompt": "a cat", "seed": 3, "steps": 3, "width": 24, "height": 16, "sampler_name": "Euler"}
+    (want,) = pipe.generate("a cat", seed=3, steps=3, sampler="euler", guidance=7.0, width=24, height=16)
+    with serve(create_app(models, limits)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        answer = client.post("/sdapi/v1/txt2img", json=body).json()
+        image = decode_png(answer["images"][0])
+        assert image.size == (24, 16) and (pixels(image) == pixels(want)).all()
+        bad = client.post("/sdapi/v1/txt2img", json={**body, "width": 18})
+        assert bad.status_code == 422 and "multiples of 4" in bad.text
+        listed = client.get("/sdapi/v1/sd-models").json()
+        assert [m["model_name"] for m in listed] == ["folder"]
+
+
+def test_cli_generates_and_converts(reference, tmp_path):
+    """`noisecraft generate --model FOLDER --width --height` and `noisecraft convert`: the converted
+    noisecraft folder gives the same pixels, and converting onto an existing folder is refused."""
+    import numpy as np
+    from PIL import Image
+
+    from noisecraft.cli import main
+
+    _, tmp = reference
+    args = ["a cat", "--steps", "2", "--width", "16", "--height", "24", "--quiet", "--seed", "1"]
+    assert main(["generate", *args, "--model", str(tmp / "folder"), "--out", str(tmp_path / "a")]) == 0
+    assert main(["convert", str(tmp / "folder"), str(tmp_path / "converted")]) == 0
+    assert main(["convert", str(tmp / "folder"), str(tmp_path / "converted")]) == 2  # exists: refused
+    converted = str(tmp_path / "converted")
+    assert main(["generate", *args, "--model", converted, "--out", str(tmp_path / "b")]) == 0
+    (a,), (b,) = (tmp_path / "a").glob("*.png"), (tmp_path / "b").glob("*.png")
+    with Image.open(a) as first, Image.open(b) as second:
+        assert first.size == (16, 24) and np.array_equal(np.asarray(first), np.asarray(second))

@@ -59,6 +59,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", default=None, help="shipped model name or saved pipeline folder (default: emoji)"
     )
+    p.add_argument(
+        "--vae", default=None, metavar="FILE",
+        help="Stable Diffusion models: the autoencoder from this .safetensors file instead of the model's",
+    )  # fmt: skip
     p.add_argument("--negative", default=None, help="negative prompt: what the image should not be")
     # Sampling options: each flag's dest is a SamplingOptions field, which checks its value.
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
@@ -119,7 +123,7 @@ def _run_generate(args: argparse.Namespace) -> None:
         model = args.model or png_model
     elif not args.prompts:
         raise ValueError("give at least one prompt (or --from-png IMAGE)")
-    pipe = Pipeline.load(model)
+    pipe = Pipeline.load(model, vae=args.vae)
     if args.from_png:
         check_model_matches(pipe, read_png_metadata(args.from_png).get("weights"))
     for path in generate_to_files(pipe, request, args.out):
@@ -181,6 +185,24 @@ def _run_ship(args: argparse.Namespace) -> None:
     print(ship(args.model, args.name, args.recipe, args.eval, args.dest, args.notes))
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="write Stable Diffusion weights as a noisecraft model folder")
+    p.add_argument("source", help="a diffusers folder or a single .safetensors file")
+    p.add_argument("dest", help="the folder to write (must not exist yet)")
+    p.add_argument("--vae", default=None, metavar="FILE", help="another autoencoder .safetensors file")
+    p.add_argument("--fp16", action="store_true", help="store the weights in float16 (half the size)")
+    p.set_defaults(run=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> None:
+    import torch
+
+    from .model import load_model
+
+    parts, _ = load_model(args.source, args.vae)
+    print(parts.save_new(args.dest, torch.float16 if args.fp16 else None))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="noisecraft", description="Text-to-image diffusion.")
@@ -191,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_samplers(sub)
     _add_train(sub)
     _add_ship(sub)
+    _add_convert(sub)
     add_serve_parser(sub)
     add_eval_parser(sub)
     return parser

@@ -122,7 +122,7 @@ class Pipeline:
         options = request.options.resolve(self.config)
         prompts = _expand(request.prompts, request.num_images)
         init = keep = None
-        size = self._check_size(options)
+        size = self.check_size(options)
         if request.mask is not None:
             keep = 1 - self._as_mask(request.mask, len(prompts), size)  # [B, 1, H, W], 1 where kept
         if request.init is not None:
@@ -240,8 +240,8 @@ class Pipeline:
             return keep
         return 1 - F.adaptive_max_pool2d(1 - keep, tuple(shape[1:]))
 
-    def _check_size(self, options: SamplingOptions) -> tuple[int, int]:
-        """(width, height) of the request, checked against what the network can take."""
+    def check_size(self, options: SamplingOptions) -> tuple[int, int]:
+        """(width, height) of resolved options, checked against what the network can take."""
         multiple, (width, height) = self.size_multiple, (options.width, options.height)
         if width % multiple or height % multiple:
             message = f"width and height must be multiples of {multiple}, got {width}×{height}"

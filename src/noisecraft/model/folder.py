@@ -110,6 +110,13 @@ class ModelParts:
         write_settings(self.settings, folder)
         return folder
 
+    def save_new(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """``save`` into a folder that does not exist yet (nothing of another model is overwritten)."""
+        folder = Path(folder)
+        if folder.exists():
+            raise ValueError(f"{folder} already exists: give a new folder")
+        return self.save(folder, dtype)
+
 
 def load_parts(folder: Path) -> ModelParts:
     """Every part of a model folder; ComponentError when one is missing or does not fit the others."""

@@ -178,14 +178,18 @@ async def _job(body: A1111Txt2Img, state: st.ServerState) -> Job:
         values["schedule"] = body.scheduler
     if img2img:  # A1111's default strength when a client sends null
         values["strength"] = 0.75 if body.denoising_strength is None else body.denoising_strength
-    options = st.sampling_options(values, A1111_FIELDS).resolve(pipe.config)
-    field = "batch_size" if body.batch_size > limits.max_batch else "n_iter"
-    st.check_common(limits, texts, options.steps, body.batch_size * body.n_iter, field)
     native = pipe.config.image_size
     width, height = body.width or native, body.height or native
     if width * height > limits.max_pixels:
         raise st.reject("width", f"{width}×{height} is more than {limits.max_pixels} pixels (width × height)")
-    init, mask = await _init_images(body, pipe, limits) if img2img else (None, None)
+    if not pipe.latent.is_identity:  # latent models draw at the asked size; ours draw theirs, stretched
+        values.update(width=width, height=height)
+    options = st.sampling_options(values, A1111_FIELDS).resolve(pipe.config)
+    st.checked(lambda: pipe.check_size(options))
+    field = "batch_size" if body.batch_size > limits.max_batch else "n_iter"
+    st.check_common(limits, texts, options.steps, body.batch_size * body.n_iter, field)
+    size = (options.width, options.height)
+    init, mask = await _init_images(body, pipe, limits, size) if img2img else (None, None)
     negative, count = body.negative_prompt or None, body.batch_size
     batches = [
         partial(pipe.run, GenerationRequest(body.prompt, negative, count, seeded, init, mask))
@@ -214,7 +218,9 @@ def _response(body, name: str, pipe: Pipeline, options: SamplingOptions, size, i
     return {"images": encoded if body.send_images else [], "parameters": parameters, "info": json.dumps(info)}
 
 
-async def _init_images(body: A1111Img2Img, pipe: Pipeline, limits) -> tuple[torch.Tensor, Image.Image | None]:
+async def _init_images(
+    body: A1111Img2Img, pipe: Pipeline, limits, size: tuple[int, int]
+) -> tuple[torch.Tensor, Image.Image | None]:
     """init_images as one [B, C, H, W] tensor at the model's size (B = 1 or batch_size); the mask."""
     if len(body.init_images) not in (1, body.batch_size):
         raise st.reject(
@@ -222,12 +228,10 @@ async def _init_images(body: A1111Img2Img, pipe: Pipeline, limits) -> tuple[torc
         )
     c = pipe.config
     images = [await st.decode(data, "init_images", limits) for data in body.init_images]
-    init = torch.stack([from_pil(image, c.channels, c.image_size) for image in images])  # [B, C, H, W]
+    init = torch.stack([from_pil(image, c.channels, size) for image in images])  # [B, C, H, W]
     mask = None
     if body.mask:
-        mask = binary_mask(
-            await st.decode(body.mask, "mask", limits), c.image_size, body.inpainting_mask_invert == 1
-        )
+        mask = binary_mask(await st.decode(body.mask, "mask", limits), size, body.inpainting_mask_invert == 1)
     return init, mask
 
 

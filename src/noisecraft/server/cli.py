@@ -36,7 +36,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="HTTP API (A1111-compatible + streaming) and a web page")
     p.add_argument(
         "--model", dest="models", action="extend", nargs="+", default=[], metavar="NAME_OR_FOLDER",
-        help="shipped model names or saved pipeline folders, loaded at start (default: every shipped model)",
+        help="shipped model names, saved pipeline folders, Stable Diffusion diffusers folders or "
+        ".safetensors files, loaded at start (default: every shipped model)",
     )  # fmt: skip
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)"

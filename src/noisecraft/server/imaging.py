@@ -42,8 +42,9 @@ def decode_image(data: str, field: str, max_pixels: int) -> Image.Image:
     return image
 
 
-def binary_mask(image: Image.Image, size: int, invert: bool = False) -> Image.Image:
-    """A size×size black/white mask: white (repaint) where the client's mask is mostly white.
+def binary_mask(image: Image.Image, size: int | tuple[int, int], invert: bool = False) -> Image.Image:
+    """A size×size (or (width, height)) black/white mask: white (repaint) where the client's mask is
+    mostly white.
 
     A mask with transparency is read from its alpha channel (painted = opaque), as A1111 does.
     """
@@ -52,7 +53,8 @@ def binary_mask(image: Image.Image, size: int, invert: bool = False) -> Image.Im
         gray = alpha if alpha.getextrema() != (255, 255) else image.convert("L")
     else:
         gray = image.convert("L")
-    gray = gray.resize((size, size), Image.Resampling.BOX)  # area average, then threshold at half
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    gray = gray.resize(size, Image.Resampling.BOX)  # area average, then threshold at half
     return gray.point(lambda v: 0 if (v >= 128) == invert else 255)
 
 

@@ -28,7 +28,9 @@ class ModelRegistry:
         pipelines: dict[str, Pipeline] = {}
         sources: dict[str, str] = {}
         for spec in specs:
-            name = base = Path(spec).name or str(spec)
+            name = base = (
+                Path(spec).stem if Path(spec).suffix == ".safetensors" else Path(spec).name or str(spec)
+            )
             suffix = 2
             while name in pipelines:  # two folders with one name: keep both, numbered
                 name, suffix = f"{base}-{suffix}", suffix + 1

@@ -91,14 +91,20 @@ async def _job(body: GenerateRequest, state: st.ServerState) -> Job:
     texts = {"prompt": body.prompt, "negative_prompt": body.negative_prompt}
     name, pipe = state.models.get(st.resolve_model(state, body.model, "model"))
     options = st.sampling_options({**body.model_dump(), "seed": st.pick_seed(body.seed)})
-    steps = options.resolve(pipe.config).steps
+    resolved = options.resolve(pipe.config)
+    st.checked(lambda: pipe.check_size(resolved))
+    if resolved.width * resolved.height > limits.max_pixels:
+        raise st.reject(
+            "width", f"{resolved.width}×{resolved.height} is more than {limits.max_pixels} pixels"
+        )
+    steps = resolved.steps
     st.check_common(limits, texts, steps, body.num_images, "num_images")
     init = mask = None
     if body.init_image is not None:
         init = await st.decode(body.init_image, "init_image", limits)
-        init = from_pil(init, pipe.config.channels, pipe.config.image_size)
+        init = from_pil(init, pipe.config.channels, (resolved.width, resolved.height))
     if body.mask is not None:
-        mask = binary_mask(await st.decode(body.mask, "mask", limits), pipe.config.image_size)
+        mask = binary_mask(await st.decode(body.mask, "mask", limits), (resolved.width, resolved.height))
     job = st.checked(
         lambda: GenerationRequest(body.prompt, body.negative_prompt, body.num_images, options, init, mask),
         {"init": "init_image"},

@@ -18,6 +18,7 @@ from .models import ModelRegistry, UnknownModel
 
 T = TypeVar("T")
 
+
 @dataclass
 class ServerState:
     models: ModelRegistry
