@@ -146,3 +146,47 @@ def test_cli_generates_and_converts(reference, tmp_path):
     (a,), (b,) = (tmp_path / "a").glob("*.png"), (tmp_path / "b").glob("*.png")
     with Image.open(a) as first, Image.open(b) as second:
         assert first.size == (16, 24) and np.array_equal(np.asarray(first), np.asarray(second))
+
+
+def test_live_previews_are_cheap_linear_maps_at_image_size(reference):
+    """Step callbacks see x and x̂0 through the latent space's linear preview at image size, not a decode
+    per step: one decode per generation."""
+    _, tmp = reference
+    loaded = Pipeline.load(tmp / "folder")
+    autoencoder, decodes = loaded.latent.autoencoder, []
+    original = autoencoder.decode
+    autoencoder.decode = lambda z: decodes.append(z.shape) or original(z)
+    steps = []
+    loaded.generate("a cat", steps=3, callback=steps.append)
+    assert len(decodes) == 1 and len(steps) == 3
+    assert all(s.denoised.shape == (1, 3, 16, 16) and s.x.shape == (1, 3, 16, 16) for s in steps)
+
+
+class PoolingAutoencoder(torch.nn.Module):
+    """A linear stand-in: latents are 4×4-pooled colours mixed by a fixed matrix (plus a constant)."""
+
+    config = type("Config", (), {"downsampling": 4, "in_channels": 3})()
+
+    def __init__(self):
+        super().__init__()
+        self.mix = torch.tensor([[0.5, -1.0, 0.2, 0.0], [1.0, 0.3, -0.4, 0.0], [0.1, 0.2, 0.9, 0.0]])
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = torch.nn.functional.avg_pool2d(images, 4)  # [B, 3, h, w]
+        return torch.einsum("bchw,cd->bdhw", pooled, self.mix) + 0.3
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("previews must not decode")
+
+
+def test_the_preview_map_is_fitted_to_the_latent_space():
+    """Where latents are a linear function of the colours, the fitted map recovers them exactly."""
+    import torch.nn.functional as F
+
+    from noisecraft.model import LatentSpace
+
+    latent = LatentSpace(PoolingAutoencoder(), scale=0.5)
+    g = torch.Generator().manual_seed(5)
+    picture = F.avg_pool2d(torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, 4)  # constant per 4×4 cell
+    picture = F.interpolate(picture, scale_factor=4, mode="nearest")
+    torch.testing.assert_close(latent.preview(latent.encode(picture)), picture, rtol=0, atol=1e-4)

@@ -228,11 +228,12 @@ class Pipeline:
         return images
 
     def _pixel_steps(self, callback: Callback | None) -> Callback | None:
-        """The callback seeing each step's x and x̂0 as images (decoded when the model is latent)."""
+        """The callback seeing each step's x and x̂0 as images (a latent model's cheap linear preview:
+        a full decode per step would cost more than the step)."""
         if callback is None or self.latent.is_identity:
             return callback
-        decode = self.latent.decode
-        return lambda s: callback(dataclasses.replace(s, x=decode(s.x), denoised=decode(s.denoised)))
+        preview = self.latent.preview
+        return lambda s: callback(dataclasses.replace(s, x=preview(s.x), denoised=preview(s.denoised)))
 
     def _latent_mask(self, keep: Tensor, shape: tuple[int, ...]) -> Tensor:
         """keep [B, 1, H, W] in pixels → [B, 1, h, w]: a latent cell is kept only if all its pixels are."""

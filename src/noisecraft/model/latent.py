@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..components import load_component
@@ -25,6 +26,7 @@ class LatentSpace:
         if autoencoder is not None:
             autoencoder.eval().requires_grad_(False)
         self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self._preview_map: Tensor | None = None  # [c + 1, C]: latent channels (+ bias) → image channels
 
     @classmethod
     def from_folder(cls, path: str, scale: float) -> LatentSpace:
@@ -59,6 +61,40 @@ class LatentSpace:
             return latents
         with torch.no_grad():
             return self.autoencoder.decode(latents / self.scale)
+
+    def preview(self, latents: Tensor) -> Tensor:
+        """A cheap picture of latents [B, c, h, w] for live previews: one linear map per latent space
+        from channels to colours, fitted once, enlarged to the image size [B, C, H, W] (the final image
+        is the full ``decode``)."""
+        if self.autoencoder is None:
+            return latents
+        weights = self._fitted_map().to(latents)
+        rgb = torch.einsum("bchw,cd->bdhw", latents, weights[:-1]) + weights[-1][None, :, None, None]
+        return F.interpolate(rgb, scale_factor=self.factor, mode="nearest")
+
+    @property
+    def factor(self) -> int:
+        """How many image pixels one latent cell covers per side."""
+        return getattr(getattr(self.autoencoder, "config", None), "downsampling", 1)
+
+    def _fitted_map(self) -> Tensor:
+        """Least squares from latents to the images they encode, over a few smooth random colour pictures."""
+        if self._preview_map is None:
+            g = torch.Generator().manual_seed(0)
+            channels = int(getattr(self.autoencoder.config, "in_channels", 3))
+            size = 8 * self.factor
+            coarse = torch.rand(8, channels, 4, 4, generator=g) * 2 - 1  # [8, C, 4, 4] colour fields
+            images = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+            device = _device_of(self.autoencoder)
+            latents = self.encode(images.to(device)).float().cpu()  # [8, c, 8, 8]
+            targets = F.avg_pool2d(images, self.factor)  # [8, C, 8, 8]: what each latent cell shows
+            x = torch.cat(
+                [latents.movedim(1, -1).reshape(-1, latents.shape[1]), torch.ones(latents[:, 0].numel(), 1)],
+                1,
+            )
+            y = targets.movedim(1, -1).reshape(-1, channels)
+            self._preview_map = torch.linalg.lstsq(x.double(), y.double()).solution.float()  # [c + 1, C]
+        return self._preview_map
 
     def sample_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The shape of one sample for images of ``image_shape`` (C, H, W)."""
