@@ -190,3 +190,26 @@ def test_the_preview_map_is_fitted_to_the_latent_space():
     picture = F.avg_pool2d(torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, 4)  # constant per 4×4 cell
     picture = F.interpolate(picture, scale_factor=4, mode="nearest")
     torch.testing.assert_close(latent.preview(latent.encode(picture)), picture, rtol=0, atol=1e-4)
+
+
+def test_img2img_and_inpainting_on_a_latent_model(reference):
+    """img2img starts from the encoded picture (strength 1 ignores it); inpainting keeps every pixel
+    outside the mask exactly and repaints inside it."""
+    import numpy as np
+    from PIL import Image
+
+    _, tmp = reference
+    pipe = Pipeline.load(tmp / "folder")
+    g = torch.Generator().manual_seed(2)
+    picture = Image.fromarray((torch.rand(16, 16, 3, generator=g) * 255).byte().numpy())
+    generated = pipe.generate("a cat", steps=4, seed=1)[0]
+    same_noise = pipe.img2img("a cat", picture, strength=1.0, steps=4, seed=1)[0]
+    assert np.array_equal(np.asarray(generated), np.asarray(same_noise))
+    edited = pipe.img2img("a cat", picture, strength=0.5, steps=4, seed=1)[0]
+    assert not np.array_equal(np.asarray(edited), np.asarray(generated))
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
+    painted = np.asarray(pipe.inpaint("a cat", picture, Image.fromarray(mask), steps=4, seed=1)[0])
+    kept = mask == 0
+    assert np.array_equal(painted[kept], np.asarray(picture)[kept])
+    assert not np.array_equal(painted[~kept], np.asarray(picture)[~kept])
