@@ -93,7 +93,10 @@ class LatentSpace:
                 1,
             )
             y = targets.movedim(1, -1).reshape(-1, channels)
-            self._preview_map = torch.linalg.lstsq(x.double(), y.double()).solution.float()  # [c + 1, C]
+            x, y = x.double(), y.double()
+            gram = x.T @ x  # ridge-regularised normal equations: stable if a latent channel is constant
+            ridge = 1e-8 * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+            self._preview_map = torch.linalg.solve(gram + ridge, x.T @ y).float()  # [c + 1, C]
         return self._preview_map
 
     def sample_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
