@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
@@ -98,7 +99,7 @@ def _diffusers_folder(folder: Path) -> tuple[dict[str, Any], UNet, SDTextEncoder
         raise CheckpointError(f"{folder}: SDXL is not supported yet (SD 1.x and 2.x are)")
     unet_config = unet_config_from_diffusers(_json(folder / "unet" / "config.json"))
     unet = load_mapped(
-        UNet(unet_config), _weights(folder / "unet"), unet_map(unet_config, "diffusers"), "unet"
+        empty(UNet, unet_config), _weights(folder / "unet"), unet_map(unet_config, "diffusers"), "unet"
     )
     vae = AutoencoderKL(vae_config_from_diffusers(_json(folder / "vae" / "config.json")))
     vae.load_state_dict(vae_from_diffusers(load_file(_weights(folder / "vae")), vae.config))
@@ -151,7 +152,7 @@ def _single_file(path: Path) -> tuple[dict[str, Any], UNet, SDTextEncoder, Autoe
         unet_config = unet_config_from_original(shapes)
         unet_names = {n for n in names if n.startswith(UNET_PREFIX)}
         unet = load_mapped(
-            UNet(unet_config), None, unet_map(unet_config, "original"), "unet",
+            empty(UNet, unet_config), None, unet_map(unet_config, "original"), "unet",
             names={n[len(UNET_PREFIX):] for n in unet_names}, get=lambda n: f.get_tensor(UNET_PREFIX + n),
         )  # fmt: skip
         text_state = {n[len(TEXT_PREFIX) :]: f.get_tensor(n) for n in names if n.startswith(TEXT_PREFIX)}
@@ -203,16 +204,27 @@ def _open(path: Path):
         raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
 
 
+def empty(cls: type[nn.Module], config: Any) -> nn.Module:
+    """A module built on the meta device: shapes only, no memory and no random initialisation (an SD
+    U-Net would otherwise exist twice while loading: random weights, then the file's)."""
+    with torch.device("meta"):
+        return cls(config)
+
+
 def load_mapped(
     module: nn.Module, file: Path | None, tensor_map, what: str, names=None, get=None
 ) -> nn.Module:
-    """``module`` with its tensors from ``file`` (or ``names``/``get``) through ``tensor_map``."""
+    """``module`` (built by ``empty``) holding its tensors from ``file`` (or ``names``/``get``) through
+    ``tensor_map``, each read once and put in place."""
     if file is not None:
         with _open(file) as f:
             state = convert(tensor_map, module.state_dict(), set(f.keys()), f.get_tensor, what)
     else:
         state = convert(tensor_map, module.state_dict(), names, get, what)
-    module.load_state_dict(state)
+    module.load_state_dict(state, assign=True)
+    for sub in module.modules():  # non-persistent buffers (fixed frequencies) are computed, not stored
+        if any(b.is_meta for b in sub.buffers(recurse=False)):
+            sub.reset_buffers()
     return module
 
 

@@ -178,16 +178,23 @@ class NoiseEmbedding(nn.Module):
         super().__init__()
         if channels % 2:
             raise ValueError(f"noise embedding channels must be even, got {channels}")
-        half = channels // 2
-        if kind == "positional":
-            freqs = max_period ** (-torch.arange(half, dtype=torch.float64) / half)
-        elif kind == "fourier":
-            generator = torch.Generator().manual_seed(0)
-            freqs = 2 * math.pi * 16.0 * torch.randn(half, generator=generator, dtype=torch.float64)
-        else:
+        if kind not in NOISE_EMBEDDINGS:
             raise ValueError(f"unknown noise embedding {kind!r}; valid: {', '.join(NOISE_EMBEDDINGS)}")
-        self.scale = scale
-        self.register_buffer("freqs", freqs.float(), persistent=False)  # [channels / 2]
+        self.scale, self.kind, self.half, self.max_period = scale, kind, channels // 2, max_period
+        self.register_buffer("freqs", self._frequencies(), persistent=False)  # [channels / 2]
+
+    def _frequencies(self) -> Tensor:
+        """The fixed frequencies, computed on the CPU (also inside a ``torch.device("meta")`` block)."""
+        if self.kind == "positional":
+            ramp = torch.arange(self.half, dtype=torch.float64, device="cpu")
+            return (self.max_period ** (-ramp / self.half)).float()
+        generator = torch.Generator().manual_seed(0)
+        draws = torch.randn(self.half, generator=generator, dtype=torch.float64, device="cpu")
+        return (2 * math.pi * 16.0 * draws).float()
+
+    def reset_buffers(self) -> None:
+        """Recompute the frequencies: a module built on the meta device and then filled has none."""
+        self.freqs = self._frequencies()
 
     def forward(self, c_noise: Tensor) -> Tensor:
         args = (c_noise.to(self.freqs.dtype) * self.scale)[:, None] * self.freqs  # [B, channels / 2]
