@@ -52,7 +52,7 @@ def tiny_sd_pipeline(tmp: Path, prediction: str = "epsilon"):
     )  # fmt: skip
 
 
-def save_single_file(pipe, path: Path) -> Path:
+def save_single_file(pipe, path: Path, dtype: torch.dtype | None = None) -> Path:
     """The pipeline's weights in the original single-file layout (names checked elsewhere against
     diffusers' own converters: tests/test_sd_unet.py, tests/test_autoencoder.py)."""
     config = unet_config_from_diffusers(dict(pipe.unet.config))
@@ -72,5 +72,5 @@ def save_single_file(pipe, path: Path) -> Path:
         name = key if key.startswith("text_model.") else f"text_model.{key}"
         tensors[f"cond_stage_model.transformer.{name}"] = tensor
     tensors["alphas_cumprod"] = pipe.scheduler.alphas_cumprod.clone()
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    save_file({k: (v if dtype is None else v.to(dtype)).contiguous() for k, v in tensors.items()}, str(path))
     return path

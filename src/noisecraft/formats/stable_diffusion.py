@@ -15,15 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
-from torch import nn
+from torch import Tensor, nn
 
 from ..nets.autoencoder import AutoencoderKL
 from ..nets.unet import UNet
 from ..schedules import vp_alphas_cumprod, vp_sigmas
 from ..text.clip import SDTextEncoder
 from .keys import CheckpointError, convert
+from .tensor_file import TensorFile
 from .unet import unet_config_from_diffusers, unet_config_from_original, unet_map
 from .vae import (
     diffusers_name,
@@ -102,9 +101,9 @@ def _diffusers_folder(folder: Path) -> tuple[dict[str, Any], UNet, SDTextEncoder
         empty(UNet, unet_config), _weights(folder / "unet"), unet_map(unet_config, "diffusers"), "unet"
     )
     vae = AutoencoderKL(vae_config_from_diffusers(_json(folder / "vae" / "config.json")))
-    vae.load_state_dict(vae_from_diffusers(load_file(_weights(folder / "vae")), vae.config))
+    vae.load_state_dict(vae_from_diffusers(read_all(_weights(folder / "vae")), vae.config))
     text_config = _json(folder / "text_encoder" / "config.json")
-    text_state = load_file(_weights(folder / "text_encoder"))
+    text_state = read_all(_weights(folder / "text_encoder"))
     activation = text_config.get("hidden_act", "quick_gelu")  # OpenAI's CLIP (SD 1) or OpenCLIP (SD 2)
     preset = "sd1" if activation == "quick_gelu" else "sd2"
     heads = text_config.get("num_attention_heads")
@@ -141,14 +140,10 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def _single_file(path: Path) -> tuple[dict[str, Any], UNet, SDTextEncoder, AutoencoderKL]:
-    with _open(path) as f:
+    with TensorFile(path) as f:
         names = set(f.keys())
         _check_kind(path, names, f)
-        shapes = {
-            n[len(UNET_PREFIX) :]: tuple(f.get_slice(n).get_shape())
-            for n in names
-            if n.startswith(UNET_PREFIX)
-        }
+        shapes = {n[len(UNET_PREFIX) :]: f.shape(n) for n in names if n.startswith(UNET_PREFIX)}
         unet_config = unet_config_from_original(shapes)
         unet_names = {n for n in names if n.startswith(UNET_PREFIX)}
         unet = load_mapped(
@@ -172,7 +167,7 @@ def _check_kind(path: Path, names: set[str], f: Any) -> None:
     first = UNET_PREFIX + "input_blocks.0.0.weight"
     if first not in names:
         raise CheckpointError(f"{path}: not a Stable Diffusion checkpoint (no {first})")
-    in_channels = f.get_slice(first).get_shape()[1]
+    in_channels = f.shape(first)[1]
     if in_channels != 4:
         raise CheckpointError(
             f"{path}: a U-Net with {in_channels} input channels (inpainting?) is not supported yet"
@@ -195,13 +190,10 @@ def _original_encoder_name(key: str) -> str:
     return original_name(key, 0)
 
 
-def _open(path: Path):
-    try:
-        return safe_open(str(path), framework="pt")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except Exception as err:  # safetensors raises its own error types for a damaged header
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+def read_all(path: Path) -> dict[str, Tensor]:
+    """Every tensor of a .safetensors file."""
+    with TensorFile(path) as f:
+        return f.read_all()
 
 
 def empty(cls: type[nn.Module], config: Any) -> nn.Module:
@@ -217,7 +209,7 @@ def load_mapped(
     """``module`` (built by ``empty``) holding its tensors from ``file`` (or ``names``/``get``) through
     ``tensor_map``, each read once and put in place."""
     if file is not None:
-        with _open(file) as f:
+        with TensorFile(file) as f:
             state = convert(tensor_map, module.state_dict(), set(f.keys()), f.get_tensor, what)
     else:
         state = convert(tensor_map, module.state_dict(), names, get, what)
@@ -232,9 +224,7 @@ def load_vae_file(path: Path) -> AutoencoderKL:
     """An autoencoder from its own .safetensors file, in diffusers' or the original naming."""
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: a VAE must be a .safetensors file (pickles are never loaded)")
-    with _open(path):
-        pass  # one clear message for a missing or damaged file
-    state = load_file(str(path))
+    state = read_all(path)
     if any(k.startswith("first_stage_model.") for k in state):
         state = first_stage_part(state)
     if any(k.startswith("encoder.down_blocks.") for k in state):

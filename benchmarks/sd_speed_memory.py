@@ -1,0 +1,134 @@
+"""Stable Diffusion 1.5 at real size on this CPU: ours against diffusers, side by side in one run.
+
+    .venv/bin/python benchmarks/sd_speed_memory.py [--threads 2] [--repeats 3]
+
+Random weights at SD 1.5's shapes (nothing is downloaded) are written once, as an original-layout
+fp16 single file, under outputs/bench/sd15/. Reported, with the machine and its ISA:
+
+- loading that file with ``Pipeline.load`` in a fresh process: seconds and peak RSS, against the
+  size of the fp32 weights (target ≤ 1.3×);
+- one classifier-free-guided denoising step (batch 2 — the prompt and the empty prompt —, 64×64
+  latents = a 512² image, 77 tokens): our ``UNet`` against diffusers' ``UNet2DConditionModel`` holding
+  the same weights, interleaved (target ≥ 1.2× faster);
+- the VAE decode of one 512² image: ours against diffusers' ``AutoencoderKL`` (target ≥ 1.0×);
+- a whole 20-step guided 512² image as a user waits for it: 20 U-Net steps + text + one decode,
+  added up from the parts above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from common import add_common_arguments, append_results, markdown_table, setup, time_interleaved
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "outputs" / "bench" / "sd15"
+sys.path.insert(0, str(ROOT / "tests"))  # the single-file writer the tests use
+
+
+def sd15_parts():
+    """diffusers' U-Net, VAE and CLIP text model at SD 1.5's shapes, random (seeded) weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval()
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    ).eval()  # fmt: skip
+    text = CLIPTextModel(
+        CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+    ).eval()
+    return unet, vae, text
+
+
+def write_single_file(unet, vae, text, path: Path) -> Path:
+    """The parts in the original single-file layout, fp16 (as most shared SD 1.5 files are)."""
+    from sd_helpers import save_single_file
+
+    parts = type("Parts", (), {"unet": unet, "vae": vae, "text_encoder": text})()
+    parts.scheduler = type("Scheduler", (), {"alphas_cumprod": torch.zeros(1000)})()
+    save_single_file(parts, path, dtype=torch.float16)
+    return path
+
+
+def load_in_fresh_process(path: Path, threads: int) -> dict[str, float]:
+    """Seconds and peak RSS (GiB) of ``Pipeline.load(path)`` in a new interpreter."""
+    code = (
+        "import json, resource, time, torch\n"
+        f"torch.set_num_threads({threads})\n"
+        "from noisecraft.pipeline import Pipeline\n"
+        "start = time.perf_counter()\n"
+        f"Pipeline.load({str(path)!r})\n"
+        "seconds = time.perf_counter() - start\n"
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20\n"
+        "print(json.dumps({'seconds': seconds, 'peak_gib': peak}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser)
+    args = parser.parse_args()
+    setup(args)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    unet, vae, text = sd15_parts()
+    fp32_gib = sum(p.numel() for m in (unet, vae, text) for p in m.parameters()) * 4 / 2**30
+    single = CACHE / "sd15-random-fp16.safetensors"
+    if not single.is_file():
+        write_single_file(unet, vae, text, single)
+    loading = load_in_fresh_process(single, args.threads)
+    peak, seconds = loading["peak_gib"], loading["seconds"]
+    print(f"load: {seconds:.1f} s, peak RSS {peak:.2f} GiB, fp32 weights {fp32_gib:.2f} GiB", flush=True)
+
+    from noisecraft.conditioning import Conditioning
+    from noisecraft.pipeline import Pipeline
+
+    pipe = Pipeline.load(single)
+    unet = unet.half().float()  # the weights ours read from the fp16 file
+    vae = vae.half().float()
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(2, 4, 64, 64, generator=g), torch.tensor([500.0, 500.0])
+    context = torch.randn(2, 77, 768, generator=g)
+    cond = Conditioning(context, torch.ones(2, 77, dtype=torch.bool), torch.zeros(2, 768))
+    latent = torch.randn(1, 4, 64, 64, generator=g)
+    with torch.no_grad():
+        diff = (pipe.net(x, t, cond) - unet(x, t, encoder_hidden_states=context).sample).abs().max().item()
+        variants = {"ours": lambda: pipe.net(x, t, cond)}
+        variants["diffusers"] = lambda: unet(x, t, encoder_hidden_states=context)
+        steps = time_interleaved(variants, args.repeats, args.warmup)
+        decodes = time_interleaved(
+            {"ours": lambda: pipe.latent.autoencoder.decode(latent), "diffusers": lambda: vae.decode(latent)},
+            args.repeats, args.warmup,
+        )  # fmt: skip
+        start = time.perf_counter()
+        pipe.encode(["a lighthouse at dusk, oil painting"])
+        text_seconds = time.perf_counter() - start
+    rows = []
+    for job, timing in (("guided U-Net step, 64×64 latents, batch 2", steps), ("VAE decode, 512²", decodes)):
+        ours, theirs = timing["ours"].median, timing["diffusers"].median
+        rows.append([job, f"{ours:.2f}", f"{theirs:.2f}", f"{theirs / ours:.3f}×"])
+    whole = 20 * steps["ours"].median + decodes["ours"].median + text_seconds
+    table = markdown_table(["job", "ours s", "diffusers s", "speed-up"], rows)
+    body = (
+        f"{table}\n\nU-Net outputs differ by at most {diff:.1e} (same weights). Loading the fp16 single "
+        f"file (`Pipeline.load`, fresh process): {seconds:.1f} s, peak RSS {peak:.2f} GiB "
+        f"= {peak / fp32_gib:.2f}× the {fp32_gib:.2f} GiB of fp32 weights (target ≤ 1.3×). "
+        f"A whole 20-step guided 512² image with ours ≈ {whole:.0f} s (20 steps + text + one decode)."
+    )
+    print(body)
+    if not args.no_append:
+        append_results("Stable Diffusion 1.5 shapes: ours against diffusers", body, args.note)
+
+
+if __name__ == "__main__":
+    main()
