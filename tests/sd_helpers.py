@@ -14,8 +14,9 @@ from noisecraft.formats.vae import original_name, vae_config_from_diffusers, vae
 from noisecraft.nets.unet import UNet
 
 
-def tiny_sd_pipeline(tmp: Path, prediction: str = "epsilon"):
-    """A diffusers StableDiffusionPipeline of tiny random parts: 16×16 images, 8×8 latents."""
+def tiny_sd_pipeline(tmp: Path, prediction: str = "epsilon", sd2: bool = False):
+    """A diffusers StableDiffusionPipeline of tiny random parts: 16×16 images, 8×8 latents; ``sd2``:
+    linear projections in the U-Net and a GELU (OpenCLIP-style) text model."""
     from diffusers import AutoencoderKL as DiffusersVAE
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -25,6 +26,7 @@ def tiny_sd_pipeline(tmp: Path, prediction: str = "epsilon"):
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), cross_attention_dim=64,
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8, norm_num_groups=32,
+        use_linear_projection=sd2,
     )  # fmt: skip
     vae = DiffusersVAE(
         block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=32, latent_channels=4,
@@ -34,7 +36,7 @@ def tiny_sd_pipeline(tmp: Path, prediction: str = "epsilon"):
     text = CLIPTextModel(
         CLIPTextConfig(
             hidden_size=64, num_hidden_layers=2, num_attention_heads=1, intermediate_size=37,
-            vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu",
+            vocab_size=49408, max_position_embeddings=77, hidden_act="gelu" if sd2 else "quick_gelu",
         )
     )  # fmt: skip
     with torch.no_grad():  # zero-initialised outputs made non-zero, so every tensor matters
@@ -45,14 +47,17 @@ def tiny_sd_pipeline(tmp: Path, prediction: str = "epsilon"):
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction,
         timestep_spacing="trailing",
     )  # fmt: skip
-    tokenizer = reference_tokenizer(write_reference_files(tmp / "vocab"))
+    # SD 2's tokenizer pads with "!" (id 0), as OpenCLIP does
+    tokenizer = reference_tokenizer(
+        write_reference_files(tmp / "vocab"), pad_token="!" if sd2 else "<|endoftext|>"
+    )
     return StableDiffusionPipeline(
         vae=vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer, unet=unet.eval(), scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
 
 
-def save_single_file(pipe, path: Path, dtype: torch.dtype | None = None) -> Path:
+def save_single_file(pipe, path: Path, dtype: torch.dtype | None = None, open_clip: bool = False) -> Path:
     """The pipeline's weights in the original single-file layout (names checked elsewhere against
     diffusers' own converters: tests/test_sd_unet.py, tests/test_autoencoder.py)."""
     config = unet_config_from_diffusers(dict(pipe.unet.config))
@@ -68,9 +73,37 @@ def save_single_file(pipe, path: Path, dtype: torch.dtype | None = None) -> Path
         name = original_name(ours, levels)
         is_attention = ".mid.attn_1." in name and name.endswith(".weight") and tensor.ndim == 2
         tensors[f"first_stage_model.{name}"] = tensor[:, :, None, None] if is_attention else tensor
-    for key, tensor in pipe.text_encoder.state_dict().items():
-        name = key if key.startswith("text_model.") else f"text_model.{key}"
-        tensors[f"cond_stage_model.transformer.{name}"] = tensor
+    if open_clip:  # SD 2: OpenCLIP's names
+        text = open_clip_names(pipe.text_encoder)
+        tensors.update({f"cond_stage_model.model.{k}": v for k, v in text.items()})
+    else:
+        for key, tensor in pipe.text_encoder.state_dict().items():
+            name = key if key.startswith("text_model.") else f"text_model.{key}"
+            tensors[f"cond_stage_model.transformer.{name}"] = tensor
     tensors["alphas_cumprod"] = pipe.scheduler.alphas_cumprod.clone()
     save_file({k: (v if dtype is None else v.to(dtype)).contiguous() for k, v in tensors.items()}, str(path))
     return path
+
+
+def open_clip_names(text_model) -> dict:
+    """A transformers CLIP text model's tensors under OpenCLIP's names (SD 2 single files), q/k/v fused
+    into in_proj (checked against diffusers' own converter in tests/test_stable_diffusion.py)."""
+    state = {k.removeprefix("text_model."): v for k, v in text_model.state_dict().items()}
+    out = {
+        "token_embedding.weight": state["embeddings.token_embedding.weight"],
+        "positional_embedding": state["embeddings.position_embedding.weight"],
+        "ln_final.weight": state["final_layer_norm.weight"],
+        "ln_final.bias": state["final_layer_norm.bias"],
+    }
+    layers = {int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")}
+    for i in sorted(layers):
+        ours, theirs = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for leaf in ("weight", "bias"):
+            out[f"{theirs}ln_1.{leaf}"] = state[f"{ours}layer_norm1.{leaf}"]
+            out[f"{theirs}ln_2.{leaf}"] = state[f"{ours}layer_norm2.{leaf}"]
+            out[f"{theirs}attn.out_proj.{leaf}"] = state[f"{ours}self_attn.out_proj.{leaf}"]
+            out[f"{theirs}mlp.c_fc.{leaf}"] = state[f"{ours}mlp.fc1.{leaf}"]
+            out[f"{theirs}mlp.c_proj.{leaf}"] = state[f"{ours}mlp.fc2.{leaf}"]
+            qkv = [state[f"{ours}self_attn.{p}_proj.{leaf}"] for p in "qkv"]
+            out[f"{theirs}attn.in_proj_{leaf}"] = torch.cat(qkv)
+    return out

@@ -213,3 +213,37 @@ def test_img2img_and_inpainting_on_a_latent_model(reference):
     kept = mask == 0
     assert np.array_equal(painted[kept], np.asarray(picture)[kept])
     assert not np.array_equal(painted[~kept], np.asarray(picture)[~kept])
+
+
+def test_sd2_single_file_with_open_clip_text_and_v_prediction(tmp_path):
+    """An SD 2-style single file (OpenCLIP text tower, linear projections, v-prediction): the OpenCLIP names
+    are what diffusers' converter reads, and the image is diffusers' SD 2 pipeline's (whose text encoder
+    stores the tower without its last layer and reads its output)."""
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+    from sd_helpers import open_clip_names
+    from transformers import CLIPTextModel
+
+    pipe = tiny_sd_pipeline(tmp_path, prediction="v_prediction", sd2=True)
+    names = {f"cond_stage_model.model.{k}": v for k, v in open_clip_names(pipe.text_encoder).items()}
+    back = {
+        k.removeprefix("text_model."): v
+        for k, v in convert_open_clip_checkpoint(pipe.text_encoder, names).items()
+    }
+    theirs = {k.removeprefix("text_model."): v for k, v in pipe.text_encoder.state_dict().items()}
+    assert {k for k in theirs if "position_ids" not in k} <= set(back)
+    assert all(torch.equal(back[k], theirs[k]) for k in theirs if "position_ids" not in k)
+    single = save_single_file(pipe, tmp_path / "sd2.safetensors", open_clip=True)
+    loaded = Pipeline.load(single, prediction="v")
+    layers = pipe.text_encoder.config.num_hidden_layers  # diffusers' SD 2 text encoder: the last one dropped
+    short = CLIPTextModel(
+        type(pipe.text_encoder.config)(
+            **{**pipe.text_encoder.config.to_dict(), "num_hidden_layers": layers - 1}
+        )
+    )
+    short.load_state_dict(
+        {k: v for k, v in pipe.text_encoder.state_dict().items() if f"layers.{layers - 1}." not in k}
+    )
+    reference = type(pipe)(**{**pipe.components, "text_encoder": short.eval()})
+    want = diffusers_images(reference, starting_noise(), steps=6, guidance=5.0)
+    got = ours(loaded, steps=6, sampler="euler", schedule="trailing", guidance=5.0, width=16, height=16)
+    assert (got - want).abs().max() <= 1e-4 and want.std() > 0.01

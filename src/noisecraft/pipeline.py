@@ -93,11 +93,16 @@ class Pipeline:
         return self.parts.save(path, dtype)
 
     @classmethod
-    def load(cls, name_or_path: str | os.PathLike, vae: str | os.PathLike | None = None) -> Pipeline:
+    def load(
+        cls,
+        name_or_path: str | os.PathLike,
+        vae: str | os.PathLike | None = None,
+        prediction: str | None = None,
+    ) -> Pipeline:
         """A shipped model by name (``shipped_models()``), a folder written by ``save``, or Stable
         Diffusion weights: a diffusers folder or a single ``.safetensors`` file (``vae``: another
-        autoencoder file for it)."""
-        parts, origin = load_model(name_or_path, vae)
+        autoencoder file for it; ``prediction``: "eps" or "v", what a single file's U-Net predicts)."""
+        parts, origin = load_model(name_or_path, vae, prediction)
         pipe = cls(parts.net, parts.text_encoder, parts.settings, parts.latent)
         pipe.source = str(name_or_path) if origin.parent == SHIPPED_DIR else str(origin.resolve())
         return pipe

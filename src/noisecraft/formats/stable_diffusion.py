@@ -4,8 +4,8 @@ Two layouts: a diffusers folder (``model_index.json``, ``unet/``, ``vae/``, ``te
 ``scheduler/``) and a single ``.safetensors`` file in the original layout (``model.diffusion_model.``,
 ``first_stage_model.``, ``cond_stage_model.``), whose kind is read from its tensors. Tensors are read
 lazily, one at a time. Pickled files (``.ckpt``, ``.bin``, ``.pt``) are refused, never opened.
-Supported: SD 1.x (ε) and SD 2.x (ε or v) U-Nets; SD 2 single files, SDXL and 9-channel inpainting
-U-Nets are refused with a message saying so.
+Supported: SD 1.x and 2.x (ε or v), as folders or single files (SD 2's OpenCLIP text tower is
+converted); SDXL and 9-channel inpainting U-Nets are refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from ..nets.unet import UNet
 from ..schedules import vp_alphas_cumprod, vp_sigmas
 from ..text.clip import SDTextEncoder
 from .keys import CheckpointError, convert
+from .open_clip import PREFIX as OPEN_CLIP_PREFIX
+from .open_clip import text_from_open_clip
 from .tensor_file import TensorFile
 from .unet import unet_config_from_diffusers, unet_config_from_original, unet_map
 from .vae import (
@@ -55,16 +57,19 @@ def is_foreign(path: Path) -> bool:
 
 
 def load_stable_diffusion(
-    path: Path, vae: Path | None = None
+    path: Path, vae: Path | None = None, prediction: str | None = None
 ) -> tuple[dict[str, Any], nn.Module, nn.Module, AutoencoderKL]:
     """(settings fields, U-Net, text encoder, autoencoder) of a diffusers folder or a single file;
-    ``vae`` replaces the autoencoder with one from its own file."""
+    ``vae`` replaces the autoencoder with one from its own file; ``prediction`` ("eps" or "v") says
+    what the U-Net predicts where the files cannot (a single file: ε unless told)."""
     if path.suffix in PICKLE_SUFFIXES or (path.is_file() and path.suffix != ".safetensors"):
         raise CheckpointError(
             f"{path}: a pickled checkpoint is never loaded (it can run code); convert it to .safetensors "
             "once with a tool you trust, e.g. safetensors' convert script, and pass that file"
         )
-    settings, unet, text, autoencoder = (_diffusers_folder if path.is_dir() else _single_file)(path)
+    settings, unet, text, autoencoder = (_diffusers_folder if path.is_dir() else _single_file)(
+        path, prediction
+    )
     # At SD's sizes NCHW activations ran faster than NHWC on the AVX-512 EPYC (a guided step at 64×64
     # latents: 6.65 s against 7.92 s, 2 threads; benchmarks/sd_speed_memory.py), the reverse of the
     # small shipped models.
@@ -84,9 +89,11 @@ def sd_settings(name: str, prediction: str, schedule: dict[str, Any] | None = No
             raise CheckpointError(f"scheduler {key}={schedule[key]!r} is not supported (only {wanted!r})")
     steps = int(schedule.get("num_train_timesteps", 1000))
     table = vp_sigmas(vp_alphas_cumprod("scaled_linear", steps))  # [T] increasing σ
-    precond = {"epsilon": "vp_eps", "v_prediction": "vp_v"}.get(prediction)
+    precond = {"epsilon": "vp_eps", "eps": "vp_eps", "v_prediction": "vp_v", "v": "vp_v"}.get(prediction)
     if precond is None:
-        raise CheckpointError(f"prediction type {prediction!r} is not supported (epsilon or v_prediction)")
+        raise CheckpointError(
+            f"prediction {prediction!r} is not supported: eps (epsilon) or v (v_prediction)"
+        )
     return dict(
         name=name, channels=3, precond=precond, beta_schedule="scaled_linear", num_train_timesteps=steps,
         sigma_min=float(table[0]), sigma_max=float(table[-1]), steps=25, sampler="dpmpp_2m", guidance=7.5,
@@ -96,7 +103,9 @@ def sd_settings(name: str, prediction: str, schedule: dict[str, Any] | None = No
 # -- diffusers folders ---------------------------------------------------------------------------------
 
 
-def _diffusers_folder(folder: Path) -> tuple[dict[str, Any], UNet, SDTextEncoder, AutoencoderKL]:
+def _diffusers_folder(
+    folder: Path, prediction: str | None = None
+) -> tuple[dict[str, Any], UNet, SDTextEncoder, AutoencoderKL]:
     index = _json(folder / "model_index.json")
     if "text_encoder_2" in index:
         raise CheckpointError(f"{folder}: SDXL is not supported yet (SD 1.x and 2.x are)")
@@ -113,7 +122,7 @@ def _diffusers_folder(folder: Path) -> tuple[dict[str, Any], UNet, SDTextEncoder
     heads = text_config.get("num_attention_heads")
     text = SDTextEncoder.from_state_dicts(preset, text_state, activation=activation, heads=heads)
     scheduler = _json(folder / "scheduler" / "scheduler_config.json")
-    settings = sd_settings(folder.name, scheduler.get("prediction_type", "epsilon"), scheduler)
+    settings = sd_settings(folder.name, prediction or scheduler.get("prediction_type", "epsilon"), scheduler)
     return settings, unet.eval(), text, vae.eval()
 
 
@@ -143,7 +152,9 @@ def _json(path: Path) -> dict[str, Any]:
 # -- single files --------------------------------------------------------------------------------------
 
 
-def _single_file(path: Path) -> tuple[dict[str, Any], UNet, SDTextEncoder, AutoencoderKL]:
+def _single_file(
+    path: Path, prediction: str | None = None
+) -> tuple[dict[str, Any], UNet, SDTextEncoder, AutoencoderKL]:
     with TensorFile(path) as f:
         names = set(f.keys())
         _check_kind(path, names, f)
@@ -154,16 +165,28 @@ def _single_file(path: Path) -> tuple[dict[str, Any], UNet, SDTextEncoder, Autoe
             empty(UNet, unet_config), None, unet_map(unet_config, "original"), "unet",
             names={n[len(UNET_PREFIX):] for n in unet_names}, get=lambda n: f.get_tensor(UNET_PREFIX + n),
         )  # fmt: skip
-        text_state = {n[len(TEXT_PREFIX) :]: f.get_tensor(n) for n in names if n.startswith(TEXT_PREFIX)}
+        text = _single_file_text(f, names)
         vae_state = first_stage_part(
             {n: f.get_tensor(n) for n in names if n.startswith("first_stage_model.")}
         )
     _check_leftovers(path, names, unet_names)
-    text_state.pop("text_model.embeddings.position_ids", None)
-    text = SDTextEncoder.from_state_dicts("sd1", text_state)
     vae = AutoencoderKL(infer_vae_config(vae_state, _original_encoder_name))
     vae.load_state_dict(vae_from_original(vae_state, vae.config))
-    return sd_settings(path.stem, "epsilon"), unet.eval(), text, vae.eval()
+    return sd_settings(path.stem, prediction or "epsilon"), unet.eval(), text, vae.eval()
+
+
+def _single_file_text(f: TensorFile, names: set[str]) -> SDTextEncoder:
+    """SD 1's OpenAI CLIP (transformers names under ``cond_stage_model.transformer.``) or SD 2's
+    OpenCLIP (``cond_stage_model.model.``, converted; read at its penultimate layer)."""
+    if any(n.startswith(OPEN_CLIP_PREFIX) for n in names):
+        tensors = {
+            n[len(OPEN_CLIP_PREFIX) :]: f.get_tensor(n) for n in names if n.startswith(OPEN_CLIP_PREFIX)
+        }
+        state = text_from_open_clip(tensors)  # the whole tower: SD 2 reads its penultimate layer
+        return SDTextEncoder.from_state_dicts("sd2", state, activation="gelu", skip_layers=1)
+    state = {n[len(TEXT_PREFIX) :]: f.get_tensor(n) for n in names if n.startswith(TEXT_PREFIX)}
+    state.pop("text_model.embeddings.position_ids", None)
+    return SDTextEncoder.from_state_dicts("sd1", state)
 
 
 def _check_kind(path: Path, names: set[str], f: Any) -> None:
@@ -178,12 +201,12 @@ def _check_kind(path: Path, names: set[str], f: Any) -> None:
         )
     if any(n.startswith("conditioner.") for n in names):
         raise CheckpointError(f"{path}: SDXL is not supported yet (SD 1.x and 2.x are)")
-    if not any(n.startswith(TEXT_PREFIX) for n in names):
-        raise CheckpointError(f"{path}: SD 2.x single files are not supported yet: load its diffusers folder")
+    if not any(n.startswith((TEXT_PREFIX, OPEN_CLIP_PREFIX)) for n in names):
+        raise CheckpointError(f"{path}: no text encoder (cond_stage_model.*) in this checkpoint")
 
 
 def _check_leftovers(path: Path, names: set[str], unet_names: set[str]) -> None:
-    parts = ("first_stage_model.", TEXT_PREFIX, "model_ema.")
+    parts = ("first_stage_model.", TEXT_PREFIX, OPEN_CLIP_PREFIX, "model_ema.")
     left = [n for n in names - unet_names if not n.startswith(parts) and n not in SCHEDULE_BUFFERS]
     if left:
         raise CheckpointError(f"{path}: tensor {sorted(left)[0]} belongs to no part of Stable Diffusion")

@@ -42,15 +42,18 @@ def find_model(name_or_path: str | os.PathLike) -> Path:
 
 
 def load_model(
-    name_or_path: str | os.PathLike, vae: str | os.PathLike | None = None
+    name_or_path: str | os.PathLike, vae: str | os.PathLike | None = None, prediction: str | None = None
 ) -> tuple[ModelParts, Path]:
     """A model's parts and where they came from: a noisecraft folder or shipped name, or Stable
-    Diffusion weights (a diffusers folder or a single .safetensors file; ``vae`` swaps the autoencoder)."""
+    Diffusion weights (a diffusers folder or a single .safetensors file; ``vae`` swaps the autoencoder,
+    ``prediction`` says eps or v where the files cannot)."""
     from ..formats.stable_diffusion import is_foreign, load_stable_diffusion  # only the loader reads formats/
 
     path = Path(name_or_path).expanduser()
     if is_foreign(path):
-        fields, net, text, autoencoder = load_stable_diffusion(path, None if vae is None else Path(vae))
+        fields, net, text, autoencoder = load_stable_diffusion(
+            path, None if vae is None else Path(vae), prediction
+        )
         settings = ModelSettings(**fields)
         return ModelParts(settings, net, text, LatentSpace(autoencoder, settings.latent_scale)), path
     if vae is not None:
