@@ -247,3 +247,15 @@ def test_sd2_single_file_with_open_clip_text_and_v_prediction(tmp_path):
     want = diffusers_images(reference, starting_noise(), steps=6, guidance=5.0)
     got = ours(loaded, steps=6, sampler="euler", schedule="trailing", guidance=5.0, width=16, height=16)
     assert (got - want).abs().max() <= 1e-4 and want.std() > 0.01
+
+
+def test_an_inpainting_unet_folder_is_refused_before_loading(reference, tmp_path):
+    import json
+    import shutil
+
+    _, tmp = reference
+    folder = shutil.copytree(tmp / "folder", tmp_path / "inpainting")
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, "in_channels": 9}))
+    with pytest.raises(CheckpointError, match="9 input channels is not supported yet"):
+        Pipeline.load(folder)

@@ -110,6 +110,10 @@ def _diffusers_folder(
     if "text_encoder_2" in index:
         raise CheckpointError(f"{folder}: SDXL is not supported yet (SD 1.x and 2.x are)")
     unet_config = unet_config_from_diffusers(_json(folder / "unet" / "config.json"))
+    if unet_config.in_channels != 4:
+        raise CheckpointError(
+            f"{folder}: a U-Net with {unet_config.in_channels} input channels is not supported yet"
+        )
     unet = load_mapped(
         empty(UNet, unet_config), _weights(folder / "unet"), unet_map(unet_config, "diffusers"), "unet"
     )
