@@ -106,12 +106,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> None:
-    from .generation import GenerateRequest, check_model_matches, generate_to_files, request_from_png
+    from .generation import FilesRequest, check_model_matches, generate_to_files, request_from_png
     from .images import read_png_metadata
     from .model import SamplingOptions
     from .pipeline import Pipeline
 
-    request = GenerateRequest(
+    request = FilesRequest(
         prompts=args.prompts,
         negative_prompt=args.negative,
         num=args.num,

@@ -21,8 +21,8 @@ from .pipeline import GenerationRequest, Pipeline
 
 
 @dataclass
-class GenerateRequest:
-    """Everything one ``noisecraft generate`` call asks for: the job, and files for its images."""
+class FilesRequest:
+    """One ``noisecraft generate`` call: the job, with its init image and mask as files, and what to write."""
 
     prompts: list[str] = field(default_factory=list)
     negative_prompt: str | None = None
@@ -35,12 +35,12 @@ class GenerateRequest:
 
 
 def request_from_png(
-    path: str | Path, overrides: GenerateRequest | None = None
-) -> tuple[GenerateRequest, str]:
+    path: str | Path, overrides: FilesRequest | None = None
+) -> tuple[FilesRequest, str]:
     """The request (and model name) that made a PNG, read back from its metadata."""
     meta = read_png_metadata(path)
     try:
-        request = GenerateRequest(
+        request = FilesRequest(
             prompts=[_text(meta, "prompt", required=True)],
             negative_prompt=_text(meta, "negative_prompt"),
             options=SamplingOptions.from_metadata(meta),
@@ -67,7 +67,7 @@ def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "image"
 
 
-def run(pipe: Pipeline, request: GenerateRequest) -> tuple[list[Image.Image], StepRecorder | None]:
+def run(pipe: Pipeline, request: FilesRequest) -> tuple[list[Image.Image], StepRecorder | None]:
     """Read the request's files and run it through the pipeline; the files' paths go into the metadata."""
     recorder = StepRecorder() if request.show_steps else None
     progress = ProgressBar("sampling") if request.progress else None
@@ -124,7 +124,7 @@ def free_suffix(folder: Path, names: list[str]) -> str:
         n += 1
 
 
-def generate_to_files(pipe: Pipeline, request: GenerateRequest, out_dir: str | Path) -> list[Path]:
+def generate_to_files(pipe: Pipeline, request: FilesRequest, out_dir: str | Path) -> list[Path]:
     """Generate as ``request`` says and save everything into ``out_dir``; returns the written paths."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)  # a bad folder fails now, not after sampling
     images, recorder = run(pipe, request)
