@@ -14,7 +14,7 @@ from noisecraft.formats.vae import original_name, vae_config_from_diffusers, vae
 from noisecraft.nets.unet import UNet
 
 
-def tiny_sd_pipeline(tmp: Path, prediction: str = "epsilon", sd2: bool = False):
+def tiny_sd_pipeline(tmp: Path, prediction: str = "epsilon", sd2: bool = False, inpainting: bool = False):
     """A diffusers StableDiffusionPipeline of tiny random parts: 16×16 images, 8×8 latents; ``sd2``:
     linear projections in the U-Net and a GELU (OpenCLIP-style) text model."""
     from diffusers import AutoencoderKL as DiffusersVAE
@@ -23,7 +23,8 @@ def tiny_sd_pipeline(tmp: Path, prediction: str = "epsilon", sd2: bool = False):
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
+        sample_size=8, in_channels=9 if inpainting else 4, out_channels=4, block_out_channels=(32, 64),
+        layers_per_block=2,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), cross_attention_dim=64,
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8, norm_num_groups=32,
         use_linear_projection=sd2,
@@ -51,7 +52,10 @@ def tiny_sd_pipeline(tmp: Path, prediction: str = "epsilon", sd2: bool = False):
     tokenizer = reference_tokenizer(
         write_reference_files(tmp / "vocab"), pad_token="!" if sd2 else "<|endoftext|>"
     )
-    return StableDiffusionPipeline(
+    cls = StableDiffusionPipeline
+    if inpainting:
+        from diffusers import StableDiffusionInpaintPipeline as cls
+    return cls(
         vae=vae.eval(), text_encoder=text.eval(), tokenizer=tokenizer, unet=unet.eval(), scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip

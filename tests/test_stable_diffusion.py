@@ -249,13 +249,45 @@ def test_sd2_single_file_with_open_clip_text_and_v_prediction(tmp_path):
     assert (got - want).abs().max() <= 1e-4 and want.std() > 0.01
 
 
-def test_an_inpainting_unet_folder_is_refused_before_loading(reference, tmp_path):
+def test_an_unknown_unet_input_is_refused_before_loading(reference, tmp_path):
     import json
     import shutil
 
     _, tmp = reference
-    folder = shutil.copytree(tmp / "folder", tmp_path / "inpainting")
+    folder = shutil.copytree(tmp / "folder", tmp_path / "seven")
     config = json.loads((folder / "unet" / "config.json").read_text())
-    (folder / "unet" / "config.json").write_text(json.dumps({**config, "in_channels": 9}))
-    with pytest.raises(CheckpointError, match="9 input channels is not supported yet"):
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, "in_channels": 7}))
+    with pytest.raises(CheckpointError, match="7 input channels is not supported"):
         Pipeline.load(folder)
+
+
+def test_an_inpainting_unet_repaints_what_diffusers_repaints(tmp_path):
+    """A 9-channel inpainting U-Net (latents + mask + masked-image latents) through ``inpaint``: inside the
+    mask the image is what diffusers' StableDiffusionInpaintPipeline makes from the same latents, the same
+    masked-image latents (ours, the posterior mean) and mask; outside it every pixel is kept exactly."""
+    import numpy as np
+    from PIL import Image
+
+    pipe = tiny_sd_pipeline(tmp_path, inpainting=True)
+    pipe.save_pretrained(tmp_path / "folder", safe_serialization=True)
+    loaded = Pipeline.load(tmp_path / "folder")
+    assert loaded.inpainting_net
+    g = torch.Generator().manual_seed(3)
+    picture = Image.fromarray((torch.rand(16, 16, 3, generator=g) * 255).byte().numpy())
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 2:14] = 255
+    init = torch.from_numpy(np.asarray(picture)).permute(2, 0, 1).float()[None] / 127.5 - 1  # [1, 3, 16, 16]
+    keep = torch.from_numpy(mask == 0).float()[None, None]  # [1, 1, 16, 16]
+    options = dict(steps=6, sampler="euler", schedule="trailing", guidance=5.0, seed=7)
+    got = (loaded.sample(["a cat"], init=init, keep=keep, **options) / 2 + 0.5).clamp(0, 1)
+    masked_latents, noise = loaded.latent.encode(init * keep), SeededNoise([7]).randn((4, 8, 8))
+    with torch.no_grad():
+        want = pipe(
+            "a cat", image=picture, mask_image=Image.fromarray(mask), masked_image_latents=masked_latents,
+            latents=noise, num_inference_steps=6, guidance_scale=5.0, output_type="pt", height=16, width=16,
+        ).images  # fmt: skip
+    inside = ~(keep.bool().expand_as(got))
+    assert (got - want)[inside].abs().max() <= 1e-4 and want[inside].std() > 0.01
+    assert torch.equal(got[~inside], ((init / 2 + 0.5).clamp(0, 1))[~inside])
+    painted = np.asarray(loaded.inpaint("a cat", picture, Image.fromarray(mask), **options)[0])
+    assert np.array_equal(painted[mask == 0], np.asarray(picture)[mask == 0])

@@ -1,4 +1,5 @@
-"""The one value that carries a prompt into a network: tokens, their mask and a pooled vector."""
+"""The one value that carries a prompt into a network: tokens, their mask and a pooled vector, and for
+inpainting networks the extra input channels (the mask and the masked image's latents)."""
 
 from __future__ import annotations
 
@@ -15,18 +16,21 @@ class Conditioning:
     tokens: Tensor  # (B, L, D) per-token hidden states
     mask: Tensor  # (B, L) bool, True where a token is real (not padding)
     pooled: Tensor  # (B, D) one vector per prompt
+    image: Tensor | None = None  # (B, k, h, w) extra input channels of an inpainting network, or None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
     def __getitem__(self, index: slice | Tensor | list[int]) -> Conditioning:
         """Select prompts along the batch axis."""
-        return Conditioning(self.tokens[index], self.mask[index], self.pooled[index])
+        image = None if self.image is None else self.image[index]
+        return Conditioning(self.tokens[index], self.mask[index], self.pooled[index], image)
 
     def to(self, *args, **kwargs) -> Conditioning:
         """Move or cast the floating tensors like ``Tensor.to``; the mask stays bool."""
         mask = self.mask.to(device=self.tokens.to(*args, **kwargs).device)
-        return Conditioning(self.tokens.to(*args, **kwargs), mask, self.pooled.to(*args, **kwargs))
+        image = None if self.image is None else self.image.to(*args, **kwargs)
+        return Conditioning(self.tokens.to(*args, **kwargs), mask, self.pooled.to(*args, **kwargs), image)
 
     def repeat(self, n: int) -> Conditioning:
         """Repeat every prompt ``n`` times along the batch axis (for several images per prompt)."""
@@ -34,7 +38,13 @@ class Conditioning:
             self.tokens.repeat_interleave(n, 0),
             self.mask.repeat_interleave(n, 0),
             self.pooled.repeat_interleave(n, 0),
+            None if self.image is None else self.image.repeat_interleave(n, 0),
         )
+
+    def with_image(self, image: Tensor) -> Conditioning:
+        """The same prompts with extra input channels ``image`` [B, k, h, w] (one prompt is repeated)."""
+        base = self.repeat(len(image)) if len(self) == 1 and len(image) > 1 else self
+        return Conditioning(base.tokens, base.mask, base.pooled, image)
 
     def padded(self, length: int) -> Conditioning:
         """Token lists right-padded to ``length`` with zero tokens marked as padding (never cut)."""
@@ -44,15 +54,20 @@ class Conditioning:
         if pad == 0:
             return self
         tokens = torch.nn.functional.pad(self.tokens, (0, 0, 0, pad))
-        return Conditioning(tokens, torch.nn.functional.pad(self.mask, (0, pad), value=False), self.pooled)
+        mask = torch.nn.functional.pad(self.mask, (0, pad), value=False)
+        return Conditioning(tokens, mask, self.pooled, self.image)
 
     @staticmethod
     def cat(parts: list[Conditioning], length: int | None = None) -> Conditioning:
         """Join conditionings along the batch axis, token lists padded to ``length`` (default: longest)."""
         length = max(p.tokens.shape[1] for p in parts) if length is None else length
         parts = [p.padded(length) for p in parts]
+        images = [p.image for p in parts]
+        if any(i is None for i in images) and not all(i is None for i in images):
+            raise ValueError("cannot join conditionings with and without extra input channels")
         return Conditioning(
             torch.cat([p.tokens for p in parts]),
             torch.cat([p.mask for p in parts]),
             torch.cat([p.pooled for p in parts]),
+            None if images[0] is None else torch.cat(images),
         )

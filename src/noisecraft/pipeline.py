@@ -223,6 +223,11 @@ class Pipeline:
         seeds = range(options.seed, options.seed + len(prompts))
         latent_init = None if init is None else self.latent.encode(init)
         latent_keep = None if keep is None else self._latent_mask(keep, shape)
+        if self.inpainting_net:  # told what to keep, the network repaints from pure noise by itself
+            image = self._inpainting_inputs(len(prompts), shape, options, init, keep)  # [B, 5, h, w]
+            cond, uncond = cond.with_image(image), None if uncond is None else uncond.with_image(image)
+            latent_init = None if keep is not None else latent_init  # img2img still starts from init
+            latent_keep = None
         out = sample(
             self.denoiser, shape, options, seeds, cond, uncond,
             callback=self._pixel_steps(callback), init=latent_init, keep=latent_keep,
@@ -231,6 +236,31 @@ class Pipeline:
         if keep is not None and not self.latent.is_identity:  # the kept pixels exactly, not re-decoded
             images = keep * init + (1 - keep) * images
         return images
+
+    @property
+    def inpainting_net(self) -> bool:
+        """Whether the network takes a mask and a masked image beside the latents (SD inpainting)."""
+        return int(getattr(self.net.config, "in_channels", 0)) > int(
+            getattr(self.net.config, "outputs", 0) or 0
+        )
+
+    def _inpainting_inputs(
+        self,
+        batch: int,
+        shape: tuple[int, ...],
+        options: SamplingOptions,
+        init: Tensor | None,
+        keep: Tensor | None,
+    ) -> Tensor:
+        """[B, 1 + c, h, w]: where to paint (1) at the latent grid, and the latents of the image with that
+        part blanked (Rombach et al. 2022's inpainting models); no mask: paint everything."""
+        size = (options.height, options.width)
+        if keep is None:
+            keep = torch.zeros(batch, 1, *size)
+            init = torch.zeros(batch, self.config.channels, *size) if init is None else init
+        paint = 1 - keep  # [B, 1, H, W]
+        masked = self.latent.encode(init * keep)  # [B, c, h, w]
+        return torch.cat([F.interpolate(paint, size=tuple(shape[1:])), masked], dim=1)
 
     def _pixel_steps(self, callback: Callback | None) -> Callback | None:
         """The callback seeing each step's x and x̂0 as images (a latent model's cheap linear preview:

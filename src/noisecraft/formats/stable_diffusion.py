@@ -5,7 +5,7 @@ Two layouts: a diffusers folder (``model_index.json``, ``unet/``, ``vae/``, ``te
 ``first_stage_model.``, ``cond_stage_model.``), whose kind is read from its tensors. Tensors are read
 lazily, one at a time. Pickled files (``.ckpt``, ``.bin``, ``.pt``) are refused, never opened.
 Supported: SD 1.x and 2.x (ε or v), as folders or single files (SD 2's OpenCLIP text tower is
-converted); SDXL and 9-channel inpainting U-Nets are refused with a message saying so.
+converted), inpainting U-Nets (9 input channels) too; SDXL is refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def _diffusers_folder(
     if "text_encoder_2" in index:
         raise CheckpointError(f"{folder}: SDXL is not supported yet (SD 1.x and 2.x are)")
     unet_config = unet_config_from_diffusers(_json(folder / "unet" / "config.json"))
-    if unet_config.in_channels != 4:
+    if unet_config.in_channels not in (4, 9):
         raise CheckpointError(
             f"{folder}: a U-Net with {unet_config.in_channels} input channels is not supported yet"
         )
@@ -199,10 +199,8 @@ def _check_kind(path: Path, names: set[str], f: Any) -> None:
     if first not in names:
         raise CheckpointError(f"{path}: not a Stable Diffusion checkpoint (no {first})")
     in_channels = f.shape(first)[1]
-    if in_channels != 4:
-        raise CheckpointError(
-            f"{path}: a U-Net with {in_channels} input channels (inpainting?) is not supported yet"
-        )
+    if in_channels not in (4, 9):  # 9: an inpainting U-Net (latents + mask + masked-image latents)
+        raise CheckpointError(f"{path}: a U-Net with {in_channels} input channels is not supported")
     if any(n.startswith("conditioner.") for n in names):
         raise CheckpointError(f"{path}: SDXL is not supported yet (SD 1.x and 2.x are)")
     if not any(n.startswith((TEXT_PREFIX, OPEN_CLIP_PREFIX)) for n in names):

@@ -334,6 +334,8 @@ class UNet(nn.Module):
 
     def forward(self, x_in: Tensor, c_noise: Tensor | float, cond: Conditioning | None = None) -> Tensor:
         """The raw output for noisy input x_in [B, C, H, W] at noise input c_noise [B]."""
+        if cond is not None and cond.image is not None:  # an inpainting net's mask and masked-image latents
+            x_in = torch.cat([x_in, cond.image.to(x_in)], dim=1)  # [B, in_channels, H, W]
         batch = check_image(x_in, self.config.in_channels, self.config.downsampling, "UNet")
         tokens, mask, pooled = unpack_conditioning(cond, batch, self.config.text_dim, "UNet")
         if tokens is not None and self.text_refiner is not None:
