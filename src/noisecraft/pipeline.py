@@ -78,8 +78,8 @@ class Pipeline:
         config: ModelSettings,
         latent: LatentSpace | None = None,
     ):
-        self.parts = ModelParts(config, net.eval(), text_encoder, latent or LatentSpace())
-        self.net, self.text_encoder, self.config, self.latent = net, text_encoder, config, self.parts.latent
+        self.net, self.text_encoder, self.config = net.eval(), text_encoder, config
+        self.latent = latent or LatentSpace()
         if text_encoder is not None:
             text_encoder.eval()
         self.denoiser = config.denoiser(net)
@@ -90,7 +90,7 @@ class Pipeline:
 
     def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write ``pipeline.json``, ``net/`` and (if any) ``text_encoder/`` and ``autoencoder/``."""
-        return self.parts.save(path, dtype)
+        return ModelParts(self.config, self.net, self.text_encoder, self.latent).save(path, dtype)
 
     @classmethod
     def load(
@@ -221,13 +221,12 @@ class Pipeline:
         cond = self.encode(prompts)
         uncond = self.encode([negative or ""]) if cond is not None and options.guidance != 1.0 else None
         seeds = range(options.seed, options.seed + len(prompts))
-        latent_init = None if init is None else self.latent.encode(init)
-        latent_keep = None if keep is None else self._latent_mask(keep, shape)
+        start, latent_keep = init, None if keep is None else self._latent_mask(keep, shape)
         if self.inpainting_net:  # told what to keep, the network repaints from pure noise by itself
             image = self._inpainting_inputs(len(prompts), shape, options, init, keep)  # [B, 5, h, w]
             cond, uncond = cond.with_image(image), None if uncond is None else uncond.with_image(image)
-            latent_init = None if keep is not None else latent_init  # img2img still starts from init
-            latent_keep = None
+            start, latent_keep = (None if keep is not None else init), None  # img2img starts from init
+        latent_init = None if start is None else self.latent.encode(start)
         out = sample(
             self.denoiser, shape, options, seeds, cond, uncond,
             callback=self._pixel_steps(callback), init=latent_init, keep=latent_keep,
