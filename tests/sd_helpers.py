@@ -61,9 +61,54 @@ def tiny_sd_pipeline(tmp: Path, prediction: str = "epsilon", sd2: bool = False, 
     )  # fmt: skip
 
 
+def tiny_sdxl_pipeline(tmp: Path):
+    """A diffusers StableDiffusionXLPipeline of tiny random parts: 16×16 images, 8×8 latents, a
+    CLIP-L-like and a bigG-like encoder (64 wide in 64-wide heads, as a single file implies; projection
+    24), the U-Net's added embedding, 8 heads per level (what an original file of this width implies)."""
+    from diffusers import AutoencoderKL as DiffusersVAE
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=8,
+        use_linear_projection=True, transformer_layers_per_block=(1, 2), cross_attention_dim=128,
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=24 + 6 * 8, norm_num_groups=32,
+    )  # fmt: skip
+    vae = DiffusersVAE(
+        block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=32, latent_channels=4,
+        sample_size=16, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, scaling_factor=0.13025,
+    )  # fmt: skip
+    texts = [
+        cls(CLIPTextConfig(
+            hidden_size=64, num_hidden_layers=3, num_attention_heads=1, intermediate_size=37,
+            vocab_size=49408, max_position_embeddings=77, hidden_act=act, projection_dim=24,
+        )).eval()
+        for cls, act in ((CLIPTextModel, "quick_gelu"), (CLIPTextModelWithProjection, "gelu"))
+    ]  # fmt: skip
+    with torch.no_grad():
+        for module in (unet, vae):
+            for p in module.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+    scheduler = EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing"
+    )
+    files = write_reference_files(tmp / "vocab")
+    return StableDiffusionXLPipeline(
+        vae=vae.eval(), text_encoder=texts[0], text_encoder_2=texts[1], unet=unet.eval(),
+        tokenizer=reference_tokenizer(files), tokenizer_2=reference_tokenizer(files, pad_token="!"),
+        scheduler=scheduler,
+    )  # fmt: skip
+
+
 def save_single_file(pipe, path: Path, dtype: torch.dtype | None = None, open_clip: bool = False) -> Path:
     """The pipeline's weights in the original single-file layout (names checked elsewhere against
-    diffusers' own converters: tests/test_sd_unet.py, tests/test_autoencoder.py)."""
+    diffusers' own converters: tests/test_sd_unet.py, tests/test_autoencoder.py); an SDXL pipeline's
+    text encoders under ``conditioner.embedders.{0,1}``."""
     config = unet_config_from_diffusers(dict(pipe.unet.config))
     diffusers_map, original_map = unet_map(config, "diffusers"), unet_map(config, "original")
     theirs, tensors = pipe.unet.state_dict(), {}
@@ -77,7 +122,12 @@ def save_single_file(pipe, path: Path, dtype: torch.dtype | None = None, open_cl
         name = original_name(ours, levels)
         is_attention = ".mid.attn_1." in name and name.endswith(".weight") and tensor.ndim == 2
         tensors[f"first_stage_model.{name}"] = tensor[:, :, None, None] if is_attention else tensor
-    if open_clip:  # SD 2: OpenCLIP's names
+    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: ViT-L as is, bigG in OpenCLIP's names
+        for key, tensor in pipe.text_encoder.state_dict().items():
+            tensors[f"conditioner.embedders.0.transformer.{key}"] = tensor
+        text = open_clip_names(pipe.text_encoder_2)
+        tensors.update({f"conditioner.embedders.1.model.{k}": v for k, v in text.items()})
+    elif open_clip:  # SD 2: OpenCLIP's names
         text = open_clip_names(pipe.text_encoder)
         tensors.update({f"cond_stage_model.model.{k}": v for k, v in text.items()})
     else:
@@ -93,7 +143,9 @@ def open_clip_names(text_model) -> dict:
     """A transformers CLIP text model's tensors under OpenCLIP's names (SD 2 single files), q/k/v fused
     into in_proj (checked against diffusers' own converter in tests/test_stable_diffusion.py)."""
     state = {k.removeprefix("text_model."): v for k, v in text_model.state_dict().items()}
-    out = {
+    projection = state.pop("text_projection.weight", None)  # OpenCLIP multiplies from the right
+    out = {} if projection is None else {"text_projection": projection.T.contiguous()}
+    out |= {
         "token_embedding.weight": state["embeddings.token_embedding.weight"],
         "positional_embedding": state["embeddings.position_embedding.weight"],
         "ln_final.weight": state["final_layer_norm.weight"],

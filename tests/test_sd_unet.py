@@ -27,7 +27,14 @@ LAYOUTS = {
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 2, attention_head_dim=(2, 4, 4),
         use_linear_projection=True, transformer_layers_per_block=(1, 2, 2),
     ),
+    "sdxl": dict(  # no attention at the first level; added embedding of a 12-wide pooled prompt + sizes
+        block_out_channels=(16, 32, 32), down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 2,
+        up_block_types=("CrossAttnUpBlock2D",) * 2 + ("UpBlock2D",), attention_head_dim=(2, 4, 4),
+        use_linear_projection=True, transformer_layers_per_block=(1, 2, 3),
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=60,
+    ),
 }  # fmt: skip
+POOLED = {"sdxl": 12}
 
 
 def reference(layout: str) -> UNet2DConditionModel:
@@ -58,11 +65,15 @@ def test_diffusers_unet_maps_tensor_for_tensor_and_outputs_match(layout):
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in ref.parameters())
     g = torch.Generator().manual_seed(1)
     x, context = torch.randn(2, 4, 16, 24, generator=g), torch.randn(2, 7, 16, generator=g)  # not square
-    cond = Conditioning(context, torch.ones(2, 7, dtype=torch.bool), torch.zeros(2, 16))
+    pooled = torch.randn(2, POOLED.get(layout, 16), generator=g)
+    cond = Conditioning(context, torch.ones(2, 7, dtype=torch.bool), pooled)
+    added = None
+    if layout == "sdxl":  # original size, crop, target size of an uncropped 128×192 image (8 pixels a cell)
+        added = {"text_embeds": pooled, "time_ids": torch.tensor([[128.0, 192, 0, 0, 128, 192]] * 2)}
     for t in (1.0, 261.0, 999.0):
         timesteps = torch.tensor([t, t])
         with torch.no_grad():
-            want = ref(x, timesteps, encoder_hidden_states=context).sample
+            want = ref(x, timesteps, encoder_hidden_states=context, added_cond_kwargs=added).sample
             got = net(x, timesteps, cond)
         assert (got - want).abs().max() <= 1e-5, (layout, t)
         assert want.abs().max() > 0.1  # the comparison is not between two zeros
@@ -105,7 +116,9 @@ def test_missing_extra_and_misshapen_tensors_are_named():
 
 def test_unsupported_configs_are_refused():
     config = dict(reference("sd1").config)
-    with pytest.raises(ValueError, match="addition_embed_type='text_time' is not supported"):
+    with pytest.raises(ValueError, match="addition_embed_type='image' is not supported"):
+        unet_config_from_diffusers({**config, "addition_embed_type": "image"})
+    with pytest.raises(ValueError, match="'text_time' needs"):
         unet_config_from_diffusers({**config, "addition_embed_type": "text_time"})
     with pytest.raises(ValueError, match="down_block_types"):
         unet_config_from_diffusers(

@@ -206,6 +206,14 @@ class Pipeline:
         """The text encoder's Conditioning for ``prompts`` (None for an unconditional model)."""
         return encode_prompts(self.text_encoder, prompts)
 
+    def encode_negative(self, negative: str | None) -> Conditioning:
+        """Guidance's unconditional side: the negative prompt's Conditioning [1, …]; no negative prompt
+        is zero embeddings for models that say so (SDXL, as diffusers and A1111 do), else ""."""
+        cond = self.encode([negative or ""])
+        if not negative and self.config.zero_empty_negative:
+            cond = Conditioning(torch.zeros_like(cond.tokens), cond.mask, torch.zeros_like(cond.pooled))
+        return cond
+
     def _sample(
         self,
         prompts: list[str],
@@ -219,7 +227,7 @@ class Pipeline:
         check_seed(options.seed, len(prompts))
         shape = self.latent.sample_shape((self.config.channels, options.height, options.width))
         cond = self.encode(prompts)
-        uncond = self.encode([negative or ""]) if cond is not None and options.guidance != 1.0 else None
+        uncond = self.encode_negative(negative) if cond is not None and options.guidance != 1.0 else None
         seeds = range(options.seed, options.seed + len(prompts))
         start, latent_keep = init, None if keep is None else self._latent_mask(keep, shape)
         if self.inpainting_net:  # told what to keep, the network repaints from pure noise by itself

@@ -4,8 +4,9 @@ Two layouts: a diffusers folder (``model_index.json``, ``unet/``, ``vae/``, ``te
 ``scheduler/``) and a single ``.safetensors`` file in the original layout (``model.diffusion_model.``,
 ``first_stage_model.``, ``cond_stage_model.``), whose kind is read from its tensors. Tensors are read
 lazily, one at a time. Pickled files (``.ckpt``, ``.bin``, ``.pt``) are refused, never opened.
-Supported: SD 1.x and 2.x (ε or v), as folders or single files (SD 2's OpenCLIP text tower is
-converted), inpainting U-Nets (9 input channels) too; SDXL is refused with a message saying so.
+Supported: SD 1.x and 2.x (ε or v) and SDXL base (Podell et al. 2023), as folders or single files
+(SD 2's and SDXL's OpenCLIP text towers are converted), inpainting U-Nets (9 input channels) too; the
+SDXL refiner (one text encoder, aesthetic-score conditioning) is refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..schedules import vp_alphas_cumprod, vp_sigmas
 from ..text.clip import SDTextEncoder
 from .keys import CheckpointError, convert
 from .open_clip import PREFIX as OPEN_CLIP_PREFIX
+from .open_clip import SDXL_PREFIX as SDXL_OPEN_CLIP_PREFIX
 from .open_clip import text_from_open_clip
 from .tensor_file import TensorFile
 from .unet import unet_config_from_diffusers, unet_config_from_original, unet_map
@@ -39,6 +41,8 @@ from .vae import (
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 UNET_PREFIX, TEXT_PREFIX = "model.diffusion_model.", "cond_stage_model.transformer."
+SDXL_TEXT_PREFIX = "conditioner.embedders.0.transformer."  # ViT-L in transformers' names
+SDXL_SCALE = 0.13025  # SDXL's autoencoder latent scale (SD 1/2: 0.18215)
 # DDPM buffers an original checkpoint stores beside the networks: the schedule, which we rebuild.
 SCHEDULE_BUFFERS = (
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
@@ -74,15 +78,20 @@ def load_stable_diffusion(
     # latents: 6.65 s against 7.92 s, 2 threads; benchmarks/sd_speed_memory.py), the reverse of the
     # small shipped models.
     unet.nhwc_on_cpu = False
-    if vae is not None:
+    if vae is not None:  # the latent scale belongs to the model family, not to the autoencoder's file
+        scale = autoencoder.config.scale_factor
         autoencoder = load_vae_file(vae)
+        autoencoder.config.scale_factor = scale
     settings["latent_scale"] = autoencoder.config.scale_factor
     settings["image_size"] = unet.config.image_size * autoencoder.config.downsampling
     return settings, unet, text, autoencoder
 
 
-def sd_settings(name: str, prediction: str, schedule: dict[str, Any] | None = None) -> dict[str, Any]:
-    """ModelSettings fields of an SD model: the discrete VP table, its σ range, SD's usual defaults."""
+def sd_settings(
+    name: str, prediction: str, schedule: dict[str, Any] | None = None, sdxl: bool = False
+) -> dict[str, Any]:
+    """ModelSettings fields of an SD model: the discrete VP table, its σ range, SD's usual defaults
+    (SDXL: guidance 5, and an empty negative prompt is zero embeddings, as diffusers and A1111 do)."""
     schedule = {**SD_SCHEDULE, **(schedule or {})}
     for key, wanted in SD_SCHEDULE.items():
         if schedule[key] != wanted:
@@ -96,7 +105,8 @@ def sd_settings(name: str, prediction: str, schedule: dict[str, Any] | None = No
         )
     return dict(
         name=name, channels=3, precond=precond, beta_schedule="scaled_linear", num_train_timesteps=steps,
-        sigma_min=float(table[0]), sigma_max=float(table[-1]), steps=25, sampler="dpmpp_2m", guidance=7.5,
+        sigma_min=float(table[0]), sigma_max=float(table[-1]), steps=25, sampler="dpmpp_2m",
+        guidance=5.0 if sdxl else 7.5, zero_empty_negative=sdxl,
     )  # fmt: skip
 
 
@@ -107,9 +117,11 @@ def _diffusers_folder(
     folder: Path, prediction: str | None = None
 ) -> tuple[dict[str, Any], UNet, SDTextEncoder, AutoencoderKL]:
     index = _json(folder / "model_index.json")
-    if "text_encoder_2" in index:
-        raise CheckpointError(f"{folder}: SDXL is not supported yet (SD 1.x and 2.x are)")
-    unet_config = unet_config_from_diffusers(_json(folder / "unet" / "config.json"))
+    sdxl = _names_part(index, "text_encoder_2")
+    if not _names_part(index, "text_encoder"):
+        raise CheckpointError(f"{folder}: no text_encoder (an SDXL refiner?): not supported")
+    vae_config = vae_config_from_diffusers(_json(folder / "vae" / "config.json"))
+    unet_config = unet_config_from_diffusers(_json(folder / "unet" / "config.json"), vae_config.downsampling)
     if unet_config.in_channels not in (4, 9):
         raise CheckpointError(
             f"{folder}: a U-Net with {unet_config.in_channels} input channels is not supported yet"
@@ -117,17 +129,33 @@ def _diffusers_folder(
     unet = load_mapped(
         empty(UNet, unet_config), _weights(folder / "unet"), unet_map(unet_config, "diffusers"), "unet"
     )
-    vae = AutoencoderKL(vae_config_from_diffusers(_json(folder / "vae" / "config.json")))
+    vae = AutoencoderKL(vae_config)
     vae.load_state_dict(vae_from_diffusers(read_all(_weights(folder / "vae")), vae.config))
-    text_config = _json(folder / "text_encoder" / "config.json")
-    text_state = read_all(_weights(folder / "text_encoder"))
-    activation = text_config.get("hidden_act", "quick_gelu")  # OpenAI's CLIP (SD 1) or OpenCLIP (SD 2)
-    preset = "sd1" if activation == "quick_gelu" else "sd2"
-    heads = text_config.get("num_attention_heads")
-    text = SDTextEncoder.from_state_dicts(preset, text_state, activation=activation, heads=heads)
+    text = _folder_text(folder, ["text_encoder", "text_encoder_2"] if sdxl else ["text_encoder"])
     scheduler = _json(folder / "scheduler" / "scheduler_config.json")
-    settings = sd_settings(folder.name, prediction or scheduler.get("prediction_type", "epsilon"), scheduler)
+    settings = sd_settings(
+        folder.name, prediction or scheduler.get("prediction_type", "epsilon"), scheduler, sdxl
+    )
+    if sdxl:
+        settings["zero_empty_negative"] = bool(index.get("force_zeros_for_empty_prompt", True))
     return settings, unet.eval(), text, vae.eval()
+
+
+def _names_part(index: dict[str, Any], part: str) -> bool:
+    """Whether model_index.json names a component ``part`` (a refiner lists its absent ones as nulls)."""
+    value = index.get(part)
+    return isinstance(value, list) and any(v is not None for v in value)
+
+
+def _folder_text(folder: Path, parts: list[str]) -> SDTextEncoder:
+    """SD 1/2's one CLIP text encoder or SDXL's two, read with their config.json's head counts."""
+    configs = [_json(folder / part / "config.json") for part in parts]
+    states = [read_all(_weights(folder / part)) for part in parts]
+    each = tuple(dict(heads=c.get("num_attention_heads"), activation=c.get("hidden_act")) for c in configs)
+    if len(parts) == 2:
+        return SDTextEncoder.from_state_dicts("sdxl", *states, each=each)
+    preset = "sd1" if each[0]["activation"] in ("quick_gelu", None) else "sd2"  # OpenAI CLIP or OpenCLIP
+    return SDTextEncoder.from_state_dicts(preset, *states, each=each)
 
 
 def _weights(folder: Path) -> Path:
@@ -161,40 +189,57 @@ def _single_file(
 ) -> tuple[dict[str, Any], UNet, SDTextEncoder, AutoencoderKL]:
     with TensorFile(path) as f:
         names = set(f.keys())
-        _check_kind(path, names, f)
+        sdxl = _check_kind(path, names, f)
+        vae_state = first_stage_part(
+            {n: f.get_tensor(n) for n in names if n.startswith("first_stage_model.")}
+        )
+        vae_config = infer_vae_config(vae_state, _original_encoder_name)
         shapes = {n[len(UNET_PREFIX) :]: f.shape(n) for n in names if n.startswith(UNET_PREFIX)}
-        unet_config = unet_config_from_original(shapes)
+        pooled = f.shape(SDXL_OPEN_CLIP_PREFIX + "text_projection")[1] if sdxl else 0  # [D, P]
+        unet_config = unet_config_from_original(shapes, None, vae_config.downsampling, pooled)
         unet_names = {n for n in names if n.startswith(UNET_PREFIX)}
         unet = load_mapped(
             empty(UNet, unet_config), None, unet_map(unet_config, "original"), "unet",
             names={n[len(UNET_PREFIX):] for n in unet_names}, get=lambda n: f.get_tensor(UNET_PREFIX + n),
         )  # fmt: skip
-        text = _single_file_text(f, names)
-        vae_state = first_stage_part(
-            {n: f.get_tensor(n) for n in names if n.startswith("first_stage_model.")}
-        )
+        text = _sdxl_text(f, names) if sdxl else _single_file_text(f, names)
     _check_leftovers(path, names, unet_names)
-    vae = AutoencoderKL(infer_vae_config(vae_state, _original_encoder_name))
+    if sdxl:
+        vae_config.scale_factor = SDXL_SCALE
+    vae = AutoencoderKL(vae_config)
     vae.load_state_dict(vae_from_original(vae_state, vae.config))
-    return sd_settings(path.stem, prediction or "epsilon"), unet.eval(), text, vae.eval()
+    settings = sd_settings(path.stem, prediction or "epsilon", sdxl=sdxl)
+    return settings, unet.eval(), text, vae.eval()
+
+
+def _part(f: TensorFile, names: set[str], prefix: str) -> dict[str, Tensor]:
+    """The tensors under ``prefix``, named without it."""
+    return {n[len(prefix) :]: f.get_tensor(n) for n in names if n.startswith(prefix)}
 
 
 def _single_file_text(f: TensorFile, names: set[str]) -> SDTextEncoder:
     """SD 1's OpenAI CLIP (transformers names under ``cond_stage_model.transformer.``) or SD 2's
     OpenCLIP (``cond_stage_model.model.``, converted; read at its penultimate layer)."""
     if any(n.startswith(OPEN_CLIP_PREFIX) for n in names):
-        tensors = {
-            n[len(OPEN_CLIP_PREFIX) :]: f.get_tensor(n) for n in names if n.startswith(OPEN_CLIP_PREFIX)
-        }
-        state = text_from_open_clip(tensors)  # the whole tower: SD 2 reads its penultimate layer
+        state = text_from_open_clip(_part(f, names, OPEN_CLIP_PREFIX))  # SD 2 reads the penultimate layer
         return SDTextEncoder.from_state_dicts("sd2", state, activation="gelu", skip_layers=1)
-    state = {n[len(TEXT_PREFIX) :]: f.get_tensor(n) for n in names if n.startswith(TEXT_PREFIX)}
+    state = _part(f, names, TEXT_PREFIX)
     state.pop("text_model.embeddings.position_ids", None)
     return SDTextEncoder.from_state_dicts("sd1", state)
 
 
-def _check_kind(path: Path, names: set[str], f: Any) -> None:
-    """CheckpointError unless the file holds an SD 1.x model (read from its tensors)."""
+def _sdxl_text(f: TensorFile, names: set[str]) -> SDTextEncoder:
+    """SDXL's ViT-L (transformers names) and OpenCLIP ViT-bigG (converted, with its projection)."""
+    clip_l = _part(f, names, SDXL_TEXT_PREFIX)
+    clip_l.pop("text_model.embeddings.position_ids", None)
+    big_g = text_from_open_clip(
+        _part(f, names, SDXL_OPEN_CLIP_PREFIX), SDXL_OPEN_CLIP_PREFIX, projection=True
+    )
+    return SDTextEncoder.from_state_dicts("sdxl", clip_l, big_g)
+
+
+def _check_kind(path: Path, names: set[str], f: Any) -> bool:
+    """Whether the file holds SDXL (else SD 1.x/2.x, read from its tensors); CheckpointError if neither."""
     first = UNET_PREFIX + "input_blocks.0.0.weight"
     if first not in names:
         raise CheckpointError(f"{path}: not a Stable Diffusion checkpoint (no {first})")
@@ -202,13 +247,23 @@ def _check_kind(path: Path, names: set[str], f: Any) -> None:
     if in_channels not in (4, 9):  # 9: an inpainting U-Net (latents + mask + masked-image latents)
         raise CheckpointError(f"{path}: a U-Net with {in_channels} input channels is not supported")
     if any(n.startswith("conditioner.") for n in names):
-        raise CheckpointError(f"{path}: SDXL is not supported yet (SD 1.x and 2.x are)")
+        both = (SDXL_TEXT_PREFIX, SDXL_OPEN_CLIP_PREFIX)
+        if not all(any(n.startswith(p) for n in names) for p in both):
+            raise CheckpointError(
+                f"{path}: SDXL without both text encoders ({' and '.join(both)}): the SDXL refiner and "
+                "other variants are not supported"
+            )
+        return True
     if not any(n.startswith((TEXT_PREFIX, OPEN_CLIP_PREFIX)) for n in names):
         raise CheckpointError(f"{path}: no text encoder (cond_stage_model.*) in this checkpoint")
+    return False
 
 
 def _check_leftovers(path: Path, names: set[str], unet_names: set[str]) -> None:
-    parts = ("first_stage_model.", TEXT_PREFIX, OPEN_CLIP_PREFIX, "model_ema.")
+    parts = (
+        "first_stage_model.", TEXT_PREFIX, OPEN_CLIP_PREFIX, SDXL_TEXT_PREFIX, SDXL_OPEN_CLIP_PREFIX,
+        "model_ema.",
+    )  # fmt: skip
     left = [n for n in names - unet_names if not n.startswith(parts) and n not in SCHEDULE_BUFFERS]
     if left:
         raise CheckpointError(f"{path}: tensor {sorted(left)[0]} belongs to no part of Stable Diffusion")

@@ -15,6 +15,8 @@ from typing import Any
 from ..nets.unet import UNetConfig
 from .keys import TensorMap
 
+SDXL_SIZE_FEATURES = 256  # sinusoidal features per size id (diffusers' addition_time_embed_dim)
+
 # Inside a residual block: ours ← diffusers ← original.
 RESNET = [
     ("norm1", "norm1", "in_layers.0"),
@@ -43,6 +45,8 @@ TOP = [  # outside the blocks: ours ← diffusers ← original
     ("conv_in", "conv_in", "input_blocks.0.0"),
     ("norm_out", "conv_norm_out", "out.0"),
     ("conv_out", "conv_out", "out.2"),
+    ("micro.mlp.0", "add_embedding.linear_1", "label_emb.0.0"),  # SDXL's pooled prompt + size ids
+    ("micro.mlp.2", "add_embedding.linear_2", "label_emb.0.2"),
 ]
 
 
@@ -117,16 +121,24 @@ def _add_transformer(add, ours: str, foreign: str, depth: int) -> None:
             add(f"{block}.{mine}", [f"{foreign}.transformer_blocks.{i}.{part}" for part in parts])
 
 
-def unet_config_from_diffusers(values: dict[str, Any]) -> UNetConfig:
-    """A diffusers ``unet/config.json`` as our UNetConfig; ValueError naming what we cannot run."""
+def unet_config_from_diffusers(values: dict[str, Any], pixels_per_cell: int = 8) -> UNetConfig:
+    """A diffusers ``unet/config.json`` as our UNetConfig; ValueError naming what we cannot run.
+    ``pixels_per_cell``: the autoencoder's factor (SDXL's size conditioning counts pixels)."""
     unsupported = {
-        "addition_embed_type": None, "class_embed_type": None, "time_embedding_type": "positional",
+        "class_embed_type": None, "time_embedding_type": "positional",
         "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu", "resnet_time_scale_shift": "default",
         "dual_cross_attention": False, "only_cross_attention": False, "encoder_hid_dim": None,
     }  # fmt: skip
     for key, wanted in unsupported.items():
         if values.get(key, wanted) != wanted:
             raise ValueError(f"unet config: {key}={values[key]!r} is not supported (only {wanted!r})")
+    added = values.get("addition_embed_type")
+    if added not in (None, "text_time"):
+        raise ValueError(f"unet config: addition_embed_type={added!r} is not supported (only 'text_time')")
+    size_embedding = int(values.get("addition_time_embed_dim") or 0) if added else 0
+    pooled_dim = int(values.get("projection_class_embeddings_input_dim") or 0) - 6 * size_embedding
+    if added and (size_embedding < 1 or pooled_dim < 1):
+        raise ValueError("unet config: 'text_time' needs addition_time_embed_dim and its input width")
     down = list(values.get("down_block_types", []))
     widths = list(values["block_out_channels"])
     levels = len(widths)
@@ -148,6 +160,7 @@ def unet_config_from_diffusers(values: dict[str, Any]) -> UNetConfig:
         transformer_depth=_per_level(depth, levels), embedding_mode="add", feed_forward="geglu",
         qkv_bias=False, norm_groups=int(values.get("norm_num_groups", 32)),
         norm_eps=float(values.get("norm_eps", 1e-5)), transformer_norm_eps=1e-6, pooled_embedding=False,
+        size_embedding=size_embedding, pooled_dim=pooled_dim if added else 0, pixels_per_cell=pixels_per_cell,
     )  # fmt: skip
 
 
@@ -155,10 +168,13 @@ def _per_level(value: int | list[int], levels: int) -> tuple[int, ...]:
     return tuple(int(v) for v in value) if isinstance(value, list | tuple) else (int(value),) * levels
 
 
-def unet_config_from_original(shapes: dict[str, tuple[int, ...]], heads: int | None = None) -> UNetConfig:
+def unet_config_from_original(
+    shapes: dict[str, tuple[int, ...]], heads: int | None = None, pixels_per_cell: int = 8, pooled: int = 0
+) -> UNetConfig:
     """The UNetConfig of an original-layout U-Net (names without ``model.diffusion_model.``), read from
     its tensor shapes. Head counts are not in the shapes: SD 2's 1,024-wide text means 64-wide heads,
-    anything else SD 1's 8 heads per level, unless ``heads`` says."""
+    anything else SD 1's 8 heads per level, unless ``heads`` says. SDXL's added embedding takes the
+    ``pooled`` prompt (its width: from the text encoder) and 6 size ids of equal width (256 in SDXL)."""
     levels: list[list[int]] = [[]]  # the input blocks of each level; a downsampler starts the next
     n = 1
     while True:
@@ -179,15 +195,22 @@ def unet_config_from_original(shapes: dict[str, tuple[int, ...]], heads: int | N
         raise ValueError("no cross-attention in this U-Net: not a text-to-image Stable Diffusion model")
     projection = next(s for k, s in shapes.items() if k.endswith("proj_in.weight"))
     depth = [_depth(shapes, f"{first}.1") or 1 for first in firsts]
-    head_count = heads or (0 if context == 1024 else 8)
-    return unet_config_from_diffusers({
-        "sample_size": 64, "in_channels": shapes["input_blocks.0.0.weight"][1],
+    head_count = heads or (0 if context in (1024, 2048) else 8)  # SD 2, SDXL: 64-wide heads
+    sdxl = {}
+    if "label_emb.0.0.weight" in shapes:  # SDXL: the pooled prompt and 6 size ids
+        width = shapes["label_emb.0.0.weight"][1]
+        features = (width - pooled) // 6 if pooled else SDXL_SIZE_FEATURES
+        sdxl = {"addition_embed_type": "text_time", "addition_time_embed_dim": features,
+                "projection_class_embeddings_input_dim": width}  # fmt: skip
+    return unet_config_from_diffusers({  # native size: SDXL 1024² (128² latents), SD 1/2 512²
+        **sdxl,
+        "sample_size": 128 if sdxl else 64, "in_channels": shapes["input_blocks.0.0.weight"][1],
         "out_channels": shapes["out.2.weight"][0], "block_out_channels": widths,
         "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attends],
         "layers_per_block": len(levels[0]), "cross_attention_dim": context,
         "use_linear_projection": len(projection) == 2, "transformer_layers_per_block": depth,
         "attention_head_dim": [head_count or w // 64 for w in widths],
-    })  # fmt: skip
+    }, pixels_per_cell)  # fmt: skip
 
 
 def _depth(shapes: dict[str, tuple[int, ...]], prefix: str) -> int:

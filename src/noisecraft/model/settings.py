@@ -32,6 +32,7 @@ class ModelSettings:
     sampler: str = "dpmpp_2m"
     guidance: float = 4.0
     latent_scale: float = 1.0  # latent models (an autoencoder/ folder): latents × this are sampled
+    zero_empty_negative: bool = False  # guidance's empty negative prompt is zero embeddings (SDXL)
 
     def __post_init__(self) -> None:
         _check_field_types(self)
@@ -74,6 +75,8 @@ def _check_field_types(settings: ModelSettings) -> None:
             isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
         ):
             raise ValueError(f"{field.name} must be a finite number, got {value!r}")
+        if kind is bool and not isinstance(value, bool):
+            raise ValueError(f"{field.name} must be true or false, got {value!r}")
         if kind is str and not isinstance(value, str):
             raise ValueError(f"{field.name} must be a string, got {value!r}")
 

@@ -140,9 +140,11 @@ def noise_vector(c_noise: Tensor | float, batch: int, like: Tensor) -> Tensor:
 
 
 def unpack_conditioning(
-    cond: Conditioning | None, batch: int, text_dim: int, name: str
+    cond: Conditioning | None, batch: int, text_dim: int, name: str, pooled_dim: int = 0
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """(tokens [B, L, D], mask [B, L] bool, pooled [B, D]) of a checked ``cond``; Nones when unconditional."""
+    """(tokens [B, L, D], mask [B, L] bool, pooled [B, P]) of a checked ``cond`` (P: ``pooled_dim``,
+    default D); Nones when unconditional."""
+    pooled_dim = pooled_dim or text_dim
     if cond is None:
         return None, None, None
     if text_dim == 0:
@@ -154,8 +156,8 @@ def unpack_conditioning(
         raise ValueError(
             f"{name}: cond.mask must be bool {list(tokens.shape[:2])}, got {mask.dtype} {list(mask.shape)}"
         )
-    if pooled.shape != (batch, text_dim):
-        raise ValueError(f"{name}: cond.pooled must be [{batch}, {text_dim}], got {tuple(pooled.shape)}")
+    if pooled.shape != (batch, pooled_dim):
+        raise ValueError(f"{name}: cond.pooled must be [{batch}, {pooled_dim}], got {tuple(pooled.shape)}")
     return tokens, mask, pooled
 
 

@@ -35,7 +35,7 @@ from .layers import (
     uses_onednn,
     zero_init,
 )
-from .unet_text import TextLayout, TokenRefiner
+from .unet_text import MicroConditioning, TextLayout, TokenRefiner
 
 
 @dataclass
@@ -71,6 +71,11 @@ class UNetConfig:
     norm_eps: float = 1e-5
     transformer_norm_eps: float = 1e-5  # the GroupNorm before each transformer (SD: 1e-6)
     pooled_embedding: bool = True  # the pooled prompt joins the noise embedding (SD 1/2: it does not)
+    # SDXL's micro-conditioning (Podell et al. 2023): the pooled prompt (pooled_dim wide) and the image's
+    # size numbers, each in size_embedding sinusoidal features, through an MLP into the embedding.
+    size_embedding: int = 0  # 0: off; SDXL: 256
+    pooled_dim: int = 0  # width of the pooled prompt; 0: text_dim
+    pixels_per_cell: int = 8  # image pixels per input cell (the autoencoder's factor), for the size ids
 
     def __post_init__(self) -> None:
         if min(self.image_size, self.in_channels, self.channels, self.blocks_per_level, self.head_dim) < 1:
@@ -122,14 +127,23 @@ class UNetConfig:
             )
         if self.feed_forward not in FEED_FORWARDS:
             raise ValueError(f"UNetConfig: feed_forward must be one of {sorted(FEED_FORWARDS)}")
+        if self.size_embedding and (self.size_embedding % 2 or not self.text_dim or self.pooled_embedding):
+            raise ValueError("UNetConfig: size_embedding must be even, with text_dim and no pooled_embedding")
         if (
-            self.out_channels < 0
+            min(self.out_channels, self.pooled_dim) < 0
+            or self.pixels_per_cell < 1
             or self.norm_groups < 0
             or min(self.norm_eps, self.transformer_norm_eps) <= 0
         ):
             raise ValueError(
-                "UNetConfig: out_channels and norm_groups must be ≥ 0, the norm epsilons positive"
+                "UNetConfig: out_channels, pooled_dim and norm_groups must be ≥ 0, pixels_per_cell and "
+                "the norm epsilons positive"
             )
+
+    @property
+    def pooled_width(self) -> int:
+        """Width of the pooled prompt vector the network takes."""
+        return self.pooled_dim or self.text_dim
 
     @property
     def outputs(self) -> int:
@@ -295,6 +309,11 @@ class UNet(nn.Module):
             nn.Linear(cfg.channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
         self.pooled_proj = nn.Linear(cfg.text_dim, emb_dim) if cfg.text_dim and cfg.pooled_embedding else None
+        self.micro = (
+            MicroConditioning(cfg.pooled_width, cfg.size_embedding, emb_dim, cfg.pixels_per_cell)
+            if cfg.size_embedding
+            else None
+        )
         self.text_refiner = (
             TokenRefiner(
                 cfg.text_dim, cfg.text_width, cfg.text_layers, cfg.head_dim, cfg.mlp_ratio, cfg.text_window
@@ -337,12 +356,16 @@ class UNet(nn.Module):
         if cond is not None and cond.image is not None:  # an inpainting net's mask and masked-image latents
             x_in = torch.cat([x_in, cond.image.to(x_in)], dim=1)  # [B, in_channels, H, W]
         batch = check_image(x_in, self.config.in_channels, self.config.downsampling, "UNet")
-        tokens, mask, pooled = unpack_conditioning(cond, batch, self.config.text_dim, "UNet")
+        tokens, mask, pooled = unpack_conditioning(
+            cond, batch, self.config.text_dim, "UNet", self.config.pooled_width
+        )
         if tokens is not None and self.text_refiner is not None:
             tokens = self.text_refiner(tokens, mask)  # [B, L, D]
         emb = self.embed_mlp(self.noise_embed(noise_vector(c_noise, batch, x_in)))  # [B, E]
         if pooled is not None and self.pooled_proj is not None:
             emb = emb + self.pooled_proj(pooled)
+        if pooled is not None and self.micro is not None:
+            emb = emb + self.micro(pooled, x_in.shape[-2], x_in.shape[-1])
         emb = F.silu(emb)  # every block's modulation starts with SiLU: apply it once
         if self.nhwc_on_cpu and uses_onednn(x_in):
             x_in = x_in.contiguous(memory_format=torch.channels_last)
@@ -377,6 +400,7 @@ class UNet(nn.Module):
         text_len = text_len if self.config.text_dim else 0
         total = sum(linear_flops(m, 1) for m in self.embed_mlp if isinstance(m, nn.Linear))
         total += linear_flops(self.pooled_proj, 1) if self.pooled_proj is not None else 0
+        total += self.micro.flops() if self.micro is not None else 0
         total += self.text_refiner.flops(text_len) if self.text_refiner is not None and text_len else 0
         total += conv_flops(self.conv_in, size, size)
         for block in self.down:

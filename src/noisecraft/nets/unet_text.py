@@ -1,12 +1,21 @@
 """The U-Net's text-side extras: a layout map read from the prompt alone, and trainable layers over a
-frozen encoder's tokens. Both start as the identity (zero-initialised outputs), so they can grow a
-trained network (``model.init_new``)."""
+frozen encoder's tokens — both start as the identity (zero-initialised outputs), so they can grow a
+trained network (``model.init_new``) — and SDXL's micro-conditioning on the pooled prompt and sizes."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from .layers import Attention, FeedForward, InferenceMemo, linear_flops, sincos_positions, zero_init
+from .layers import (
+    Attention,
+    FeedForward,
+    InferenceMemo,
+    NoiseEmbedding,
+    linear_flops,
+    sincos_positions,
+    zero_init,
+)
 
 
 class TextLayout(nn.Module):
@@ -102,3 +111,30 @@ class TokenRefiner(nn.Module):
         for attn, mlp in zip(self.attns, self.mlps):
             total += attn.flops(text_len, text_len) + mlp.flops(text_len)
         return total
+
+
+class MicroConditioning(nn.Module):
+    """SDXL's added embedding (Podell et al. 2023, §2.2): the pooled prompt and six size numbers —
+    original height, width, crop top, left, target height, width, in pixels — each in sinusoidal
+    features, through an MLP into a vector added to the noise embedding. The numbers are those of an
+    uncropped image of the size being made (what diffusers and A1111 pass by default)."""
+
+    SIZE_IDS = 6
+
+    def __init__(self, pooled_dim: int, features: int, emb_dim: int, pixels_per_cell: int):
+        super().__init__()
+        self.features, self.pixels_per_cell = features, pixels_per_cell
+        self.size_embed = NoiseEmbedding(features)  # cos/sin at frequencies 1 … 1/10⁴, as timesteps
+        self.mlp = nn.Sequential(
+            nn.Linear(pooled_dim + self.SIZE_IDS * features, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+
+    def forward(self, pooled: Tensor, height: int, width: int) -> Tensor:
+        """pooled [B, P] and the input's size in cells → [B, E]."""
+        h, w = height * self.pixels_per_cell, width * self.pixels_per_cell
+        ids = torch.tensor([h, w, 0, 0, h, w], dtype=torch.float32, device=pooled.device)  # [6]
+        sizes = self.size_embed(ids).reshape(1, -1).to(pooled.dtype)  # [1, 6·features]
+        return self.mlp(torch.cat([pooled, sizes.expand(pooled.shape[0], -1)], dim=1))
+
+    def flops(self) -> int:
+        return sum(linear_flops(m, 1) for m in self.mlp if isinstance(m, nn.Linear))

@@ -179,15 +179,18 @@ class SDTextEncoder(nn.Module):
         self.tokenizer = default_tokenizer()
 
     @classmethod
-    def from_state_dicts(cls, preset: str, *states: dict[str, Tensor], **reading: Any) -> SDTextEncoder:
+    def from_state_dicts(
+        cls, preset: str, *states: dict[str, Tensor], each: tuple[dict[str, Any], ...] = (), **reading: Any
+    ) -> SDTextEncoder:
         """Encoder(s) for ``preset`` ('sd1', 'sd2', 'sdxl') from transformers-named state dicts, one per
-        encoder; ``reading`` overrides the preset's reading for every encoder (e.g. heads, skip_layers)."""
-        if preset not in PRESETS or len(states) != len(PRESETS[preset]):
+        encoder; ``reading`` overrides the preset's reading for every encoder (e.g. heads, skip_layers),
+        ``each`` (one dict per encoder) for one encoder."""
+        if preset not in PRESETS or len(states) != len(PRESETS[preset]) or len(each) not in (0, len(states)):
             expected = {k: len(v) for k, v in PRESETS.items()}
             raise ValueError(f"preset {preset!r} with {len(states)} state dict(s); known: {expected}")
         specs = []
-        for state, defaults in zip(states, PRESETS[preset]):
-            options = {**defaults, **reading}
+        for state, defaults, own in zip(states, PRESETS[preset], each or ({},) * len(states)):
+            options = {**defaults, **reading, **{k: v for k, v in own.items() if v is not None}}
             if preset == "sd2" and "skip_layers" not in options:
                 layers = layer_count(state)
                 if layers not in SD2_SKIP:
