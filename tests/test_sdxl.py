@@ -66,7 +66,7 @@ def test_single_file_gives_the_folders_images(reference):
     pipe, tmp = reference
     folder, single = Pipeline.load(tmp / "folder"), Pipeline.load(tmp / "sdxl.safetensors")
     assert single.config.zero_empty_negative and single.latent.scale == pytest.approx(0.13025)
-    assert single.config.image_size == 1024  # a single file does not say: SDXL's native size
+    assert single.net.config.image_size == 128  # a single file does not say: SDXL's native 128² latents
     assert torch.equal(ours(folder, width=16, height=16), ours(single, width=16, height=16))
 
 
