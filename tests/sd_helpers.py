@@ -14,9 +14,17 @@ from noisecraft.formats.vae import original_name, vae_config_from_diffusers, vae
 from noisecraft.nets.unet import UNet
 
 
-def tiny_sd_pipeline(tmp: Path, prediction: str = "epsilon", sd2: bool = False, inpainting: bool = False):
+def tiny_sd_pipeline(
+    tmp: Path,
+    prediction: str = "epsilon",
+    sd2: bool = False,
+    inpainting: bool = False,
+    unet_heads: int = 8,
+    text_heads: int = 1,
+):
     """A diffusers StableDiffusionPipeline of tiny random parts: 16×16 images, 8×8 latents; ``sd2``:
-    linear projections in the U-Net and a GELU (OpenCLIP-style) text model."""
+    linear projections in the U-Net and a GELU (OpenCLIP-style) text model. The default head counts
+    are what a single file of these widths implies (SD 1's 8 per level; 64-wide text heads)."""
     from diffusers import AutoencoderKL as DiffusersVAE
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -26,7 +34,7 @@ def tiny_sd_pipeline(tmp: Path, prediction: str = "epsilon", sd2: bool = False, 
         sample_size=8, in_channels=9 if inpainting else 4, out_channels=4, block_out_channels=(32, 64),
         layers_per_block=2,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), cross_attention_dim=64,
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8, norm_num_groups=32,
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=unet_heads, norm_num_groups=32,
         use_linear_projection=sd2,
     )  # fmt: skip
     vae = DiffusersVAE(
@@ -36,7 +44,7 @@ def tiny_sd_pipeline(tmp: Path, prediction: str = "epsilon", sd2: bool = False, 
     )  # fmt: skip
     text = CLIPTextModel(
         CLIPTextConfig(
-            hidden_size=64, num_hidden_layers=2, num_attention_heads=1, intermediate_size=37,
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=text_heads, intermediate_size=37,
             vocab_size=49408, max_position_embeddings=77, hidden_act="gelu" if sd2 else "quick_gelu",
         )
     )  # fmt: skip

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .cli_weights import add_weights_flags, weights_options
 from .evaluation.cli import add_eval_parser
 from .server.cli import add_serve_parser
 
@@ -59,14 +60,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", default=None, help="shipped model name or saved pipeline folder (default: emoji)"
     )
-    p.add_argument(
-        "--vae", default=None, metavar="FILE",
-        help="Stable Diffusion models: the autoencoder from this .safetensors file instead of the model's",
-    )  # fmt: skip
-    p.add_argument(
-        "--prediction", choices=("eps", "v"), default=None,
-        help="Stable Diffusion single files: what the U-Net predicts (SD 2's 768-v models: v; default eps)",
-    )  # fmt: skip
+    add_weights_flags(p)
     p.add_argument("--negative", default=None, help="negative prompt: what the image should not be")
     # Sampling options: each flag's dest is a SamplingOptions field, which checks its value.
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
@@ -127,7 +121,7 @@ def _run_generate(args: argparse.Namespace) -> None:
         model = args.model or png_model
     elif not args.prompts:
         raise ValueError("give at least one prompt (or --from-png IMAGE)")
-    pipe = Pipeline.load(model, vae=args.vae, prediction=args.prediction)
+    pipe = Pipeline.load(model, **weights_options(args))
     if args.from_png:
         check_model_matches(pipe, read_png_metadata(args.from_png).get("weights"))
     for path in generate_to_files(pipe, request, args.out):
@@ -193,8 +187,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="write Stable Diffusion weights as a noisecraft model folder")
     p.add_argument("source", help="a diffusers folder or a single .safetensors file")
     p.add_argument("dest", help="the folder to write (must not exist yet)")
-    p.add_argument("--vae", default=None, metavar="FILE", help="another autoencoder .safetensors file")
-    p.add_argument("--prediction", choices=("eps", "v"), default=None, help="as for generate")
+    add_weights_flags(p)
     p.add_argument("--fp16", action="store_true", help="store the weights in float16 (half the size)")
     p.set_defaults(run=_run_convert)
 
@@ -204,7 +197,7 @@ def _run_convert(args: argparse.Namespace) -> None:
 
     from .model import load_model
 
-    parts, _ = load_model(args.source, args.vae, args.prediction)
+    parts, _ = load_model(args.source, **weights_options(args))
     print(parts.save_new(args.dest, torch.float16 if args.fp16 else None))
 
 

@@ -98,11 +98,13 @@ class Pipeline:
         name_or_path: str | os.PathLike,
         vae: str | os.PathLike | None = None,
         prediction: str | None = None,
+        config: str | os.PathLike | None = None,
     ) -> Pipeline:
         """A shipped model by name (``shipped_models()``), a folder written by ``save``, or Stable
         Diffusion weights: a diffusers folder or a single ``.safetensors`` file (``vae``: another
-        autoencoder file for it; ``prediction``: "eps" or "v", what a single file's U-Net predicts)."""
-        parts, origin = load_model(name_or_path, vae, prediction)
+        autoencoder file for it; ``prediction``: "eps" or "v", what a single file's U-Net predicts;
+        ``config``: a diffusers folder or the original .yaml, for what a single file cannot say)."""
+        parts, origin = load_model(name_or_path, vae, prediction, config)
         pipe = cls(parts.net, parts.text_encoder, parts.settings, parts.latent)
         pipe.source = str(name_or_path) if origin.parent == SHIPPED_DIR else str(origin.resolve())
         return pipe

@@ -22,6 +22,7 @@ from ..nets.autoencoder import AutoencoderKL
 from ..nets.unet import UNet
 from ..schedules import vp_alphas_cumprod, vp_sigmas
 from ..text.clip import SDTextEncoder
+from .architecture import ArchitectureHints, beside, read_hints
 from .keys import CheckpointError, convert
 from .open_clip import PREFIX as OPEN_CLIP_PREFIX
 from .open_clip import SDXL_PREFIX as SDXL_OPEN_CLIP_PREFIX
@@ -61,19 +62,25 @@ def is_foreign(path: Path) -> bool:
 
 
 def load_stable_diffusion(
-    path: Path, vae: Path | None = None, prediction: str | None = None
+    path: Path, vae: Path | None = None, prediction: str | None = None, config: Path | None = None
 ) -> tuple[dict[str, Any], nn.Module, nn.Module, AutoencoderKL]:
     """(settings fields, U-Net, text encoder, autoencoder) of a diffusers folder or a single file;
     ``vae`` replaces the autoencoder with one from its own file; ``prediction`` ("eps" or "v") says
-    what the U-Net predicts where the files cannot (a single file: ε unless told)."""
+    what the U-Net predicts where the files cannot (a single file: ε unless told); ``config`` (a
+    diffusers folder or the original .yaml) says what a single file's tensors cannot."""
     if path.suffix in PICKLE_SUFFIXES or (path.is_file() and path.suffix != ".safetensors"):
         raise CheckpointError(
             f"{path}: a pickled checkpoint is never loaded (it can run code); convert it to .safetensors "
             "once with a tool you trust, e.g. safetensors' convert script, and pass that file"
         )
-    settings, unet, text, autoencoder = (_diffusers_folder if path.is_dir() else _single_file)(
-        path, prediction
-    )
+    if path.is_dir():
+        if config is not None:
+            raise CheckpointError("--config applies to single files: a diffusers folder has its own configs")
+        settings, unet, text, autoencoder = _diffusers_folder(path, prediction)
+    else:
+        found = config if config is not None else beside(path)
+        hints = read_hints(found) if found is not None else ArchitectureHints()
+        settings, unet, text, autoencoder = _single_file(path, prediction, hints)
     # At SD's sizes NCHW activations ran faster than NHWC on the AVX-512 EPYC (a guided step at 64×64
     # latents: 6.65 s against 7.92 s, 2 threads; benchmarks/sd_speed_memory.py), the reverse of the
     # small shipped models.
@@ -185,7 +192,7 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def _single_file(
-    path: Path, prediction: str | None = None
+    path: Path, prediction: str | None, hints: ArchitectureHints
 ) -> tuple[dict[str, Any], UNet, SDTextEncoder, AutoencoderKL]:
     with TensorFile(path) as f:
         names = set(f.keys())
@@ -196,19 +203,25 @@ def _single_file(
         vae_config = infer_vae_config(vae_state, _original_encoder_name)
         shapes = {n[len(UNET_PREFIX) :]: f.shape(n) for n in names if n.startswith(UNET_PREFIX)}
         pooled = f.shape(SDXL_OPEN_CLIP_PREFIX + "text_projection")[1] if sdxl else 0  # [D, P]
-        unet_config = unet_config_from_original(shapes, None, vae_config.downsampling, pooled)
+        unet_config = (
+            unet_config_from_diffusers(hints.unet, vae_config.downsampling)
+            if hints.unet is not None
+            else unet_config_from_original(
+                shapes, hints.heads, vae_config.downsampling, pooled, hints.head_width
+            )
+        )
         unet_names = {n for n in names if n.startswith(UNET_PREFIX)}
         unet = load_mapped(
             empty(UNet, unet_config), None, unet_map(unet_config, "original"), "unet",
             names={n[len(UNET_PREFIX):] for n in unet_names}, get=lambda n: f.get_tensor(UNET_PREFIX + n),
         )  # fmt: skip
-        text = _sdxl_text(f, names) if sdxl else _single_file_text(f, names)
+        each = tuple(hints.text)
+        text = _sdxl_text(f, names, each) if sdxl else _single_file_text(f, names, each)
     _check_leftovers(path, names, unet_names)
-    if sdxl:
-        vae_config.scale_factor = SDXL_SCALE
+    vae_config.scale_factor = hints.scale_factor or (SDXL_SCALE if sdxl else vae_config.scale_factor)
     vae = AutoencoderKL(vae_config)
     vae.load_state_dict(vae_from_original(vae_state, vae.config))
-    settings = sd_settings(path.stem, prediction or "epsilon", sdxl=sdxl)
+    settings = sd_settings(path.stem, prediction or hints.prediction or "epsilon", sdxl=sdxl)
     return settings, unet.eval(), text, vae.eval()
 
 
@@ -217,25 +230,25 @@ def _part(f: TensorFile, names: set[str], prefix: str) -> dict[str, Tensor]:
     return {n[len(prefix) :]: f.get_tensor(n) for n in names if n.startswith(prefix)}
 
 
-def _single_file_text(f: TensorFile, names: set[str]) -> SDTextEncoder:
+def _single_file_text(f: TensorFile, names: set[str], each: tuple[dict[str, Any], ...]) -> SDTextEncoder:
     """SD 1's OpenAI CLIP (transformers names under ``cond_stage_model.transformer.``) or SD 2's
     OpenCLIP (``cond_stage_model.model.``, converted; read at its penultimate layer)."""
     if any(n.startswith(OPEN_CLIP_PREFIX) for n in names):
         state = text_from_open_clip(_part(f, names, OPEN_CLIP_PREFIX))  # SD 2 reads the penultimate layer
-        return SDTextEncoder.from_state_dicts("sd2", state, activation="gelu", skip_layers=1)
+        return SDTextEncoder.from_state_dicts("sd2", state, activation="gelu", skip_layers=1, each=each)
     state = _part(f, names, TEXT_PREFIX)
     state.pop("text_model.embeddings.position_ids", None)
-    return SDTextEncoder.from_state_dicts("sd1", state)
+    return SDTextEncoder.from_state_dicts("sd1", state, each=each)
 
 
-def _sdxl_text(f: TensorFile, names: set[str]) -> SDTextEncoder:
+def _sdxl_text(f: TensorFile, names: set[str], each: tuple[dict[str, Any], ...]) -> SDTextEncoder:
     """SDXL's ViT-L (transformers names) and OpenCLIP ViT-bigG (converted, with its projection)."""
     clip_l = _part(f, names, SDXL_TEXT_PREFIX)
     clip_l.pop("text_model.embeddings.position_ids", None)
     big_g = text_from_open_clip(
         _part(f, names, SDXL_OPEN_CLIP_PREFIX), SDXL_OPEN_CLIP_PREFIX, projection=True
     )
-    return SDTextEncoder.from_state_dicts("sdxl", clip_l, big_g)
+    return SDTextEncoder.from_state_dicts("sdxl", clip_l, big_g, each=each)
 
 
 def _check_kind(path: Path, names: set[str], f: Any) -> bool:

@@ -169,12 +169,17 @@ def _per_level(value: int | list[int], levels: int) -> tuple[int, ...]:
 
 
 def unet_config_from_original(
-    shapes: dict[str, tuple[int, ...]], heads: int | None = None, pixels_per_cell: int = 8, pooled: int = 0
+    shapes: dict[str, tuple[int, ...]],
+    heads: int | None = None,
+    pixels_per_cell: int = 8,
+    pooled: int = 0,
+    head_width: int | None = None,
 ) -> UNetConfig:
     """The UNetConfig of an original-layout U-Net (names without ``model.diffusion_model.``), read from
     its tensor shapes. Head counts are not in the shapes: SD 2's 1,024-wide text means 64-wide heads,
-    anything else SD 1's 8 heads per level, unless ``heads`` says. SDXL's added embedding takes the
-    ``pooled`` prompt (its width: from the text encoder) and 6 size ids of equal width (256 in SDXL)."""
+    anything else SD 1's 8 heads per level, unless ``heads`` (per level) or ``head_width`` says.
+    SDXL's added embedding takes the ``pooled`` prompt (its width: from the text encoder) and 6 size
+    ids of equal width (256 in SDXL)."""
     levels: list[list[int]] = [[]]  # the input blocks of each level; a downsampler starts the next
     n = 1
     while True:
@@ -209,7 +214,7 @@ def unet_config_from_original(
         "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attends],
         "layers_per_block": len(levels[0]), "cross_attention_dim": context,
         "use_linear_projection": len(projection) == 2, "transformer_layers_per_block": depth,
-        "attention_head_dim": [head_count or w // 64 for w in widths],
+        "attention_head_dim": [w // head_width if head_width else head_count or w // 64 for w in widths],
     }, pixels_per_cell)  # fmt: skip
 
 

@@ -42,24 +42,28 @@ def find_model(name_or_path: str | os.PathLike) -> Path:
 
 
 def load_model(
-    name_or_path: str | os.PathLike, vae: str | os.PathLike | None = None, prediction: str | None = None
+    name_or_path: str | os.PathLike,
+    vae: str | os.PathLike | None = None,
+    prediction: str | None = None,
+    config: str | os.PathLike | None = None,
 ) -> tuple[ModelParts, Path]:
     """A model's parts and where they came from: a noisecraft folder or shipped name, or Stable
     Diffusion weights (a diffusers folder or a single .safetensors file; ``vae`` swaps the autoencoder,
-    ``prediction`` says eps or v where the files cannot)."""
+    ``prediction`` says eps or v where the files cannot, ``config`` is a diffusers folder or .yaml
+    saying what a single file's tensors cannot)."""
     from ..formats.stable_diffusion import is_foreign, load_stable_diffusion  # only the loader reads formats/
 
     path = Path(name_or_path).expanduser()
     if is_foreign(path):
-        fields, net, text, autoencoder = load_stable_diffusion(
-            path, None if vae is None else Path(vae), prediction
-        )
+        vae_file, config_path = (None if p is None else Path(p).expanduser() for p in (vae, config))
+        fields, net, text, autoencoder = load_stable_diffusion(path, vae_file, prediction, config_path)
         settings = ModelSettings(**fields)
         return ModelParts(settings, net, text, LatentSpace(autoencoder, settings.latent_scale)), path
-    if vae is not None:
-        raise ValueError(
-            "--vae applies to Stable Diffusion weights (a diffusers folder or a .safetensors file)"
-        )
+    for flag, value in (("--vae", vae), ("--prediction", prediction), ("--config", config)):
+        if value is not None:
+            raise ValueError(
+                f"{flag} applies to Stable Diffusion weights (a diffusers folder or a .safetensors file)"
+            )
     folder = find_model(name_or_path)
     return load_parts(folder), folder
 

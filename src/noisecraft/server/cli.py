@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli_weights import add_weights_flags, weights_options
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -39,6 +41,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         help="shipped model names, saved pipeline folders, Stable Diffusion diffusers folders or "
         ".safetensors files, loaded at start (default: every shipped model)",
     )  # fmt: skip
+    add_weights_flags(p)  # for every Stable Diffusion model given
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)"
     )
@@ -59,7 +62,8 @@ def run_serve(args: argparse.Namespace) -> None:
     from .models import ModelRegistry
 
     limits = Limits(**{field: getattr(args, field) for field in LIMIT_FLAGS})
-    models = ModelRegistry.load(args.models) if args.models else ModelRegistry.shipped()
+    weights = weights_options(args)
+    models = ModelRegistry.load(args.models, **weights) if args.models else ModelRegistry.shipped()
     print(f"noisecraft serve: {', '.join(models.pipelines)} on http://{args.host}:{args.port}/", flush=True)
     app = create_app(models, limits)
     config = uvicorn.Config(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..model import shipped_models
 from ..pipeline import Pipeline
@@ -23,8 +24,9 @@ class ModelRegistry:
         self.default = next(iter(self.pipelines))
 
     @classmethod
-    def load(cls, specs: list[str]) -> ModelRegistry:
-        """Load shipped names or saved folders; a folder is known by its folder name."""
+    def load(cls, specs: list[str], **weights: Any) -> ModelRegistry:
+        """Load shipped names or saved folders; a folder is known by its folder name. ``weights``:
+        how to read Stable Diffusion weights (``Pipeline.load``'s vae, prediction, config)."""
         pipelines: dict[str, Pipeline] = {}
         sources: dict[str, str] = {}
         for spec in specs:
@@ -34,7 +36,7 @@ class ModelRegistry:
             suffix = 2
             while name in pipelines:  # two folders with one name: keep both, numbered
                 name, suffix = f"{base}-{suffix}", suffix + 1
-            pipelines[name], sources[name] = Pipeline.load(spec), str(spec)
+            pipelines[name], sources[name] = Pipeline.load(spec, **weights), str(spec)
         return cls(pipelines, sources)
 
     @classmethod
