@@ -13,9 +13,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,39 +27,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from common import append_results, machine_lines  # noqa: E402
-
-
-def proc_status(pid: int, key: str) -> float:
-    """A /proc/PID/status entry in MiB (VmRSS: now, VmHWM: the peak)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {key} in /proc/{pid}/status")
+from server_helpers import serve_command, status_mib  # noqa: E402
 
 
 def big_png(side: int) -> str:
     buffer = io.BytesIO()
     Image.new("RGBA", (side, side), (200, 30, 30, 255)).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
-
-
-def start_server(model_dir: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "noisecraft", "serve", "--model", str(model_dir), "--port", str(port)]
-    process = subprocess.Popen(command + extra, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/v1/status", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the server did not start")
 
 
 def burst(url: str, body: dict, clients: int) -> Counter:
@@ -93,24 +64,20 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model = make_tiny_pipeline().save(Path(tmp) / "tiny")
-        process, url = start_server(model, args.serve_args.split())
-        try:
+        with serve_command(model, args.serve_args.split(), Path(tmp) / "server.log") as (url, process):
             image = big_png(args.side)
             body = {"prompt": "x", "init_images": [image] * args.images, "mask": image,
                     "batch_size": args.images, "steps": 2, "width": 8, "height": 8}  # fmt: skip
             warm = {"prompt": "x", "init_images": [big_png(8)], "steps": 2, "width": 8, "height": 8}
             assert httpx.post(f"{url}/sdapi/v1/img2img", json=warm, timeout=60).status_code == 200
-            before = proc_status(process.pid, "VmRSS")
+            before = status_mib(process.pid)
             codes: Counter = Counter()
             start = time.monotonic()
             for _ in range(args.waves):
                 codes += burst(url, body, args.clients)
             seconds = time.monotonic() - start
             time.sleep(1.0)
-            peak, after = proc_status(process.pid, "VmHWM"), proc_status(process.pid, "VmRSS")
-        finally:
-            process.terminate()
-            process.wait(30)
+            peak, after = status_mib(process.pid, "VmHWM"), status_mib(process.pid, "VmRSS")
 
     kib = len(image) * 3 / 4 / 1024
     rows = (
@@ -118,7 +85,10 @@ def main() -> None:
         f"{args.side}² RGBA ({kib:.0f} KiB PNG each) | {before:.0f} | {peak:.0f} | {after:.0f} | "
         f"{dict(sorted(codes.items()))} | {seconds:.1f} |"
     )
-    table = "| burst | RSS before MiB | peak MiB | after MiB | status codes | s |\n|---|---|---|---|---|---|\n" + rows
+    table = (
+        "| burst | RSS before MiB | peak MiB | after MiB | status codes | s |\n|---|---|---|---|---|---|\n"
+        + rows
+    )
     print(table)
     if not args.no_append:
         append_results("Server memory under large-decoding img2img bursts", table, args.note)

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import subprocess
-import sys
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from server_helpers import decode_png, free_port, png_b64, wait_until
+from server_helpers import decode_png, png_b64, serve_command, status_mib, wait_until
 
 SERVE = ["--queue-size", "4", "--max-batch", "8", "--max-steps", "8", "--max-pixels", "4096"]
 VALID = {"prompt": "a red circle", "steps": 2, "width": 8, "height": 8}
@@ -30,13 +27,6 @@ KEPT_CAP_MIB = 64
 BURSTS = 2
 
 
-def _status_mib(pid: int, key: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {key}")
-
-
 def _large_png(side: int = 4096) -> str:
     """A one-colour RGBA PNG: ≈ 70 kB that decodes to side² × 4 bytes."""
     buffer = io.BytesIO()
@@ -46,40 +36,9 @@ def _large_png(side: int = 4096) -> str:
 
 @pytest.fixture(scope="module")
 def server(tiny_pipeline_dir, tmp_path_factory):
-    port = free_port()
     log_path = tmp_path_factory.mktemp("abuse") / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "noisecraft",
-        "serve",
-        "--model",
-        str(tiny_pipeline_dir),
-        "--port",
-        str(port),
-    ]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            command + SERVE, stdout=log, stderr=log, env={**os.environ, "OMP_NUM_THREADS": "1"}
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert process.poll() is None, log_path.read_text()
-        try:
-            return httpx.get(f"{url}/v1/status", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_until(up, 60, "noisecraft serve to start")
+    with serve_command(tiny_pipeline_dir, SERVE, log_path) as (url, process):
         yield url, process, log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def _requests(url: str) -> list[tuple[str, dict, set[int]]]:
@@ -154,7 +113,7 @@ def test_burst_of_abuse_gets_4xx_bounded_memory_and_a_live_server(server):
         assert client.post("/sdapi/v1/txt2img", json=VALID).status_code == 200  # warm: first use allocates
         one = {**VALID, "init_images": [_large_png()]}
         assert client.post("/sdapi/v1/img2img", json=one).status_code == 200  # and the decoding path
-        baseline = _status_mib(process.pid, "VmRSS")
+        baseline = status_mib(process.pid, "VmRSS")
         Path(f"/proc/{process.pid}/clear_refs").write_text("5")  # VmHWM from now on: the bursts' peak
         codes = Counter()
         for _ in range(BURSTS):
@@ -162,8 +121,8 @@ def test_burst_of_abuse_gets_4xx_bounded_memory_and_a_live_server(server):
         assert process.poll() is None, "the server died"
         wait_until(lambda: client.get("/v1/status").json()["queued"] == 0, 30, "the queue to drain")
         wait_until(lambda: not client.get("/v1/status").json()["running"], 30, "the last job to end")
-        peak = _status_mib(process.pid, "VmHWM") - baseline
-        kept = _status_mib(process.pid, "VmRSS") - baseline
+        peak = status_mib(process.pid, "VmHWM") - baseline
+        kept = status_mib(process.pid, "VmRSS") - baseline
         print(f"abuse: {dict(sorted(codes.items()))}; peak +{peak:.0f} MiB, kept +{kept:.0f} MiB")
         assert max(codes) < 500 and codes[413] >= 8 * BURSTS and codes[200] >= 1, codes
         assert peak < PEAK_CAP_MIB, f"peak resident memory {peak:.0f} MiB above the warm server's"
