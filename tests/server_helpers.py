@@ -6,10 +6,14 @@ import base64
 import contextlib
 import io
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import uvicorn
@@ -38,6 +42,46 @@ def serve(app, timeout: float = 20.0) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout)
         sock.close()
+
+
+@contextlib.contextmanager
+def serve_command(model_dir: Path, args: list[str], log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``noisecraft serve --model model_dir *args`` as its own process on a free loopback port, its
+    output in ``log_path``; yields (base URL, process) once it answers; stops it after."""
+    port = free_port()
+    command = [sys.executable, "-m", "noisecraft", "serve", "--model", str(model_dir), "--port", str(port)]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            command + args, stdout=log, stderr=log, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        import httpx
+
+        assert process.poll() is None, log_path.read_text()
+        try:
+            return httpx.get(f"{url}/v1/status", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(up, 60, "noisecraft serve to start")
+        yield url, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def status_mib(pid: int, key: str = "VmRSS") -> float:
+    """A memory figure of a process from /proc/PID/status, in MiB (VmRSS: now; VmHWM: its peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {key} in /proc/{pid}/status")
 
 
 def free_port() -> int:

@@ -284,24 +284,34 @@ def test_a1111_client_that_times_out_cancels_its_job(client):
     assert _idle(client)
 
 
-def test_progress_and_interrupt(server, client):
-    api = _api(server, sampler="Euler", steps=LONG)
+def test_progress_and_interrupt_are_the_jobs_own(server, client):
+    """Another client sees how far the running job is, not its image or id, and cannot stop it; the
+    client that names the job's id (A1111's force_task_id → id_task) sees and stops it."""
+    task = "task(progress-test)"
+    body = {"prompt": "x", "seed": 11, "batch_size": 2, "steps": LONG, "sampler_name": "Euler"}
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(r=api.txt2img(prompt="x", seed=11, batch_size=2)))
+    body["force_task_id"] = task
+    thread = threading.Thread(
+        target=lambda: result.update(r=httpx.post(f"{server}/sdapi/v1/txt2img", json=body, timeout=30))
+    )
     start = time.monotonic()
     thread.start()
     wait_until(lambda: client.get("/sdapi/v1/progress").json()["state"]["sampling_step"] > 3, 10, "sampling")
+    api = _api(server)  # another client: webuiapi sends no id
     progress = api.get_progress()
     assert 0 < progress["progress"] < 0.5 and progress["eta_relative"] > 0
     assert progress["state"]["sampling_steps"] == LONG and progress["state"]["job_count"] == 1
-    assert decode_png(progress["current_image"]).size == (8, 8)
+    assert progress["current_image"] is None and progress["current_task"] is None
     api.interrupt()
+    own = client.get("/sdapi/v1/progress", params={"id_task": task}).json()
+    assert not own["state"]["interrupted"] and own["current_task"] == task
+    assert decode_png(own["current_image"]).size == (8, 8)
+    assert client.post("/sdapi/v1/interrupt", params={"id_task": task}).status_code == 200
     thread.join(10)
     assert time.monotonic() - start < 8  # the full job takes ≈ 10 s
-    images, info = result["r"].images, result["r"].info
-    assert (
-        len(images) == 2 and info["extra_generation_params"]["Interrupted"] and info["all_seeds"] == [11, 12]
-    )
+    info = json.loads(result["r"].json()["info"])
+    assert len(result["r"].json()["images"]) == 2 and info["extra_generation_params"]["Interrupted"]
+    assert info["all_seeds"] == [11, 12]
     assert client.get("/sdapi/v1/progress").json()["progress"] == 0.0
 
 

@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,57 +18,18 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as hst
 from PIL import Image
 from schemathesis.generation import GenerationMode
-from server_helpers import decode_png, free_port, png_b64, wait_until
+from server_helpers import decode_png, png_b64, serve_command, status_mib, wait_until
 
 LIMITS = ["--queue-size", "4", "--max-batch", "2", "--max-steps", "8", "--max-pixels", "4096"]
 VALID = {"prompt": "a red circle", "steps": 4, "width": 8, "height": 8}
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
 @pytest.fixture(scope="module")
 def server(tiny_pipeline_dir, tmp_path_factory):
     """The real command on a free loopback port; its log is checked for tracebacks at the end."""
-    port = free_port()
     log_path = tmp_path_factory.mktemp("serve") / "server.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "noisecraft",
-        "serve",
-        "--model",
-        str(tiny_pipeline_dir),
-        "--port",
-        str(port),
-    ]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [*command, *LIMITS, "--max-prompt-chars", "300"], stdout=log, stderr=log, env=env
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert process.poll() is None, log_path.read_text()
-        try:
-            return httpx.get(f"{url}/v1/status", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_until(up, 60, "noisecraft serve to start")
+    with serve_command(tiny_pipeline_dir, [*LIMITS, "--max-prompt-chars", "300"], log_path) as (url, process):
         yield url, process, log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def _generated_cases(url: str, examples: int) -> dict[int, int]:
@@ -198,7 +155,7 @@ def test_hostile_requests_never_5xx_nor_kill_the_server(server):
     url, process, log_path = server
     with httpx.Client(base_url=url, timeout=60) as client:
         assert client.post("/sdapi/v1/txt2img", json=VALID).status_code == 200  # warm: first use allocates
-        baseline = rss_mib(process.pid)
+        baseline = status_mib(process.pid)
         start = time.monotonic()
 
         counts = _generated_cases(url, examples=300)
@@ -209,7 +166,7 @@ def test_hostile_requests_never_5xx_nor_kill_the_server(server):
 
         assert process.poll() is None, "the server died"
         wait_until(lambda: client.get("/v1/status").json()["queued"] == 0, 30, "the queue to drain")
-        grown = rss_mib(process.pid) - baseline
+        grown = status_mib(process.pid) - baseline
         # Bounded: the 10 MB prompts (80 MB in all, more in parsed copies) and the 30 MiB streamed body
         # were transient; the queue holds at most 4 small jobs. Keeping any of them would show here.
         assert grown < 48, f"resident memory grew by {grown:.0f} MiB"

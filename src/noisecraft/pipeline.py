@@ -62,6 +62,7 @@ class GenerationRequest:
     options: SamplingOptions = field(default_factory=SamplingOptions)
     init: Image.Image | Tensor | None = None  # PIL, or [C, H, W] / [B, C, H, W] in [-1, 1]
     mask: Image.Image | Tensor | None = None  # white (1) = repaint; needs init
+    max_evaluations: int | None = None  # network evaluations allowed (a server's limit); None: no limit
 
     def __post_init__(self) -> None:
         if self.mask is not None and self.init is None:
@@ -134,7 +135,9 @@ class Pipeline:
             keep = 1 - self._as_mask(request.mask, len(prompts), size)  # [B, 1, H, W], 1 where kept
         if request.init is not None:
             init = self._as_batch(request.init, len(prompts), size)
-        x = self._sample(prompts, request.negative_prompt, options, callback, init, keep)
+        x = self._sample(
+            prompts, request.negative_prompt, options, callback, init, keep, request.max_evaluations
+        )
         mode = "inpaint" if keep is not None else "img2img" if init is not None else "generate"
         return self._finish(x, prompts, request.negative_prompt, options, mode)
 
@@ -224,6 +227,7 @@ class Pipeline:
         callback: Callback | None,
         init: Tensor | None,
         keep: Tensor | None,
+        max_evaluations: int | None = None,
     ) -> Tensor:
         """Pixels [B, C, H, W] from resolved options; init [B, C, H, W] and keep [B, 1, H, W] in pixels."""
         check_seed(options.seed, len(prompts))
@@ -240,6 +244,7 @@ class Pipeline:
         out = sample(
             self.denoiser, shape, options, seeds, cond, uncond,
             callback=self._pixel_steps(callback), init=latent_init, keep=latent_keep,
+            max_evaluations=max_evaluations,
         )  # fmt: skip
         images = self.latent.decode(out)
         if keep is not None and not self.latent.is_identity:  # the kept pixels exactly, not re-decoded

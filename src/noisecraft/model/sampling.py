@@ -49,6 +49,26 @@ class KeepKnown(nn.Module):
         return self.keep * self.known + (1 - self.keep) * self.denoiser(x, sigma, cond)
 
 
+class EvaluationLimit(ValueError):
+    """Sampling needed more network evaluations than it was allowed (``sample``'s max_evaluations)."""
+
+
+class EvaluationBudget:
+    """A Denoiser allowing ``limit`` calls; the next raises EvaluationLimit, which ends the sampler."""
+
+    def __init__(self, denoiser: Denoiser, limit: int, sampler: str):
+        self.denoiser, self.limit, self.sampler, self.calls = denoiser, limit, sampler, 0
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Conditioning | None = None) -> Tensor:
+        if self.calls >= self.limit:
+            raise EvaluationLimit(
+                f"sampler {self.sampler} needed more than {self.limit} network evaluations, this request's "
+                "limit; use a fixed-step sampler, fewer steps or a lower guidance scale"
+            )
+        self.calls += 1
+        return self.denoiser(x, sigma, cond)
+
+
 def guided(
     denoiser: Denoiser,
     options: SamplingOptions,
@@ -79,6 +99,7 @@ def sample(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     rows: int = BATCH_ROWS,
+    max_evaluations: int | None = None,
 ) -> Tensor:
     """len(seeds) samples of one example ``shape``, [B, *shape], sample i drawn from seed i alone.
 
@@ -86,7 +107,8 @@ def sample(
     ``options.strength`` (SDEdit, Meng et al. 2022); with ``keep`` [B, 1, ...] (1 = known) it is
     inpainting instead, and the known part of ``init`` is kept exactly. The starting noise is drawn
     on the CPU in float32 and then moved to ``device`` and ``dtype``. The denoiser runs on chunks of
-    ``rows`` samples (``FixedBatch``).
+    ``rows`` samples (``FixedBatch``). ``max_evaluations`` bounds the sampler's calls of the (guided)
+    denoiser, whatever the sampler: one more raises EvaluationLimit (a ValueError).
     """
     unresolved = [key for key in MODEL_DEFAULTS if getattr(options, key) is None]
     if unresolved:
@@ -106,5 +128,7 @@ def sample(
     if keep is not None:
         denoiser = KeepKnown(denoiser, init, keep)
         x = x + keep * init
+    if max_evaluations is not None:
+        denoiser = EvaluationBudget(denoiser, max_evaluations, options.sampler)
     out = sample_fn(denoiser, x, sigmas, cond, generator=noise, callback=callback)
     return out if keep is None else keep * init + (1 - keep) * out

@@ -79,21 +79,23 @@ async def sd_models(request: Request) -> list[dict[str, Any]]:
 
 @router.get("/options")
 async def get_options(request: Request) -> dict[str, Any]:
-    """Only the model options are real; the current model is the one requests use by default."""
-    models = st.get_state(request).models
-    weights = models.pipelines[models.default].weights_hash
-    return {"sd_model_checkpoint": models.title(models.default), "sd_checkpoint_hash": weights}
+    """Only the model options are real; the current model is the one the caller's requests use by default."""
+    state = st.get_state(request)
+    name = state.default_model(st.caller(request))
+    weights = state.models.pipelines[name].weights_hash
+    return {"sd_model_checkpoint": state.models.title(name), "sd_checkpoint_hash": weights}
 
 
 @router.post("/options")
 async def set_options(options: dict[str, Any], request: Request) -> dict[str, Any]:
-    """``sd_model_checkpoint`` switches the default model; every other option is ignored."""
+    """``sd_model_checkpoint`` switches the caller's default model (its user's under --api-auth; one
+    shared by every caller without credentials); every other option is ignored."""
     state = st.get_state(request)
     if "sd_model_checkpoint" in options:
         name = options["sd_model_checkpoint"]
         if not isinstance(name, str):
             raise st.reject("sd_model_checkpoint", "expected a model title or name")
-        state.models.default = st.resolve_model(state, name, "sd_model_checkpoint")
+        state.defaults[st.caller(request)] = st.resolve_model(state, name, "sd_model_checkpoint")
     return {}
 
 
@@ -104,8 +106,11 @@ async def scripts() -> dict[str, list[str]]:
 
 
 @router.get("/progress", response_model=A1111Progress)
-async def progress(request: Request, skip_current_image: bool = False) -> A1111Progress:
-    """The running job: fraction done, seconds left, and the predicted clean image x̂0 so far."""
+async def progress(
+    request: Request, skip_current_image: bool = False, id_task: str | None = None
+) -> A1111Progress:
+    """The running job: fraction done, seconds left, and — for its own client only (``id_task`` = its
+    ``force_task_id``, or the user who sent it) — the predicted clean image x̂0 so far and its id."""
     worker = st.get_state(request).worker
     running = worker.running()
     if running is None:
@@ -114,13 +119,13 @@ async def progress(request: Request, skip_current_image: bool = False) -> A1111P
         )
     job, fraction = running.job, running.fraction()
     elapsed = time.monotonic() - running.started
-    denoised = running.denoised
+    denoised, own = running.denoised, st.owns(request, job, id_task)
     image = None
-    if not skip_current_image and denoised is not None:
+    if own and not skip_current_image and denoised is not None:
         image = encode_png(to_pil(denoised[:1])[0])
     state = A1111ProgressState(
         interrupted=job.interrupted.is_set(),
-        job=f"job {job.id}",
+        job=f"job {job.id}" if own else "",
         job_count=1 + worker.queued(),
         job_timestamp=time.strftime("%Y%m%d%H%M%S", time.localtime(time.time() - elapsed)),
         job_no=running.batch,
@@ -129,14 +134,16 @@ async def progress(request: Request, skip_current_image: bool = False) -> A1111P
     )
     eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
     return A1111Progress(
-        progress=fraction, eta_relative=eta, state=state, current_image=image, current_task=job.id
-    )
+        progress=fraction, eta_relative=eta, state=state, current_image=image,
+        current_task=job.id if own else None,
+    )  # fmt: skip
 
 
 @router.post("/interrupt")
-async def interrupt(request: Request) -> dict[str, Any]:
-    """Stop the running job; it answers with the images it has (its current batch as x̂0)."""
-    st.get_state(request).worker.interrupt()
+async def interrupt(request: Request, id_task: str | None = None) -> dict[str, Any]:
+    """Stop the running job if it is the caller's (as for /progress); it answers with the images it
+    has (its current batch as x̂0). Another client's job runs on."""
+    st.get_state(request).worker.interrupt(lambda job: st.owns(request, job, id_task))
     return {}
 
 
@@ -145,9 +152,7 @@ async def interrupt(request: Request) -> dict[str, Any]:
 
 async def _serve(body: A1111Txt2Img, request: Request) -> dict[str, Any]:
     """Check, queue, wait; the client leaving cancels the job."""
-    state = st.get_state(request)
-    job = await _job(body, state)
-    st.submit(state, job)
+    job = await _job(body, st.get_state(request), request)
     async for kind, data in job_events(job, request):
         if kind == "done":
             return data
@@ -161,8 +166,8 @@ A1111_FIELDS = {"guidance": "cfg_scale", "sampler": "sampler_name", "schedule": 
 A1111_FIELDS["strength"] = "denoising_strength"
 
 
-async def _job(body: A1111Txt2Img, state: st.ServerState) -> Job:
-    """The Pipeline requests (one per n_iter) and the response builder for one request."""
+async def _job(body: A1111Txt2Img, state: st.ServerState, request: Request) -> Job:
+    """The Pipeline requests (one per n_iter) and the response builder for one request, queued."""
     limits = state.limits
     texts = {"prompt": body.prompt, "negative_prompt": body.negative_prompt}
     if body.script_name:
@@ -170,6 +175,7 @@ async def _job(body: A1111Txt2Img, state: st.ServerState) -> Job:
     if body.alwayson_scripts:
         raise st.reject("alwayson_scripts", f"no scripts here: {', '.join(map(str, body.alwayson_scripts))}")
     checkpoint = (body.override_settings or {}).get("sd_model_checkpoint")
+    checkpoint = checkpoint or state.default_model(st.caller(request))
     name, pipe = state.models.get(st.resolve_model(state, checkpoint, "override_settings"))
     img2img = isinstance(body, A1111Img2Img)
     values = dict(steps=body.steps, sampler=(body.sampler_name or body.sampler_index or "").strip() or None)
@@ -189,14 +195,22 @@ async def _job(body: A1111Txt2Img, state: st.ServerState) -> Job:
     field = "batch_size" if body.batch_size > limits.max_batch else "n_iter"
     st.check_common(limits, texts, options.steps, body.batch_size * body.n_iter, field)
     size = (options.width, options.height)
-    init, mask = await _init_images(body, pipe, limits, size) if img2img else (None, None)
-    negative, count = body.negative_prompt or None, body.batch_size
-    batches = [
-        partial(pipe.run, GenerationRequest(body.prompt, negative, count, seeded, init, mask))
-        for seeded in (replace(options, seed=options.seed + k * count) for k in range(body.n_iter))
-    ]
-    finish = partial(_response, body, name, pipe, options, (width, height))
-    return Job(batches, finish, options.steps)
+    opened = await _open_images(body, state) if img2img else {}
+    async with state.admission.admit(
+        [i for images in opened.values() for i in images], st.caller(request)
+    ) as submit:
+        init, mask = await state.admission.run(_decode_images, body, opened, pipe.config.channels, size)
+        negative, count, most = body.negative_prompt or None, body.batch_size, limits.max_evaluations
+        batches = [
+            partial(pipe.run, GenerationRequest(body.prompt, negative, count, seeded, init, mask, most))
+            for seeded in (replace(options, seed=options.seed + k * count) for k in range(body.n_iter))
+        ]
+        if img2img and not body.include_init_images:  # a queued job keeps no megabytes of base64
+            body = body.model_copy(update={"init_images": [], "mask": None})
+        finish = partial(_response, body, name, pipe, options, (width, height))
+        job = Job(batches, finish, options.steps, task_id=body.force_task_id)
+        submit(job)
+    return job
 
 
 def _response(body, name: str, pipe: Pipeline, options: SamplingOptions, size, images, interrupted):
@@ -218,21 +232,33 @@ def _response(body, name: str, pipe: Pipeline, options: SamplingOptions, size, i
     return {"images": encoded if body.send_images else [], "parameters": parameters, "info": json.dumps(info)}
 
 
-async def _init_images(
-    body: A1111Img2Img, pipe: Pipeline, limits, size: tuple[int, int]
-) -> tuple[torch.Tensor, Image.Image | None]:
-    """init_images as one [B, C, H, W] tensor at the model's size (B = 1 or batch_size); the mask."""
+async def _open_images(body: A1111Img2Img, state: st.ServerState) -> dict[str, list[Image.Image]]:
+    """init_images and the mask with their headers read, not decoded yet."""
     if len(body.init_images) not in (1, body.batch_size):
         raise st.reject(
             "init_images", f"pass 1 or batch_size ({body.batch_size}) images, not {len(body.init_images)}"
         )
-    c = pipe.config
-    images = [await st.decode(data, "init_images", limits) for data in body.init_images]
-    init = torch.stack([from_pil(image, c.channels, size) for image in images])  # [B, C, H, W]
-    mask = None
-    if body.mask:
-        mask = binary_mask(await st.decode(body.mask, "mask", limits), size, body.inpainting_mask_invert == 1)
-    return init, mask
+    return await st.open_images(
+        state, {"init_images": body.init_images, "mask": [body.mask] if body.mask else []}
+    )
+
+
+def _decode_images(
+    body: A1111Img2Img, opened: dict[str, list[Image.Image]], channels: int, size: tuple[int, int]
+) -> tuple[torch.Tensor | None, Image.Image | None]:
+    """init_images as one [B, C, H, W] tensor at the model's size (B = 1 or batch_size); the mask.
+    One image is decoded at a time, and only its model-size copy is kept."""
+    if not opened:
+        return None, None
+    init = torch.stack(
+        [
+            st.converted(i, "init_images", partial(from_pil, channels=channels, size=size))
+            for i in opened["init_images"]
+        ]
+    )  # [B, C, H, W]
+    invert = body.inpainting_mask_invert == 1
+    mask = [st.converted(i, "mask", partial(binary_mask, size=size, invert=invert)) for i in opened["mask"]]
+    return init, (mask[0] if mask else None)
 
 
 def _info(body, name: str, pipe: Pipeline, options: SamplingOptions, count: int, size, interrupted) -> dict:

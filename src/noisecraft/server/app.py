@@ -13,12 +13,15 @@ from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from . import a1111, native
+from .admission import Admission
+from .guard import Access, Guard
 from .jobs import Worker
 from .limits import Limits
 from .models import ModelRegistry
@@ -28,16 +31,21 @@ STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("noisecraft.server")
 
 
-def create_app(models: ModelRegistry, limits: Limits | None = None) -> FastAPI:
-    """An app serving ``models``; its worker thread starts and stops with the app's lifespan."""
-    limits = limits or Limits()
+def create_app(
+    models: ModelRegistry, limits: Limits | None = None, access: Access | None = None, host: str = "127.0.0.1"
+) -> FastAPI:
+    """An app serving ``models`` on ``host`` to whom ``access`` admits; its worker thread starts and
+    stops with the app's lifespan."""
+    limits, access = limits or Limits(), access or Access()
     worker = Worker(limits.queue_size)
+    admission = Admission(worker, limits.max_request_pixels, limits.max_decoding_pixels)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker.start()
         yield
         worker.stop()
+        admission.close()
 
     app = FastAPI(
         title="noisecraft",
@@ -47,13 +55,19 @@ def create_app(models: ModelRegistry, limits: Limits | None = None) -> FastAPI:
         redoc_url=None,
         lifespan=lifespan,
     )
-    app.state.noisecraft = ServerState(models, worker, limits)
+    app.state.noisecraft = ServerState(models, worker, limits, admission)
     app.include_router(a1111.router)
     app.include_router(native.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    app.add_middleware(Guard, access=access, bound_host=host)
+    if access.cors_origins:  # outside the guard: a browser's preflight carries no credentials
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"], allow_credentials="*" not in access.cors_origins,
+        )  # fmt: skip
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

@@ -27,7 +27,13 @@ LIMIT_FLAGS = {
     "max_steps": "sampler steps per request",
     "max_pixels": "output width × height (A1111 endpoints)",
     "max_prompt_chars": "characters per prompt",
+    "max_request_pixels": "decoded pixels of one request's init images and mask together (413 beyond)",
+    "max_decoding_pixels": "decoded pixels of all requests being admitted at once (429 beyond)",
 }
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +57,21 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument(
             flag, type=_positive_int, default=getattr(d, field), help=f"{meaning} (default: %(default)s)"
         )
+    p.add_argument(
+        "--api-auth", metavar="USER:PASS[,USER:PASS...]",
+        help="HTTP Basic credentials required on every request (required with a --host other machines reach)",
+    )  # fmt: skip
+    p.add_argument(
+        "--api-token", metavar="TOKEN", help="or: a token required as 'Authorization: Bearer TOKEN'"
+    )
+    p.add_argument(
+        "--allowed-hosts", type=_names, default=(), metavar="NAME[,NAME...]",
+        help="Host header names to answer besides --host and the loopback names ('*': any)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cors-allow-origins", type=_names, default=(), metavar="ORIGIN[,ORIGIN...]",
+        help="origins (https://app.example) whose web pages may call the API (default: none)",
+    )  # fmt: skip
     p.set_defaults(run=run_serve)
 
 
@@ -58,14 +79,18 @@ def run_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from .app import create_app
+    from .guard import Access, check_exposure, parse_api_auth
     from .limits import Limits
     from .models import ModelRegistry
 
+    users = parse_api_auth(args.api_auth) if args.api_auth else {}
+    access = Access(users, args.api_token or None, args.allowed_hosts, args.cors_allow_origins)
+    check_exposure(args.host, access)  # before loading models: a refusal comes at once
     limits = Limits(**{field: getattr(args, field) for field in LIMIT_FLAGS})
     weights = weights_options(args)
     models = ModelRegistry.load(args.models, **weights) if args.models else ModelRegistry.shipped()
     print(f"noisecraft serve: {', '.join(models.pipelines)} on http://{args.host}:{args.port}/", flush=True)
-    app = create_app(models, limits)
+    app = create_app(models, limits, access, args.host)
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5
     )

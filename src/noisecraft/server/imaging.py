@@ -20,6 +20,11 @@ class BadImage(ValueError):
 
 def decode_image(data: str, field: str, max_pixels: int) -> Image.Image:
     """A base64 image (optionally a ``data:image/...;base64,`` URL) → a loaded PIL image."""
+    return load_image(open_image(data, field, max_pixels), field)
+
+
+def open_image(data: str, field: str, max_pixels: int) -> Image.Image:
+    """A base64 image, its header read and its size checked, its pixels not decoded yet (``load_image``)."""
     if not isinstance(data, str) or not data:
         raise BadImage(f"{field}: expected a base64-encoded image")
     if data.startswith("data:"):
@@ -32,12 +37,20 @@ def decode_image(data: str, field: str, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(raw), formats=READABLE_FORMATS)
-            if image.width * image.height > max_pixels:  # checked from the header, before decoding
-                raise BadImage(f"{field}: {image.width}×{image.height} is more than {max_pixels} pixels")
-            image.load()
-    except BadImage:
-        raise
     except Exception as err:  # Pillow raises assorted types (OSError, SyntaxError, bomb warnings ...)
+        raise BadImage(f"{field}: not a readable image ({type(err).__name__})") from None
+    if image.width * image.height > max_pixels:  # checked from the header, before decoding
+        raise BadImage(f"{field}: {image.width}×{image.height} is more than {max_pixels} pixels")
+    return image
+
+
+def load_image(image: Image.Image, field: str) -> Image.Image:
+    """Decode the pixels of an ``open_image``; BadImage naming the field when they are broken."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+    except Exception as err:
         raise BadImage(f"{field}: not a readable image ({type(err).__name__})") from None
     return image
 

@@ -57,8 +57,16 @@ class _Interrupted(Exception):
 class Job:
     """Work for the worker thread plus the asyncio queue its events arrive on."""
 
-    def __init__(self, batches: list[Batch], finish: Finish, steps: int, previews: bool = False):
-        self.id = uuid.uuid4().hex[:12]
+    def __init__(
+        self,
+        batches: list[Batch],
+        finish: Finish,
+        steps: int,
+        previews: bool = False,
+        task_id: str | None = None,
+    ):
+        self.id = task_id or uuid.uuid4().hex  # 128 random bits: knowing it is what lets a client see the job
+        self.owner: str | None = None  # the authenticated user who sent it (None: no credentials)
         self.batches, self.finish, self.steps, self.previews = batches, finish, steps, previews
         self.cancelled, self.interrupted = threading.Event(), threading.Event()
         self.loop = asyncio.get_running_loop()  # created on the event loop that will read the events
@@ -97,7 +105,9 @@ class Worker:
 
     def __init__(self, queue_size: int):
         self.queue_size = queue_size
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[Job | None] = queue.Queue()  # bounded by the slots ``reserve`` hands out
+        self._reserved = 0  # slots held by requests still decoding their images
+        self._lock = threading.Lock()
         self._running: _Running | None = None
         self._counts: Counter[str] = Counter()
         self._jobs_started = 0
@@ -129,24 +139,38 @@ class Worker:
         self._queue.put(None)
         self._thread.join(timeout)
 
-    def submit(self, job: Job) -> int:
-        """Queue a job; its position (1 = next); QueueFull when every slot is taken."""
-        try:
+    def reserve(self) -> None:
+        """Hold a queue slot for a job still being prepared; QueueFull when every slot is taken."""
+        with self._lock:
+            if self._queue.qsize() + self._reserved >= self.queue_size:
+                raise QueueFull(self.retry_after())
+            self._reserved += 1
+
+    def release(self) -> None:
+        """Give back a slot ``reserve`` held (the request failed before its job was queued)."""
+        with self._lock:
+            self._reserved -= 1
+
+    def submit(self, job: Job, reserved: bool = False) -> int:
+        """Queue a job in a slot it ``reserve``d (or takes now); its position (1 = next); QueueFull."""
+        if not reserved:
+            self.reserve()
+        with self._lock:
+            self._reserved -= 1
             self._queue.put_nowait(job)
-        except queue.Full:
-            raise QueueFull(self.retry_after()) from None
-        return self._queue.qsize()
+            return self._queue.qsize()
 
     def retry_after(self) -> int:
         """Seconds until a slot is likely free: the queue's length times the average job time."""
         return max(1, math.ceil(self._seconds_per_job * (self._queue.qsize() + 1)))
 
-    def interrupt(self) -> bool:
-        """Stop the running job at its next step; it still answers with the images it has."""
+    def interrupt(self, allowed: Callable[[Job], bool]) -> bool:
+        """Stop the running job at its next step if ``allowed(job)``; it still answers with what it has."""
         running = self._running
-        if running is not None:
-            running.job.interrupted.set()
-        return running is not None
+        if running is None or not allowed(running.job):
+            return False
+        running.job.interrupted.set()
+        return True
 
     def running(self) -> _Running | None:
         return self._running

@@ -43,9 +43,7 @@ SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post("/generate", response_class=StreamingResponse, responses=SSE_RESPONSES)
 async def generate(body: GenerateRequest, request: Request) -> StreamingResponse:
     """Generate, streaming one event per step with σ and a preview of the predicted clean image."""
-    state = st.get_state(request)
-    job = await _job(body, state)
-    position = st.submit(state, job)
+    job, position = await _job(body, st.get_state(request), request)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(_stream(job, position, request), media_type="text/event-stream", headers=headers)
 
@@ -86,7 +84,8 @@ async def status(request: Request) -> ServerStatus:
     )
 
 
-async def _job(body: GenerateRequest, state: st.ServerState) -> Job:
+async def _job(body: GenerateRequest, state: st.ServerState, request: Request) -> tuple[Job, int]:
+    """The request's job, queued, and its place in the queue."""
     limits = state.limits
     texts = {"prompt": body.prompt, "negative_prompt": body.negative_prompt}
     name, pipe = state.models.get(st.resolve_model(state, body.model, "model"))
@@ -99,16 +98,38 @@ async def _job(body: GenerateRequest, state: st.ServerState) -> Job:
         )
     steps = resolved.steps
     st.check_common(limits, texts, steps, body.num_images, "num_images")
-    init = mask = None
-    if body.init_image is not None:
-        init = await st.decode(body.init_image, "init_image", limits)
-        init = from_pil(init, pipe.config.channels, (resolved.width, resolved.height))
-    if body.mask is not None:
-        mask = binary_mask(await st.decode(body.mask, "mask", limits), (resolved.width, resolved.height))
-    job = st.checked(
-        lambda: GenerationRequest(body.prompt, body.negative_prompt, body.num_images, options, init, mask),
-        {"init": "init_image"},
-    )
+    size = (resolved.width, resolved.height)
+    sent = {"init_image": body.init_image, "mask": body.mask}
+    opened = await st.open_images(state, {k: [v] for k, v in sent.items() if v is not None})
+    async with state.admission.admit([i for (i,) in opened.values()], st.caller(request)) as submit:
+        init, mask = await state.admission.run(_decode, opened, pipe.config.channels, size)
+        job = st.checked(
+            lambda: GenerationRequest(
+                body.prompt,
+                body.negative_prompt,
+                body.num_images,
+                options,
+                init,
+                mask,
+                limits.max_evaluations,
+            ),
+            {"init": "init_image"},
+        )
+        return _queued(job, pipe, name, options, steps, submit)
+
+
+def _decode(opened: dict[str, list[Image.Image]], channels: int, size: tuple[int, int]) -> tuple:
+    """The init image as [C, H, W] and the mask, at ``size`` (on the admission's decoding thread)."""
+    init = [
+        st.converted(i, "init_image", partial(from_pil, channels=channels, size=size))
+        for i in opened.get("init_image", [])
+    ]
+    mask = [st.converted(i, "mask", partial(binary_mask, size=size)) for i in opened.get("mask", [])]
+    return (init[0] if init else None), (mask[0] if mask else None)
+
+
+def _queued(job: GenerationRequest, pipe, name: str, options, steps: int, submit) -> tuple[Job, int]:
+    """Queue the Pipeline call of ``job``; the Job and its position."""
 
     def finish(images: list[Image.Image], interrupted: bool) -> dict[str, Any]:
         return {
@@ -125,7 +146,8 @@ async def _job(body: GenerateRequest, state: st.ServerState) -> Job:
             ],
         }
 
-    return Job([partial(pipe.run, job)], finish, steps, previews=True)
+    queued = Job([partial(pipe.run, job)], finish, steps, previews=True)
+    return queued, submit(queued)
 
 
 async def _stream(job: Job, position: int, request: Request) -> AsyncIterator[str]:

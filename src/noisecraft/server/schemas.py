@@ -49,6 +49,10 @@ class A1111Txt2Img(BaseModel):
     )
     alwayson_scripts: dict[str, Any] | None = Field(None, description="must be empty: no scripts here")
     send_images: bool = Field(True, description="false: no images in the response, only info")
+    force_task_id: str | None = Field(
+        None, min_length=8, max_length=128,
+        description="the job's id: /progress and /interrupt take it as id_task (default: a random one)",
+    )  # fmt: skip
     # Ignored knobs (declared so that a wrong type is rejected as A1111 would).
     styles: list[str] | None = Field(None, description=IGNORED)
     subseed: int | None = Field(None, description=IGNORED)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import HTTPException, Request
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from ..model import OptionError, SamplingOptions
-from .imaging import BadImage, decode_image
-from .jobs import Job, QueueFull, Worker
+from .admission import Admission
+from .imaging import BadImage, load_image, open_image
+from .jobs import Job, Worker
 from .limits import Limits
 from .models import ModelRegistry, UnknownModel
 
@@ -24,10 +26,29 @@ class ServerState:
     models: ModelRegistry
     worker: Worker
     limits: Limits
+    admission: Admission
+    defaults: dict[str | None, str] = field(default_factory=dict)  # caller → model (POST /options)
+
+    def default_model(self, caller: str | None) -> str:
+        """The model a caller's A1111 requests get without one: its own choice, else the server's."""
+        return self.defaults.get(caller, self.models.default)
 
 
 def get_state(request: Request) -> ServerState:
     return request.app.state.noisecraft
+
+
+def caller(request: Request) -> str | None:
+    """The authenticated user who sent ``request`` (``Guard`` sets it); None without credentials."""
+    return getattr(request.state, "caller", None)
+
+
+def owns(request: Request, job: Job, id_task: str | None) -> bool:
+    """Whether the caller may see or stop ``job``: it names the job's id, or is the user who sent it."""
+    if id_task is not None and secrets.compare_digest(id_task.encode(), job.id.encode()):
+        return True
+    user = caller(request)
+    return user is not None and user == job.owner
 
 
 def reject(field: str, message: str, status: int = 422) -> HTTPException:
@@ -84,17 +105,33 @@ def pick_seed(seed: int) -> int:
     return secrets.randbelow(2**32) if seed == -1 else seed
 
 
-async def decode(data: str, field: str, limits: Limits):
-    """Decode a base64 image off the event loop; a 422 naming the field when it is unusable."""
+def bad_image(err: BadImage, field: str) -> HTTPException:
+    return reject(field, str(err).removeprefix(f"{field}: "))
+
+
+async def open_images(state: ServerState, images: dict[str, list[str]]) -> dict[str, list[Image.Image]]:
+    """Each field's base64 images with their headers read (pixels not decoded), off the event loop;
+    a 422 naming the field for one that is unusable or over ``max_image_pixels``."""
+
+    def open_all() -> dict[str, list[Image.Image]]:
+        limit = state.limits.max_image_pixels
+        opened: dict[str, list[Image.Image]] = {}
+        for field_name, items in images.items():
+            try:
+                opened[field_name] = [open_image(data, field_name, limit) for data in items]
+            except BadImage as err:
+                raise bad_image(err, field_name) from None
+        return opened
+
+    return await run_in_threadpool(open_all)
+
+
+def converted(image: Image.Image, field: str, convert: Callable[[Image.Image], T]) -> T:
+    """``convert`` of the decoded image, whose pixels are freed right after; a 422 naming the field
+    when they are broken. Call on the admission's decoding thread."""
     try:
-        return await run_in_threadpool(decode_image, data, field, limits.max_image_pixels)
+        return convert(load_image(image, field))
     except BadImage as err:
-        raise reject(field, str(err).removeprefix(f"{field}: ")) from None
-
-
-def submit(state: ServerState, job: Job) -> int:
-    """Queue the job; 429 with Retry-After when the queue is full."""
-    try:
-        return state.worker.submit(job)
-    except QueueFull as err:
-        raise HTTPException(429, str(err), headers={"Retry-After": str(err.retry_after)}) from None
+        raise bad_image(err, field) from None
+    finally:
+        image.close()
