@@ -86,8 +86,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--schedule",
         default=None,
-        help="σ spacing: karras, exponential; for DDPM/SD models also uniform, leading, trailing "
-        "(default: the model's)",
+        help="σ spacing: karras, exponential, polyexponential, sgm_uniform, beta; for DDPM/SD models also "
+        "uniform, leading, trailing; or A1111's names ('SGM Uniform') (default: the model's)",
     )
     p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
     p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")

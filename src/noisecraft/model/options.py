@@ -18,7 +18,7 @@ from ..guidance import check_guidance_options
 from ..noise import check_seed
 from ..samplers import SAMPLERS
 from ..samplers.names import canonical_sampler
-from .schedule import canonical_schedule
+from .schedule import SCHEDULES, canonical_schedule
 from .settings import ModelSettings
 
 
@@ -68,8 +68,12 @@ class SamplingOptions:
             )
 
     def resolve(self, settings: ModelSettings) -> SamplingOptions:
-        """These options with every None replaced by the model's default (and checked again)."""
+        """These options with every None replaced by the model's default (and checked again); a
+        schedule with its own ρ (polyexponential: 1, as A1111) takes that rather than the model's."""
         filled = {k: getattr(settings, k) for k in MODEL_DEFAULTS + SIZE if getattr(self, k) is None}
+        own_rho = SCHEDULES[canonical_schedule(self.schedule or settings.schedule)].default_rho
+        if self.rho is None and own_rho is not None:
+            filled["rho"] = own_rho
         return dataclasses.replace(self, **filled) if filled else self
 
     def metadata(self, keep_strength: bool = False) -> dict[str, Any]:
