@@ -52,7 +52,7 @@ SCHEDULES: dict[str, Schedule] = {
         lambda n, lo, hi, rho, dt, table: sgm_uniform(n, lo, hi, table, dt),
         uses_table=True,
         aliases=("SGMUniform",),
-    ),  # fmt: skip
+    ),
     "beta": Schedule("Beta", lambda n, lo, hi, rho, dt, table: beta_sigmas(n, lo, hi, dtype=dt)),
     "uniform": Schedule("Uniform", _discrete("uniform"), needs_table=True, uses_table=True),
     "leading": Schedule("Leading", _discrete("leading"), needs_table=True, uses_table=True),

@@ -173,7 +173,7 @@ async def _job(body: A1111Txt2Img, state: st.ServerState) -> Job:
     name, pipe = state.models.get(st.resolve_model(state, checkpoint, "override_settings"))
     img2img = isinstance(body, A1111Img2Img)
     values = dict(steps=body.steps, sampler=(body.sampler_name or body.sampler_index or "").strip() or None)
-    values.update(guidance=body.cfg_scale, seed=st.pick_seed(body.seed))
+    values.update(guidance=body.cfg_scale, seed=body.seed)
     if body.scheduler and body.scheduler.lower() != "automatic":
         values["schedule"] = body.scheduler
     if img2img:  # A1111's default strength when a client sends null

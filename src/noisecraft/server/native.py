@@ -90,7 +90,7 @@ async def _job(body: GenerateRequest, state: st.ServerState) -> Job:
     limits = state.limits
     texts = {"prompt": body.prompt, "negative_prompt": body.negative_prompt}
     name, pipe = state.models.get(st.resolve_model(state, body.model, "model"))
-    options = st.sampling_options({**body.model_dump(), "seed": st.pick_seed(body.seed)})
+    options = st.sampling_options(body.model_dump())  # seed -1 is drawn here
     resolved = options.resolve(pipe.config)
     st.checked(lambda: pipe.check_size(resolved))
     if resolved.width * resolved.height > limits.max_pixels:

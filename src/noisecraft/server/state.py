@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -77,11 +76,6 @@ def check_common(
         raise reject("steps", f"{steps} steps; at most {limits.max_steps}")
     if images > limits.max_batch:
         raise reject(field, f"{images} images in one request; at most {limits.max_batch}")
-
-
-def pick_seed(seed: int) -> int:
-    """-1 → a random seed (reported back to the client); any other seed as given."""
-    return secrets.randbelow(2**32) if seed == -1 else seed
 
 
 async def decode(data: str, field: str, limits: Limits):
