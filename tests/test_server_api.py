@@ -223,7 +223,7 @@ def test_models_samplers_docs_and_page(client):
         ("/sdapi/v1/txt2img", {"prompt": "x" * 201}, "prompt"),
         ("/sdapi/v1/txt2img", {"negative_prompt": "x" * 201}, "negative_prompt"),
         ("/sdapi/v1/txt2img", {"sampler_name": "Euler z"}, "sampler_name"),
-        ("/sdapi/v1/txt2img", {"scheduler": "Beta"}, "scheduler"),
+        ("/sdapi/v1/txt2img", {"scheduler": "KL Optimal"}, "scheduler"),
         ("/sdapi/v1/txt2img", {"override_settings": {"sd_model_checkpoint": "nope"}}, "override_settings"),
         ("/sdapi/v1/txt2img", {"script_name": "x/y/z plot"}, "script_name"),
         ("/sdapi/v1/txt2img", {"steps": -3}, "steps"),

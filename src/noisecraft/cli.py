@@ -113,7 +113,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 def _run_generate(args: argparse.Namespace) -> None:
     from .generation import FilesRequest, check_model_matches, generate_to_files, request_from_png
-    from .images import read_png_metadata
+    from .infotext import png_parameters
     from .model import SamplingOptions
     from .noise import RANDOM_SEED
     from .pipeline import Pipeline
@@ -138,7 +138,7 @@ def _run_generate(args: argparse.Namespace) -> None:
         raise ValueError("give at least one prompt (or --from-png IMAGE)")
     pipe = Pipeline.load(model, vae=args.vae, prediction=args.prediction)
     if args.from_png:
-        check_model_matches(pipe, read_png_metadata(args.from_png).get("weights"))
+        check_model_matches(pipe, png_parameters(args.from_png).get("weights"))
     for path in generate_to_files(pipe, request, args.out):
         print(path)
 

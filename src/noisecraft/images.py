@@ -52,26 +52,39 @@ def load_image(
         raise ValueError(f"{path}: not a readable image ({err})") from None
 
 
-def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
-    """Save a PNG with ``metadata`` as a JSON text chunk (so the image can be regenerated from itself)."""
+def save_png(
+    image: Image.Image,
+    path: str | os.PathLike,
+    metadata: dict[str, Any] | None = None,
+    parameters: str | None = None,
+) -> Path:
+    """Save a PNG with ``metadata`` as a JSON text chunk (so the image can be regenerated from itself)
+    and ``parameters``, AUTOMATIC1111's text of the same settings (``infotext``), for other tools."""
     info = PngImagePlugin.PngInfo()
     if metadata is not None:
         info.add_text(METADATA_KEY, json.dumps(metadata, sort_keys=True))
+    if parameters is not None:
+        info.add_text("parameters", parameters)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, pnginfo=info)
     return path
 
 
-def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The generation parameters saved by ``save_png``; a clear error when the file has none."""
+def read_png_text(path: str | os.PathLike) -> dict[str, str]:
+    """A PNG's text chunks, with one clear error for a missing or unreadable file."""
     try:
         with Image.open(path, formats=("PNG",)) as image:
-            text = getattr(image, "text", {}).get(METADATA_KEY)
+            return dict(getattr(image, "text", {}))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path}: not a readable image ({err})") from None
+
+
+def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The generation parameters saved by ``save_png``; a clear error when the file has none."""
+    text = read_png_text(path).get(METADATA_KEY)
     if text is None:
         raise ValueError(f"{path}: carries no noisecraft generation parameters")
     try:
