@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin, UnidentifiedImageError
 from torch import Tensor
 
 METADATA_KEY = "noisecraft"  # the PNG text chunk holding the generation parameters as JSON
@@ -111,6 +112,15 @@ def upscale(image: Image.Image, factor: int) -> Image.Image:
     return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
 
 
+@cache
+def label_font(size: int = 11) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans, which matplotlib (a dependency) ships: it has σ, which PIL's default font lacks."""
+    import matplotlib
+
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    return ImageFont.truetype(str(path), size)
+
+
 def step_strip(rows: list[list[Image.Image]], labels: list[str], scale: int = 4) -> Image.Image:
     """A strip per row (e.g. current sample, predicted clean image) with a label above each column."""
     cells = [[upscale(image, scale) for image in row] for row in rows]
@@ -119,7 +129,7 @@ def step_strip(rows: list[list[Image.Image]], labels: list[str], scale: int = 4)
     strip = Image.new("RGB", (len(labels) * (w + pad) + pad, top + len(cells) * (h + pad) + pad), "white")
     draw = ImageDraw.Draw(strip)
     for j, label in enumerate(labels):
-        draw.text((pad + j * (w + pad), 1), label, fill="black")
+        draw.text((pad + j * (w + pad), 0), label, fill="black", font=label_font())
         for i, row in enumerate(cells):
             strip.paste(row[j].convert("RGB"), (pad + j * (w + pad), top + pad + i * (h + pad)))
     return strip
