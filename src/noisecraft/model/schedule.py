@@ -27,6 +27,7 @@ class Schedule:
     label: str  # A1111's name ("Karras"); our name is the key in SCHEDULES
     sigmas: ScheduleFn
     default_rho: float | None = None  # its own ρ when a request sets none (None: the model's ρ)
+    uses_rho: bool = False  # shaped by ρ (the request's, its own, or the model's)
     needs_table: bool = False  # only for models with discrete timesteps (a σ table)
     uses_table: bool = False  # follows the model's σ table where it has one
     aliases: tuple[str, ...] = ()
@@ -42,10 +43,10 @@ def _discrete(spacing: str) -> ScheduleFn:
 
 
 SCHEDULES: dict[str, Schedule] = {
-    "karras": Schedule("Karras", lambda n, lo, hi, rho, dt, table: karras(n, lo, hi, rho, dt)),
+    "karras": Schedule("Karras", lambda n, lo, hi, rho, dt, table: karras(n, lo, hi, rho, dt), uses_rho=True),
     "exponential": Schedule("Exponential", lambda n, lo, hi, rho, dt, table: exponential(n, lo, hi, dt)),
     "polyexponential": Schedule(
-        "Polyexponential", lambda n, lo, hi, rho, dt, table: polyexponential(n, lo, hi, rho, dt), 1.0
+        "Polyexponential", lambda n, lo, hi, rho, dt, table: polyexponential(n, lo, hi, rho, dt), 1.0, True
     ),
     "sgm_uniform": Schedule(
         "SGM Uniform",

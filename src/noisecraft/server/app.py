@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
-from . import a1111, native
+from . import a1111, a1111_info, native
 from .jobs import Worker
 from .limits import Limits
 from .models import ModelRegistry
@@ -49,6 +49,7 @@ def create_app(models: ModelRegistry, limits: Limits | None = None) -> FastAPI:
     )
     app.state.noisecraft = ServerState(models, worker, limits)
     app.include_router(a1111.router)
+    app.include_router(a1111_info.router)
     app.include_router(native.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_exception_handler(RequestValidationError, _validation_error)

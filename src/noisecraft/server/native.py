@@ -23,6 +23,7 @@ from fastapi.responses import StreamingResponse
 from PIL import Image
 
 from ..images import METADATA_KEY, from_pil
+from ..model.schedule import schedules_for
 from ..pipeline import GenerationRequest
 from ..samplers import SAMPLERS
 from . import state as st
@@ -60,6 +61,7 @@ async def models(request: Request) -> list[ModelInfo]:
         out.append(
             ModelInfo(
                 name=name, image_size=c.image_size, channels=c.channels, steps=c.steps, sampler=c.sampler,
+                schedule=c.schedule, schedules=schedules_for(hasattr(pipe.denoiser, "sigma_table")),
                 guidance=c.guidance, sigma_max=c.sigma_max, weights=pipe.weights_hash,
                 default=name == registry.default,
                 text_conditioned=pipe.text_encoder is not None,
