@@ -226,3 +226,24 @@ def test_bad_input_is_one_line_and_nonzero(tiny_pipeline_dir, tmp_path, extra, m
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert message in lines[-1], lines
+
+
+def test_seed_minus_one_draws_a_seed_and_names_files_by_it(tiny_pipeline_dir, tmp_path, monkeypatch, capsys):
+    """`--seed -1` is random (from the OS's entropy), printed, and stored as drawn: never `-s-1.png`."""
+    args = ["a star", "--model", str(tiny_pipeline_dir), "--quiet", "--steps", "2", "--seed", "-1"]
+    import secrets
+
+    monkeypatch.setattr(secrets, "randbelow", lambda n: 4_000_000_000 if n == 2**32 else None)
+    assert main(["generate", *args, "--num", "2", "--out", str(tmp_path / "a")]) == 0
+    names = sorted(p.name for p in (tmp_path / "a").glob("0*.png"))
+    assert names == ["000-a-star-s4000000000.png", "001-a-star-s4000000001.png"]
+    assert read_png_metadata(tmp_path / "a" / names[1])["seed"] == 4_000_000_001
+    assert "seed -1 drew seed 4000000000" in capsys.readouterr().err
+    monkeypatch.undo()
+    seeds = []
+    for out in ("b", "c"):
+        assert main(["generate", *args, "--out", str(tmp_path / out)]) == 0
+        (png,) = (tmp_path / out).glob("*.png")
+        seeds.append(read_png_metadata(png)["seed"])
+        assert "-s-1" not in png.name and png.name.endswith(f"-s{seeds[-1]}.png")
+    assert seeds[0] != seeds[1] and all(0 <= s < 2**32 for s in seeds)  # equal with chance 2^-32

@@ -13,6 +13,7 @@ from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr as di
 from noisecraft.schedules import (
     MIN_ALPHA_CUMPROD,
     add_noise,
+    beta_sigmas,
     check_sigmas,
     edm_lognormal,
     exponential,
@@ -23,6 +24,7 @@ from noisecraft.schedules import (
     logit_normal,
     polyexponential,
     rescale_zero_terminal_snr,
+    sgm_uniform,
     shift_flow_time,
     sigma_at_timestep,
     sigma_like,
@@ -113,6 +115,57 @@ def test_polyexponential_rho_two_closed_form() -> None:
     i = torch.arange(n, dtype=F64)
     expected = (math.log(lo) + ((n - 1 - i) / (n - 1)) ** 2 * math.log(hi / lo)).exp()
     torch.testing.assert_close(sigmas[:-1], expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 30])
+def test_beta_with_alpha_beta_one_is_linear_in_sigma(n: int) -> None:
+    """Beta(1, 1) is the uniform distribution: its quantile function is the identity."""
+    sigmas = beta_sigmas(n, 0.03, 14.6, alpha=1.0, beta=1.0, dtype=F64)
+    assert_schedule(sigmas, n)
+    ramp = 1 - torch.linspace(0, 1, n, dtype=F64)
+    torch.testing.assert_close(sigmas[:-1], 0.03 + ramp * (14.6 - 0.03), rtol=1e-12, atol=0)
+
+
+def test_beta_default_is_a1111s_and_symmetric() -> None:
+    """A1111's "Beta" (α = β = 0.6): σ_min + (σ_max − σ_min)·ppf(1 − i/(n − 1)); α = β makes the steps
+    mirror each other about the middle of [σ_min, σ_max]."""
+    from scipy import stats
+
+    n, lo, hi = 12, 0.03, 14.6
+    sigmas = beta_sigmas(n, lo, hi, dtype=F64)
+    assert_schedule(sigmas, n)
+    ppf = [stats.beta.ppf(x, 0.6, 0.6) for x in 1 - np.linspace(0, 1, n)]  # A1111's own computation
+    torch.testing.assert_close(sigmas[:-1], torch.tensor([lo + p * (hi - lo) for p in ppf], dtype=F64))
+    assert sigmas[0].item() == pytest.approx(hi, rel=1e-12) and sigmas[n - 1].item() == pytest.approx(lo)
+    torch.testing.assert_close(sigmas[:-1] + sigmas[:-1].flip(0), torch.full((n,), lo + hi, dtype=F64))
+    gaps = -sigmas[:-1].diff()
+    assert gaps[0] < gaps[n // 2] and gaps[-1] < gaps[n // 2]  # dense at both ends
+
+
+@pytest.mark.parametrize("n", [9, 27])
+def test_sgm_uniform_drops_the_last_of_n_plus_one_timesteps(n: int) -> None:
+    """A1111/ComfyUI: timesteps linspace(T − 1, 0, n + 1)[:-1]. 999 = 9·111 = 27·37, so every timestep is
+    an integer and σ must be the table's own entry there, whatever the interpolation between entries."""
+    table = vp_sigmas(vp_alphas_cumprod("scaled_linear", 1000))
+    sigmas = sgm_uniform(n, table[0].item(), table[-1].item(), table, dtype=F64)
+    assert_schedule(sigmas, n)
+    expected_t = [999 - i * 999 // n for i in range(n)]
+    torch.testing.assert_close(sigmas[:-1], table[expected_t], rtol=1e-12, atol=0)
+    assert sigmas[n - 1] > table[0]  # the last timestep (0) is the one dropped
+
+
+def test_sgm_uniform_fractional_timesteps_and_continuous_models() -> None:
+    """n = 20: timesteps 999·(1 − i/20), fractional, recovered exactly by the σ → t map the denoiser uses;
+    without a table, n + 1 values evenly spaced in ln σ (EDM's noise input), the last dropped."""
+    table = vp_sigmas(vp_alphas_cumprod("scaled_linear", 1000))
+    sigmas = sgm_uniform(20, table[0].item(), table[-1].item(), table, dtype=F64)
+    expected_t = torch.linspace(999, 0, 21, dtype=F64)[:-1]
+    torch.testing.assert_close(timestep_at_sigma(sigmas[:-1], table), expected_t, rtol=0, atol=1e-9)
+    lo, hi, n = 0.002, 80.0, 10
+    continuous = sgm_uniform(n, lo, hi, dtype=F64)
+    assert_schedule(continuous, n)
+    i = torch.arange(n, dtype=F64)
+    torch.testing.assert_close(continuous[:-1], hi * (lo / hi) ** (i / n), rtol=1e-12, atol=0)
 
 
 # First and last timestep of a 10-step sampler over T = 1000 (Lin et al. 2023, table 2).

@@ -112,6 +112,52 @@ def test_a1111_scheduler_chooses_the_sigma_spacing(pipe, client):
     assert not np.array_equal(images["Karras"], images["Exponential"])
 
 
+def test_webuiapi_schedulers_are_the_schedule_chosen(server, pipe, client):
+    """GET /schedulers lists A1111's shape; each label names the σ spacing the image is really drawn with."""
+    listed = {s["label"]: s for s in _api(server).get_schedulers()}
+    assert {"Automatic", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "Beta"} <= set(listed)
+    assert listed["SGM Uniform"] == {"name": "sgm_uniform", "label": "SGM Uniform", "aliases": ["SGMUniform"],
+                                     "default_rho": -1, "need_inner_model": True}  # fmt: skip
+    assert listed["Polyexponential"]["default_rho"] == 1.0 and listed["Karras"]["default_rho"] == 7.0
+    body = {"prompt": "a red circle", "seed": 5, "steps": 4, "width": 8, "height": 8, "sampler_name": "Euler"}
+    seen = []
+    choices = (("Polyexponential", "polyexponential"), ("SGMUniform", "sgm_uniform"), ("Beta", "beta"))
+    for typed, ours in choices:
+        answer = client.post("/sdapi/v1/txt2img", json={**body, "scheduler": typed}).json()
+        (want,) = pipe.generate("a red circle", seed=5, steps=4, sampler="euler", guidance=7.0, schedule=ours)
+        got = pixels(decode_png(answer["images"][0]))
+        assert np.array_equal(got, pixels(want)) and not any(np.array_equal(got, s) for s in seen)
+        seen.append(got)
+        label = next(s["label"] for s in listed.values() if s["name"] == ours)
+        assert f"Schedule type: {label}," in json.loads(answer["info"])["infotexts"][0]
+
+
+def test_webuiapi_png_info_and_lists(server, pipe, client):
+    """png_info gives A1111's text (built from ours when that is all a PNG has) and its fields; the lists
+    a client reads exist; endpoints without a meaning here are a 404 in A1111's error shape."""
+    api = _api(server)
+    (image,) = pipe.generate("a red circle", negative_prompt="blue", seed=4, steps=3)
+    image.info[METADATA_KEY] = json.dumps(image.info[METADATA_KEY])  # webuiapi sends string entries
+    answer = api.png_info(image).json  # a PNG with only noisecraft's JSON
+    assert answer["info"].startswith("a red circle\nNegative prompt: blue\nSteps: 3, Sampler: Euler")
+    assert answer["parameters"]["Seed"] == "4" and answer["parameters"]["Size-1"] == "8"
+    assert json.loads(answer["items"][METADATA_KEY])["seed"] == 4
+    made = _api(server, sampler="Euler", steps=3).txt2img(prompt="a star", seed=8, width=8, height=8)
+    info = api.png_info(made.image).json
+    assert info["info"] == made.info["infotexts"][0] and info["parameters"]["Prompt"] == "a star"
+    assert api.png_info(Image.new("RGB", (4, 4))).json == {"info": "", "items": {}, "parameters": {}}
+    assert api.get_sd_vae() == [] and api.get_loras() == []  # pixel models: no autoencoder
+    flags = api.get_cmd_flags()
+    assert flags["model"] == ["tiny", "tiny-b", "broken"] and flags["max_batch"] == LIMITS.max_batch
+    with pytest.raises(RuntimeError, match="not supported by noisecraft"):
+        api.interrogate(Image.new("RGB", (4, 4)))
+    upscalers = client.get("/sdapi/v1/upscalers")
+    assert upscalers.status_code == 404 and upscalers.json()["error"] == "HTTPException"
+    assert upscalers.json()["detail"] == "/sdapi/v1/upscalers is not supported by noisecraft"
+    interrogate = client.post("/sdapi/v1/interrogate", json={"image": "", "model": "clip"})
+    assert interrogate.status_code == 404 and "not supported" in interrogate.json()["errors"]
+
+
 def test_webuiapi_img2img_and_inpainting(server, pipe, client):
     api = _api(server, sampler="Euler", steps=6)
     source = pipe.generate("a red circle", seed=0)[0].resize((64, 64), Image.Resampling.NEAREST)
@@ -223,7 +269,7 @@ def test_models_samplers_docs_and_page(client):
         ("/sdapi/v1/txt2img", {"prompt": "x" * 201}, "prompt"),
         ("/sdapi/v1/txt2img", {"negative_prompt": "x" * 201}, "negative_prompt"),
         ("/sdapi/v1/txt2img", {"sampler_name": "Euler z"}, "sampler_name"),
-        ("/sdapi/v1/txt2img", {"scheduler": "Beta"}, "scheduler"),
+        ("/sdapi/v1/txt2img", {"scheduler": "KL Optimal"}, "scheduler"),
         ("/sdapi/v1/txt2img", {"override_settings": {"sd_model_checkpoint": "nope"}}, "override_settings"),
         ("/sdapi/v1/txt2img", {"script_name": "x/y/z plot"}, "script_name"),
         ("/sdapi/v1/txt2img", {"steps": -3}, "steps"),

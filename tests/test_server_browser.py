@@ -61,6 +61,9 @@ def test_generate_shows_every_step_then_the_image(page):
     assert (
         page.input_value("#sampler") == "euler" and page.input_value("#steps") == "4"
     )  # the model's defaults
+    schedules = page.eval_on_selector_all("#schedule option", "options => options.map(o => o.value)")
+    assert page.input_value("#schedule") == "karras" and "beta" in schedules and "uniform" not in schedules
+    page.select_option("#schedule", "beta")  # a pixel model: only the schedules that need no σ table
     page.fill("#prompt", "a red circle")
     page.fill("#steps", "12")
     page.fill("#seed", "7")
@@ -74,7 +77,10 @@ def test_generate_shows_every_step_then_the_image(page):
     assert "a red circle" in card and "7" in card and "euler" in card
     link = page.locator("#gallery figure a[download]")
     assert link.get_attribute("download") == "noisecraft-7.png"
-    assert decode_png(link.get_attribute("href")).size == (8, 8)
+    download = decode_png(link.get_attribute("href"))
+    assert download.size == (8, 8) and "beta" in card
+    assert "Schedule type: Beta, CFG scale" in download.info["parameters"]  # A1111's text, for other tools
+    page.select_option("#schedule", "karras")  # the later tests compare with the model's defaults
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "server-page.png"), full_page=True)
     assert (ARTIFACTS / "server-page.png").stat().st_size > 10_000

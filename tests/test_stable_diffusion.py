@@ -126,6 +126,12 @@ def test_the_server_serves_it_at_the_asked_size(reference):
         assert bad.status_code == 422 and "multiples of 4" in bad.text
         listed = client.get("/sdapi/v1/sd-models").json()
         assert [m["model_name"] for m in listed] == ["folder"]
+        vaes = client.get("/sdapi/v1/sd-vae").json()  # an SD model's autoencoder, named, no path
+        assert vaes == [{"model_name": "folder autoencoder", "filename": "folder/autoencoder"}]
+        sgm = client.post("/sdapi/v1/txt2img", json={**body, "scheduler": "SGM Uniform"}).json()
+        (want,) = pipe.generate("a cat", seed=3, steps=3, sampler="euler", guidance=7.0, width=24, height=16,
+                                schedule="sgm_uniform")  # fmt: skip
+        assert (pixels(decode_png(sgm["images"][0])) == pixels(want)).all()
 
 
 def test_cli_generates_and_converts(reference, tmp_path):

@@ -29,7 +29,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", default="heun", choices=sorted(SAMPLERS), help="default: %(default)s")
     p.add_argument("--steps", type=_positive_int, default=18, help="sampler steps (default: %(default)s)")
     p.add_argument("--points", type=_positive_int, default=2000, help="samples drawn (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed, -1 draws one (default: %(default)s)")
     p.add_argument("--forward", metavar="IMAGE", help="instead: the forward process applied to a real image")
     p.add_argument(
         "--size", type=_positive_int, default=64, help="--forward: image size (default: %(default)s)"
@@ -40,7 +40,11 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
 def _run_explain(args: argparse.Namespace) -> None:
     from .explain import ExplainConfig, explain_toy2d, forward_strip
     from .images import load_image, save_png
+    from .noise import pick_seed
 
+    if args.seed == -1:
+        args.seed = pick_seed(args.seed)
+        print(f"noisecraft explain: seed -1 drew seed {args.seed}", file=sys.stderr)
     if args.forward:
         image = load_image(args.forward, 3, args.size)
         strip = forward_strip(image, FORWARD_SIGMAS, args.seed, scale=max(1, 128 // args.size))
@@ -80,12 +84,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--schedule",
         default=None,
-        help="σ spacing: karras, exponential; for DDPM/SD models also uniform, leading, trailing "
-        "(default: the model's)",
+        help="σ spacing: karras, exponential, polyexponential, sgm_uniform, beta; for DDPM/SD models also "
+        "uniform, leading, trailing; or A1111's names ('SGM Uniform') (default: the model's)",
     )
     p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
     p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the first image; image i uses seed + i")
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed of the first image; image i uses seed + i; -1: random"
+    )
     p.add_argument("--num", type=_positive_int, default=1, help="images per prompt (default: 1)")
     p.add_argument("--out", default="outputs/generate", help="output folder (default: %(default)s)")
     p.add_argument("--init", metavar="IMAGE", help="image-to-image: start from this picture (SDEdit)")
@@ -101,8 +107,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 def _run_generate(args: argparse.Namespace) -> None:
     from .generation import FilesRequest, check_model_matches, generate_to_files, request_from_png
-    from .images import read_png_metadata
+    from .infotext import png_parameters
     from .model import SamplingOptions
+    from .noise import RANDOM_SEED
     from .pipeline import Pipeline
 
     request = FilesRequest(
@@ -116,6 +123,8 @@ def _run_generate(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     model = args.model or "emoji"
+    if args.seed == RANDOM_SEED and not args.from_png:
+        print(f"noisecraft generate: seed -1 drew seed {request.options.seed}", file=sys.stderr)
     if args.from_png:
         request, png_model = request_from_png(args.from_png, request)
         model = args.model or png_model
@@ -123,7 +132,7 @@ def _run_generate(args: argparse.Namespace) -> None:
         raise ValueError("give at least one prompt (or --from-png IMAGE)")
     pipe = Pipeline.load(model, **weights_options(args))
     if args.from_png:
-        check_model_matches(pipe, read_png_metadata(args.from_png).get("weights"))
+        check_model_matches(pipe, png_parameters(args.from_png).get("weights"))
     for path in generate_to_files(pipe, request, args.out):
         print(path)
 

@@ -15,7 +15,8 @@ from typing import Any
 from PIL import Image
 
 from .callbacks import ProgressBar, StepRecorder, chain
-from .images import METADATA_KEY, load_image, make_grid, read_png_metadata, save_gif, save_png, upscale
+from .images import METADATA_KEY, load_image, make_grid, save_gif, save_png, upscale
+from .infotext import infotext, png_parameters
 from .model import SamplingOptions
 from .pipeline import GenerationRequest, Pipeline
 
@@ -37,8 +38,8 @@ class FilesRequest:
 def request_from_png(
     path: str | Path, overrides: FilesRequest | None = None
 ) -> tuple[FilesRequest, str]:
-    """The request (and model name) that made a PNG, read back from its metadata."""
-    meta = read_png_metadata(path)
+    """The request (and model name) that made a PNG, read back from its metadata (ours, or A1111's)."""
+    meta = png_parameters(path)
     try:
         request = FilesRequest(
             prompts=[_text(meta, "prompt", required=True)],
@@ -99,7 +100,7 @@ def save_outputs(images: list[Image.Image], recorder: StepRecorder | None, out_d
     suffix = free_suffix(out_dir, names)
     paths = []
     for i, (image, meta, stem) in enumerate(zip(images, metas, stems)):
-        paths.append(save_png(image, out_dir / f"{stem}{suffix}.png", meta))
+        paths.append(save_png(image, out_dir / f"{stem}{suffix}.png", meta, infotext(meta)))
         if recorder is not None:
             paths.append(save_png(recorder.strip(i), out_dir / f"{stem}-steps{suffix}.png"))
             paths.append(save_gif(recorder.animation(i), out_dir / f"{stem}-steps{suffix}.gif"))
@@ -132,8 +133,9 @@ def generate_to_files(pipe: Pipeline, request: FilesRequest, out_dir: str | Path
 
 
 def check_model_matches(pipe: Pipeline, png_meta_weights: str | None) -> None:
-    """Warn when regenerating a PNG with other weights than the ones that made it."""
-    if png_meta_weights and png_meta_weights != pipe.weights_hash:
+    """Warn when regenerating a PNG with other weights than the ones that made it (``png_meta_weights``:
+    our hash, or its first 10 digits as A1111's "Model hash" carries it)."""
+    if png_meta_weights and not pipe.weights_hash.startswith(str(png_meta_weights)):
         warnings.warn(
             f"the PNG was made with weights {png_meta_weights}, this model has {pipe.weights_hash}: "
             "the image will differ",

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin, UnidentifiedImageError
 from torch import Tensor
 
 METADATA_KEY = "noisecraft"  # the PNG text chunk holding the generation parameters as JSON
@@ -52,26 +53,39 @@ def load_image(
         raise ValueError(f"{path}: not a readable image ({err})") from None
 
 
-def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
-    """Save a PNG with ``metadata`` as a JSON text chunk (so the image can be regenerated from itself)."""
+def save_png(
+    image: Image.Image,
+    path: str | os.PathLike,
+    metadata: dict[str, Any] | None = None,
+    parameters: str | None = None,
+) -> Path:
+    """Save a PNG with ``metadata`` as a JSON text chunk (so the image can be regenerated from itself)
+    and ``parameters``, AUTOMATIC1111's text of the same settings (``infotext``), for other tools."""
     info = PngImagePlugin.PngInfo()
     if metadata is not None:
         info.add_text(METADATA_KEY, json.dumps(metadata, sort_keys=True))
+    if parameters is not None:
+        info.add_text("parameters", parameters)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, pnginfo=info)
     return path
 
 
-def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The generation parameters saved by ``save_png``; a clear error when the file has none."""
+def read_png_text(path: str | os.PathLike) -> dict[str, str]:
+    """A PNG's text chunks, with one clear error for a missing or unreadable file."""
     try:
         with Image.open(path, formats=("PNG",)) as image:
-            text = getattr(image, "text", {}).get(METADATA_KEY)
+            return dict(getattr(image, "text", {}))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path}: not a readable image ({err})") from None
+
+
+def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The generation parameters saved by ``save_png``; a clear error when the file has none."""
+    text = read_png_text(path).get(METADATA_KEY)
     if text is None:
         raise ValueError(f"{path}: carries no noisecraft generation parameters")
     try:
@@ -98,6 +112,15 @@ def upscale(image: Image.Image, factor: int) -> Image.Image:
     return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
 
 
+@cache
+def label_font(size: int = 11) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans, which matplotlib (a dependency) ships: it has σ, which PIL's default font lacks."""
+    import matplotlib
+
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    return ImageFont.truetype(str(path), size)
+
+
 def step_strip(rows: list[list[Image.Image]], labels: list[str], scale: int = 4) -> Image.Image:
     """A strip per row (e.g. current sample, predicted clean image) with a label above each column."""
     cells = [[upscale(image, scale) for image in row] for row in rows]
@@ -106,7 +129,7 @@ def step_strip(rows: list[list[Image.Image]], labels: list[str], scale: int = 4)
     strip = Image.new("RGB", (len(labels) * (w + pad) + pad, top + len(cells) * (h + pad) + pad), "white")
     draw = ImageDraw.Draw(strip)
     for j, label in enumerate(labels):
-        draw.text((pad + j * (w + pad), 1), label, fill="black")
+        draw.text((pad + j * (w + pad), 0), label, fill="black", font=label_font())
         for i, row in enumerate(cells):
             strip.paste(row[j].convert("RGB"), (pad + j * (w + pad), top + pad + i * (h + pad)))
     return strip

@@ -10,6 +10,7 @@ drawn on the CPU and then moved, so a seed gives the same noise on every device.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -29,6 +30,14 @@ def check_seed(seed: int, count: int = 1) -> None:
         raise ValueError(
             f"seed must be an integer from -2**63 to 2**64 - {count} (image i uses seed + i), got {seed}"
         )
+
+
+RANDOM_SEED = -1  # AUTOMATIC1111's convention: a fresh random seed, reported back with the images
+
+
+def pick_seed(seed: int) -> int:
+    """-1 → a fresh seed in [0, 2³²) from the OS's entropy (not torch's global state); others as given."""
+    return secrets.randbelow(2**32) if seed == RANDOM_SEED else seed
 
 
 class SeededNoise:

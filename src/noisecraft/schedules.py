@@ -89,6 +89,46 @@ def polyexponential(
     return _finish(log_sigmas.exp(), dtype)
 
 
+def beta_sigmas(
+    n: int,
+    sigma_min: float,
+    sigma_max: float,
+    alpha: float = 0.6,
+    beta: float = 0.6,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Lee et al. 2024 ("Beta sampling is all you need"), as AUTOMATIC1111's "Beta": σ_i = σ_min +
+    (σ_max − σ_min)·F⁻¹(1 − i/(n−1)), F the Beta(α, β) CDF: dense steps at both ends for α, β < 1."""
+    from scipy.special import betaincinv  # the inverse regularised incomplete beta = Beta(α, β) ppf
+
+    _check_range(n, sigma_min, sigma_max)
+    if not (0 < alpha < math.inf and 0 < beta < math.inf):
+        raise ValueError(f"alpha and beta must be positive and finite, got {alpha}, {beta}")
+    ramp = 1 - torch.linspace(0, 1, n, dtype=torch.float64)  # 1 … 0
+    quantiles = torch.from_numpy(betaincinv(alpha, beta, ramp.numpy()))  # [n], 1 … 0
+    return _finish(sigma_min + quantiles * (sigma_max - sigma_min), dtype)
+
+
+def sgm_uniform(
+    n: int,
+    sigma_min: float,
+    sigma_max: float,
+    sigma_table: Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """n + 1 timesteps evenly spaced from σ_max's to σ_min's, the last dropped (Stability's SGM
+    sampling, A1111's and ComfyUI's "SGM Uniform"). Time is the discrete model's timestep in
+    ``sigma_table`` (increasing σ per timestep); without a table, EDM's noise input ln(σ)/4."""
+    _check_range(n, sigma_min, sigma_max)
+    if sigma_table is None:
+        log_sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), n + 1, dtype=torch.float64)
+        return _finish(log_sigmas[:-1].exp(), dtype)
+    table = sigma_table.to(torch.float64)
+    ends = timestep_at_sigma(torch.tensor([sigma_max, sigma_min], dtype=torch.float64), table)
+    timesteps = torch.linspace(float(ends[0]), float(ends[1]), n + 1, dtype=torch.float64)[:-1]
+    return _finish(sigma_at_timestep(timesteps, table), dtype)
+
+
 def _check_range(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> None:
     if int(n) != n or n < 1:
         raise ValueError(f"number of steps must be a positive integer, got {n}")

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..guidance import check_guidance_options
-from ..noise import check_seed
+from ..noise import check_seed, pick_seed
 from ..samplers import SAMPLERS
 from ..samplers.names import canonical_sampler
-from .schedule import canonical_schedule
+from .schedule import SCHEDULES, canonical_schedule
 from .settings import ModelSettings
 
 
@@ -50,7 +50,7 @@ class SamplingOptions:
     rho: float | None = None  # Karras et al. 2022's schedule exponent
     width: int | None = None  # image size in pixels (the model's native size by default)
     height: int | None = None
-    seed: int = 0  # image i of a request uses seed + i
+    seed: int = 0  # image i of a request uses seed + i; -1 draws a random one (stored as drawn)
     strength: float = 0.6  # image-to-image: 0 keeps the init image, 1 ignores it (SDEdit)
 
     def __post_init__(self) -> None:
@@ -68,8 +68,12 @@ class SamplingOptions:
             )
 
     def resolve(self, settings: ModelSettings) -> SamplingOptions:
-        """These options with every None replaced by the model's default (and checked again)."""
+        """These options with every None replaced by the model's default (and checked again); a
+        schedule with its own ρ (polyexponential: 1, as A1111) takes that rather than the model's."""
         filled = {k: getattr(settings, k) for k in MODEL_DEFAULTS + SIZE if getattr(self, k) is None}
+        own_rho = SCHEDULES[canonical_schedule(self.schedule or settings.schedule)].default_rho
+        if self.rho is None and own_rho is not None:
+            filled["rho"] = own_rho
         return dataclasses.replace(self, **filled) if filled else self
 
     def metadata(self, keep_strength: bool = False) -> dict[str, Any]:
@@ -143,7 +147,7 @@ def _seed(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"must be an integer, got {value!r}")
     check_seed(value)
-    return value
+    return pick_seed(value)
 
 
 def _strength(value: Any) -> float:

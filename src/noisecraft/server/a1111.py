@@ -19,8 +19,8 @@ from PIL import Image
 
 from .. import __version__
 from ..images import from_pil, to_pil
+from ..infotext import infotext
 from ..model import SamplingOptions
-from ..model.schedule import schedule_label
 from ..pipeline import GenerationRequest, Pipeline
 from ..samplers import SAMPLERS
 from ..samplers.names import A1111_SAMPLERS, sampler_label
@@ -179,7 +179,7 @@ async def _job(body: A1111Txt2Img, state: st.ServerState, request: Request) -> J
     name, pipe = state.models.get(st.resolve_model(state, checkpoint, "override_settings"))
     img2img = isinstance(body, A1111Img2Img)
     values = dict(steps=body.steps, sampler=(body.sampler_name or body.sampler_index or "").strip() or None)
-    values.update(guidance=body.cfg_scale, seed=st.pick_seed(body.seed))
+    values.update(guidance=body.cfg_scale, seed=body.seed)
     if body.scheduler and body.scheduler.lower() != "automatic":
         values["schedule"] = body.scheduler
     if img2img:  # A1111's default strength when a client sends null
@@ -272,18 +272,11 @@ def _info(body, name: str, pipe: Pipeline, options: SamplingOptions, count: int,
     if interrupted:
         extra["Interrupted"] = True
     label, model_hash = sampler_label(sampler), pipe.weights_hash[:10]
-
-    def infotext(s: int) -> str:
-        fields = [
-            f"Steps: {steps}", f"Sampler: {label}", f"Schedule type: {schedule_label(options.schedule)}",
-            f"CFG scale: {body.cfg_scale}",
-            f"Seed: {s}", f"Size: {width}x{height}", f"Model hash: {model_hash}", f"Model: {name}",
-        ] + ([f"Denoising strength: {strength}"] if strength is not None else []) + [
-            f"Native size: {native}x{native}", f"Version: noisecraft {__version__}",
-        ]  # fmt: skip
-        negative = f"\nNegative prompt: {body.negative_prompt}" if body.negative_prompt else ""
-        return f"{body.prompt}{negative}\n{', '.join(fields)}"
-
+    texts = {"prompt": body.prompt, "negative_prompt": body.negative_prompt}
+    recorded = {**texts, **options.metadata(keep_strength=strength is not None), "weights": pipe.weights_hash}
+    infotexts = [
+        infotext({**recorded, "seed": s}, name, size, {"Native size": extra["Native size"]}) for s in seeds
+    ]
     count = len(seeds)
     return {
         "prompt": body.prompt,
@@ -309,7 +302,7 @@ def _info(body, name: str, pipe: Pipeline, options: SamplingOptions, count: int,
         "denoising_strength": strength,
         "extra_generation_params": extra,
         "index_of_first_image": 0,
-        "infotexts": [infotext(s) for s in seeds],
+        "infotexts": infotexts,
         "styles": [],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
         "clip_skip": 1,

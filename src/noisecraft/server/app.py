@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
-from . import a1111, native
+from . import a1111, a1111_info, native
 from .admission import Admission
 from .guard import Access, Guard
 from .jobs import Worker
@@ -57,6 +57,7 @@ def create_app(
     )
     app.state.noisecraft = ServerState(models, worker, limits, admission)
     app.include_router(a1111.router)
+    app.include_router(a1111_info.router)
     app.include_router(native.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_exception_handler(RequestValidationError, _validation_error)

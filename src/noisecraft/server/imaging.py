@@ -12,6 +12,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from ..images import METADATA_KEY, READABLE_FORMATS
+from ..infotext import PARAMETERS_KEY, infotext
 
 
 class BadImage(ValueError):
@@ -88,11 +89,13 @@ def encode_png(image: Image.Image, text: dict[str, Any] | None = None) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def png_text(image: Image.Image, infotext: str | None = None) -> dict[str, Any]:
-    """The text chunks of an output PNG: A1111's ``parameters`` line and noisecraft's JSON metadata."""
+def png_text(image: Image.Image, parameters: str | None = None) -> dict[str, Any]:
+    """The text chunks of an output PNG: noisecraft's JSON metadata and A1111's ``parameters`` text
+    (``parameters``, or built from the metadata)."""
     text: dict[str, Any] = {}
-    if infotext is not None:
-        text["parameters"] = infotext
     if METADATA_KEY in image.info:
         text[METADATA_KEY] = image.info[METADATA_KEY]
+        parameters = parameters or infotext(image.info[METADATA_KEY])
+    if parameters is not None:
+        text[PARAMETERS_KEY] = parameters
     return text

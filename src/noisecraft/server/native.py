@@ -23,6 +23,7 @@ from fastapi.responses import StreamingResponse
 from PIL import Image
 
 from ..images import METADATA_KEY, from_pil
+from ..model.schedule import schedules_for
 from ..pipeline import GenerationRequest
 from ..samplers import SAMPLERS
 from . import state as st
@@ -58,6 +59,7 @@ async def models(request: Request) -> list[ModelInfo]:
         out.append(
             ModelInfo(
                 name=name, image_size=c.image_size, channels=c.channels, steps=c.steps, sampler=c.sampler,
+                schedule=c.schedule, schedules=schedules_for(hasattr(pipe.denoiser, "sigma_table")),
                 guidance=c.guidance, sigma_max=c.sigma_max, weights=pipe.weights_hash,
                 default=name == registry.default,
                 text_conditioned=pipe.text_encoder is not None,
@@ -89,7 +91,7 @@ async def _job(body: GenerateRequest, state: st.ServerState, request: Request) -
     limits = state.limits
     texts = {"prompt": body.prompt, "negative_prompt": body.negative_prompt}
     name, pipe = state.models.get(st.resolve_model(state, body.model, "model"))
-    options = st.sampling_options({**body.model_dump(), "seed": st.pick_seed(body.seed)})
+    options = st.sampling_options(body.model_dump())  # seed -1 is drawn here
     resolved = options.resolve(pipe.config)
     st.checked(lambda: pipe.check_size(resolved))
     if resolved.width * resolved.height > limits.max_pixels:

@@ -32,7 +32,7 @@ class A1111Txt2Img(BaseModel):
     )
     sampler_index: str | None = Field(None, description="older name of sampler_name; used when it is absent")
     scheduler: str | None = Field(
-        None, description="σ spacing: 'Karras' or 'Exponential'; null or 'Automatic': the model's"
+        None, description="σ spacing: a label from GET /sdapi/v1/schedulers; null or 'Automatic': the model's"
     )
     batch_size: int = Field(1, ge=1, description="images per sampler call")
     n_iter: int = Field(1, ge=1, description="sampler calls; batch_size × n_iter images in all")
@@ -143,6 +143,31 @@ class A1111Progress(BaseModel):
     current_task: str | None = None
 
 
+class A1111Scheduler(BaseModel):
+    name: str
+    label: str
+    aliases: list[str] | None = None
+    default_rho: float = Field(-1, description="the ρ it runs at when a request sets none; -1: none")
+    need_inner_model: bool = Field(False, description="follows the model's σ table where it has one")
+
+
+class A1111Vae(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str
+    filename: str
+
+
+class A1111PngInfoRequest(BaseModel):
+    image: str = Field("", description="a base64 PNG (or a data: URL)")
+
+
+class A1111PngInfo(BaseModel):
+    info: str = Field(description="A1111's parameters text ('' when the image has none)")
+    items: dict[str, str] = Field(description="the image's other text chunks (noisecraft's JSON among them)")
+    parameters: dict[str, str] = Field(description="the parameters text's fields, as A1111 parses them")
+
+
 # -- native (/v1) --------------------------------------------------------------------------------
 
 
@@ -157,7 +182,9 @@ class GenerateRequest(BaseModel):
     sampler: str | None = Field(None, description="a name from GET /v1/samplers; default: the model's")
     steps: int | None = Field(None, description="default: the model's")
     schedule: str | None = Field(
-        None, description="σ spacing: karras, exponential (SD also: uniform, leading, trailing)"
+        None,
+        description="σ spacing: karras, exponential, polyexponential, sgm_uniform, beta "
+        "(SD also: uniform, leading, trailing); default: the model's",
     )
     width: int | None = Field(None, description="image width in pixels; default: the model's")
     height: int | None = Field(None, description="image height in pixels; default: the model's")
@@ -181,6 +208,8 @@ class ModelInfo(BaseModel):
     channels: int
     steps: int
     sampler: str
+    schedule: str = Field(description="the σ spacing requests get by default")
+    schedules: list[str] = Field(description="the σ spacings this model can use")
     guidance: float
     sigma_max: float = Field(description="the σ sampling starts from")
     weights: str = Field(description="first 16 hex digits of SHA-256 over the weights")

@@ -100,11 +100,6 @@ def check_common(
         raise reject(field, f"{images} images in one request; at most {limits.max_batch}")
 
 
-def pick_seed(seed: int) -> int:
-    """-1 → a random seed (reported back to the client); any other seed as given."""
-    return secrets.randbelow(2**32) if seed == -1 else seed
-
-
 def bad_image(err: BadImage, field: str) -> HTTPException:
     return reject(field, str(err).removeprefix(f"{field}: "))
 

@@ -22,6 +22,8 @@ function applyModelDefaults() {
   const model = currentModel();
   if (!model) return;
   $("sampler").value = model.sampler;
+  $("schedule").replaceChildren(...model.schedules.map((name) => new Option(name, name)));
+  $("schedule").value = model.schedule;
   $("steps").value = model.steps;
   $("guidance").value = model.guidance;
 }
@@ -45,6 +47,7 @@ function requestBody() {
     negative_prompt: $("negative").value || null,
     model: $("model").value || null,
     sampler: $("sampler").value || null,
+    schedule: $("schedule").value || null,
     steps: number("steps"),
     guidance: number("guidance"),
     seed: number("seed"),
@@ -167,7 +170,7 @@ function addToGallery(image, model) {
   img.alt = p.prompt || "generated image";
   const list = document.createElement("dl");
   const rows = [["prompt", p.prompt], ["negative", p.negative_prompt], ["seed", image.seed], ["steps", p.steps],
-    ["sampler", p.sampler], ["guidance", p.guidance], ["model", model]];
+    ["sampler", p.sampler], ["schedule", p.schedule], ["guidance", p.guidance], ["model", model]];
   if (p.guidance_rescale !== undefined) rows.push(["rescale", p.guidance_rescale]);
   if (p.guidance_interval !== undefined) rows.push(["interval σ", p.guidance_interval.join(" – ")]);
   if (p.strength !== undefined) rows.push(["strength", p.strength]);
