@@ -48,7 +48,7 @@ class CacheError(ValueError):
 
 
 def shared_cache_dir() -> Path:
-    """Where shared data caches live: $NOISECRAFT_CACHE/data, else $XDG_CACHE_HOME (~/.cache)/noisecraft/data."""
+    """Where shared data caches live: $NOISECRAFT_CACHE/data, else ~/.cache/noisecraft/data (XDG)."""
     root = os.environ.get("NOISECRAFT_CACHE")
     if root:
         return Path(root) / "data"
@@ -59,7 +59,9 @@ def shared_cache_dir() -> Path:
 def cache_key(name: str, dataset: Any) -> dict[str, Any]:
     """What decides a cache file's contents; ValueError for a dataset that cannot be cached."""
     if not hasattr(dataset, "cache_params"):
-        raise ValueError(f"data.cache: the {name!r} dataset is not cached; it applies to shapes, emoji and mnist")
+        raise ValueError(
+            f"data.cache: the {name!r} dataset is not cached; it applies to shapes, emoji and mnist"
+        )
     return {"dataset": name, "format": FORMAT, "length": len(dataset), **dataset.cache_params()}
 
 
@@ -73,7 +75,12 @@ def _stderr(line: str) -> None:
 
 
 def cached(
-    dataset: Any, name: str, folder: str | os.PathLike, *, workers: int = 0, log: Callable[[str], None] = _stderr
+    dataset: Any,
+    name: str,
+    folder: str | os.PathLike,
+    *,
+    workers: int = 0,
+    log: Callable[[str], None] = _stderr,
 ) -> CachedDataset:
     """``dataset`` read from its cache file under ``folder``, rendered first (by ``workers`` processes)
     when the file is missing, damaged or foreign; ``log`` gets one line when it renders."""
@@ -117,7 +124,8 @@ def _header(key: dict, dtype: str, shape: list[int], crc: int, captions: list[st
     header: dict[str, Any] = {"images": {"dtype": dtype, "shape": shape, "data_offsets": [0, image_bytes]}}
     meta = {"noisecraft_cache": json.dumps(key, sort_keys=True), "crc32": str(crc)}
     if captions is not None:
-        header["captions"] = {"dtype": "I32", "shape": [n], "data_offsets": [image_bytes, image_bytes + 4 * n]}
+        offsets = [image_bytes, image_bytes + 4 * n]
+        header["captions"] = {"dtype": "I32", "shape": [n], "data_offsets": offsets}
         meta["caption_list"] = json.dumps(captions)
     header["__metadata__"] = meta
     raw = json.dumps(header, sort_keys=True).encode()

@@ -27,7 +27,8 @@ MODEL_KINDS = ("mlp", "unet", "dit")
 # Keys that may differ between a checkpoint and the run resuming it: they change neither the
 # state nor the random stream (or, for steps and device, change them on purpose).
 RESUMABLE_CHANGES = (
-    "steps", "device", "threads", "log.", "sampling.", "checkpoint.", "data.workers", "data.prefetch", "data.cache",
+    "steps", "device", "threads", "log.", "sampling.", "checkpoint.",
+    "data.workers", "data.prefetch", "data.cache",  # how batches are made, not which
 )  # fmt: skip
 
 
@@ -54,10 +55,11 @@ class TextConfig:
 class DataConfig:
     name: str = "toy2d"  # a dataset of noisecraft.data: toy2d, shapes, emoji, mnist, folder, shards
     options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the dataset
-    workers: int = 0  # processes preparing batches ahead (0 = in the training process); same batches for any
+    workers: int = 0  # processes making batches ahead (0 = the training process); the same batches for any
     prefetch: int = 2  # batches each worker keeps ready
-    cache: Literal["off", "shared", "run"] = "off"  # render shapes/emoji/mnist once into a memory-mapped file:
-    # shared (reused by every run: $NOISECRAFT_CACHE/data or ~/.cache/noisecraft/data) or run (RUN/data-cache)
+    # Render shapes/emoji/mnist once into a memory-mapped file: "shared" is reused by every run
+    # ($NOISECRAFT_CACHE/data or ~/.cache/noisecraft/data), "run" lives in the run folder's data-cache/.
+    cache: Literal["off", "shared", "run"] = "off"
 
 
 @dataclass

@@ -86,7 +86,9 @@ class Trainer:
         self.dist, self.device = init_distributed(config.device)
         self.dtype, self.bf16 = resolve_precision(config.precision, self.device)
         d = config.data
-        self.dataset = dataset if dataset is not None else open_training_dataset(d, self.out, self.dist.is_main)
+        if dataset is None:
+            dataset = open_training_dataset(d, self.out, self.dist.is_main)
+        self.dataset = dataset
         self.batches = make_batches(
             self.dataset, self._micro_batch_size(), config.seed, self.dist.rank, self.dist.world_size,
             d.workers, d.prefetch, pin=self.device.type == "cuda",
