@@ -180,19 +180,10 @@ def build(dataset: Any, key: dict[str, Any], path: Path, workers: int = 0) -> No
                     out.write(ids.tobytes())
                 out.flush()
                 os.fsync(out.fileno())
-        os.replace(tmp, path)  # the commit point: atomic on POSIX
-        _fsync_dir(path.parent)
+        os.replace(tmp, path)  # the commit point: atomic on POSIX (a rename lost to a power cut re-renders)
     finally:
         raw_path.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from torch import Tensor
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import IterableDataset
 
-from ..data.cache import cached, shared_cache_dir
+from ..data.cache import cache_key, cached, shared_cache_dir
 from ..data.loader import worker_items
 from .distributed import all_reduce, barrier
 
@@ -294,6 +294,7 @@ def open_training_dataset(data: DataConfig, out: Path, is_main: bool) -> Dataset
     dataset = make_training_dataset(data.name, data.options)
     if data.cache == "off":
         return dataset
+    cache_key(data.name, dataset)  # a dataset that cannot be cached fails in every process alike
     folder = Path(out) / "data-cache" if data.cache == "run" else shared_cache_dir()
     found = cached(dataset, data.name, folder, workers=data.workers) if is_main else None
     barrier()
