@@ -112,15 +112,17 @@ def test_optimizer_state_round_trip_continues_identically():
         assert torch.equal(a, b)
 
 
-def test_kill_9_while_writing_a_checkpoint_then_resume(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kill_9_while_writing_a_checkpoint_then_resume(tmp_path, workers):
     """A run killed half-way through writing its step-8 checkpoint resumes from step 4 and ends
-    bit-identical to a run that was never interrupted."""
+    bit-identical to a run that was never interrupted (made in this process), with its batches made
+    in the training process or by worker processes."""
     extra = ("checkpoint.every=4", "checkpoint.keep=2")
     straight = tmp_path / "straight"
     train(tiny_config(*extra, "steps=12"), straight)
 
-    killed = tmp_path / "killed"
-    process = popen(cli(killed, *extra, steps=12), **{PAUSE_ENV: "8"})
+    killed, made_by = tmp_path / "killed", f"data.workers={workers}"
+    process = popen(cli(killed, *extra, made_by, steps=12), **{PAUSE_ENV: "8"})
     try:
         for line in process.stderr:  # wait until the write of step 8 is half done
             if PAUSE_MESSAGE in line:
@@ -138,7 +140,7 @@ def test_kill_9_while_writing_a_checkpoint_then_resume(tmp_path):
     assert not (temporaries[0] / META_FILE).exists()
     assert [p.name for p in list_checkpoints(folder)] == ["step-00000004"]
 
-    trainer = train(tiny_config(*extra, "steps=12"), killed, resume=True)
+    trainer = train(tiny_config(*extra, made_by, "steps=12"), killed, resume=True)
     assert trainer.resumed_from.name == "step-00000004" and trainer.state.step == 12
     assert not list(folder.glob(".tmp-*"))
     assert_identical(final_tensors(killed), final_tensors(straight))

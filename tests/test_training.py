@@ -39,11 +39,15 @@ from noisecraft.training.ema import PowerEMA, gamma_to_std, std_to_gamma
 from noisecraft.training.metrics import crc32c, masked_crc32c
 
 
-def test_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_is_bit_identical(tmp_path, workers):
+    """Interrupted and resumed, with batches made in this process or by worker processes, the run ends
+    bit-identical to one straight run made in this process."""
     straight = train(tiny_config(*TEXT, "steps=10"), tmp_path / "straight")
-    first = train(tiny_config(*TEXT, "steps=10"), tmp_path / "resumed", stop_after=5)
+    sets = (*TEXT, "steps=10", f"data.workers={workers}")
+    first = train(tiny_config(*sets), tmp_path / "resumed", stop_after=5)
     assert first.state.step == 5 and not (tmp_path / "resumed" / "model").exists()  # not finished
-    second = train(tiny_config(*TEXT, "steps=10"), tmp_path / "resumed", resume=True)
+    second = train(tiny_config(*sets), tmp_path / "resumed", resume=True)
     assert second.resumed_from.name == "step-00000005" and second.state == straight.state
     assert second.state.batches == 20  # 10 steps × 2 micro-batches
     assert_identical(final_tensors(tmp_path / "resumed"), final_tensors(tmp_path / "straight"))
@@ -63,10 +67,12 @@ def test_resume_refuses_a_changed_config_and_a_clobbered_run(tmp_path):
     assert train(tiny_config("steps=4", "log.every=2"), tmp_path, resume=True).state.step == 4
 
 
-def test_ctrl_c_saves_exits_130_and_resumes_exactly(tmp_path):
-    """SIGINT finishes the current step, saves it, and exits with 130 (128 + SIGINT)."""
-    out, steps = tmp_path / "interrupted", "steps=100000"
-    process = popen(cli(out, steps=100000))
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ctrl_c_saves_exits_130_and_resumes_exactly(tmp_path, workers):
+    """SIGINT finishes the current step, saves it, and exits with 130 (128 + SIGINT); worker processes
+    making batches ignore it and are stopped by the run."""
+    out, steps, made_by = tmp_path / "interrupted", "steps=100000", f"data.workers={workers}"
+    process = popen(cli(out, made_by, steps=100000))
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
@@ -86,7 +92,7 @@ def test_ctrl_c_saves_exits_130_and_resumes_exactly(tmp_path):
         stopped >= 3 and path.name == f"step-{stopped:08d}" and not list((out / "checkpoints").glob(".tmp*"))
     )
 
-    train(tiny_config(steps), out, resume=True, stop_after=3)
+    train(tiny_config(steps, made_by), out, resume=True, stop_after=3)
     train(tiny_config(steps), tmp_path / "straight", stop_after=stopped + 3)
     assert_identical(final_tensors(out), final_tensors(tmp_path / "straight"))
     logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -12,11 +12,13 @@ composited on white and downsampled to the requested size.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import PIL
 import torch
 from PIL import Image, ImageDraw, ImageFont, features
 from torch.utils.data import Dataset
@@ -140,7 +142,9 @@ class EmojiDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+    def caption(self, index: int) -> str:
+        """Emoji i's caption in this epoch: its name, or with variants one of its names drawn by
+        (seed, index, epoch)."""
         entry = self.entries[index]
         names = (entry.name, *entry.variants)
         choice = 0
@@ -148,7 +152,19 @@ class EmojiDataset(Dataset):
             choice = int(
                 torch.randint(len(names), (), generator=item_generator(self.seed, index, self.epoch))
             )
-        return render_emoji(self.font_path, entry.char, self.size).clone(), names[choice]
+        return names[choice]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        image = render_emoji(self.font_path, self.entries[index].char, self.size).clone()
+        return image, self.caption(index)
+
+    def cache_params(self) -> dict[str, object]:
+        """What decides the pictures (``noisecraft.data.cache``): size, the font file, the emoji drawn,
+        Pillow's version; ``version`` counts changes of the drawing code."""
+        font = Path(self.font_path).stat()
+        chars = hashlib.sha256("\n".join(e.char for e in self.entries).encode()).hexdigest()[:16]
+        return {"version": 1, "size": self.size, "font": self.font_path, "font_bytes": font.st_size,
+                "font_mtime_ns": font.st_mtime_ns, "emoji": chars, "pillow": PIL.__version__}  # fmt: skip
 
     @property
     def captions(self) -> list[str]:

@@ -121,13 +121,21 @@ class MNISTDataset(Dataset):
             image = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", antialias=True)[
                 0
             ]
+        return image, self.caption(index)
+
+    def caption(self, index: int) -> str:
+        """Item i's caption in this epoch: a template drawn by (seed, index, epoch), or the first."""
         captions = digit_captions(int(self.labels[index]))
         choice = 0
         if self.caption_variants:
             choice = int(
                 torch.randint(len(captions), (), generator=item_generator(self.seed, index, self.epoch))
             )
-        return image, captions[choice]
+        return captions[choice]
+
+    def cache_params(self) -> dict[str, object]:
+        """What decides the pictures (``noisecraft.data.cache``); ``version`` counts changes of the code."""
+        return {"version": 1, "split": self.split, "size": self.size}
 
     @property
     def captions(self) -> list[str]:

@@ -329,6 +329,12 @@ class ShapesDataset(Dataset):
         scene, caption = self.scene_and_caption(index)
         return render(scene, self.size), caption
 
+    def cache_params(self) -> dict[str, object]:
+        """What decides every item besides the length (``noisecraft.data.cache``); ``version`` counts
+        changes of the drawing or caption code that alter items."""
+        return {"version": 1, "size": self.size, "seed": self.seed, "split": self.split,
+                "pair_fraction": self.pair_fraction}  # fmt: skip
+
     @property
     def captions(self) -> list[str]:
         """Distinct captions over all items, sorted; computed once (draws every scene, ~0.2 ms per item)."""

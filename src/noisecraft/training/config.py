@@ -26,7 +26,10 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, under its PyPI name
 MODEL_KINDS = ("mlp", "unet", "dit")
 # Keys that may differ between a checkpoint and the run resuming it: they change neither the
 # state nor the random stream (or, for steps and device, change them on purpose).
-RESUMABLE_CHANGES = ("steps", "device", "threads", "log.", "sampling.", "checkpoint.")
+RESUMABLE_CHANGES = (
+    "steps", "device", "threads", "log.", "sampling.", "checkpoint.",
+    "data.workers", "data.prefetch", "data.cache",  # how batches are made, not which
+)  # fmt: skip
 
 
 @dataclass
@@ -52,6 +55,11 @@ class TextConfig:
 class DataConfig:
     name: str = "toy2d"  # a dataset of noisecraft.data: toy2d, shapes, emoji, mnist, folder, shards
     options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the dataset
+    workers: int = 0  # processes making batches ahead (0 = the training process); the same batches for any
+    prefetch: int = 2  # batches each worker keeps ready
+    # Render shapes/emoji/mnist once into a memory-mapped file: "shared" is reused by every run
+    # ($NOISECRAFT_CACHE/data or ~/.cache/noisecraft/data), "run" lives in the run folder's data-cache/.
+    cache: Literal["off", "shared", "run"] = "off"
 
 
 @dataclass
@@ -340,12 +348,14 @@ def check_ranges(c: TrainConfig) -> None:
         "log.every": c.log.every,
         "sampling.points": c.sampling.points,
         "schedule.high_sigma": c.schedule.high_sigma,
+        "data.prefetch": c.data.prefetch,
     }
     for key, value in positive.items():
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{key} must be positive, got {value}")
     non_negative = {
         "threads": c.threads,
+        "data.workers": c.data.workers,
         "optim.weight_decay": c.optim.weight_decay,
         "optim.grad_clip": c.optim.grad_clip,
         "optim.warmup_steps": c.optim.warmup_steps,

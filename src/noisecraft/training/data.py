@@ -16,18 +16,34 @@ Both sources answer ``take(k)``: this process's share of global micro-batch k, a
 
 Datasets whose augmentation or caption choice depends on the epoch (``set_epoch``) are told it
 before they are read, so the epoch, like the rest of the position, is restored on resume.
+
+With ``data.workers`` > 0 a random-access dataset's batches are made ahead by worker processes
+(``noisecraft.data.loader``): each makes whole batches k, k+1, … from its own copy of the dataset,
+by the same pure function of (seed, k), so the batches are the same for any number of workers and a
+resume restarts the workers at the checkpoint's k. With ``data.cache`` the examples of shapes,
+emoji and mnist are read from a memory-mapped file rendered once (``noisecraft.data.cache``), bit
+for bit what the dataset gives.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import IterableDataset
 
-from .distributed import all_reduce
+from ..data.cache import cache_key, cached, shared_cache_dir
+from ..data.loader import worker_items
+from .distributed import all_reduce, barrier
+
+if TYPE_CHECKING:
+    from .config import DataConfig
 
 Example = tuple[Tensor, str]
 _END = object()  # the end of one epoch's stream
@@ -86,21 +102,57 @@ def stack(items: Sequence[Example]) -> tuple[Tensor, list[str]]:
 def collate(dataset: Dataset, indices: Sequence[int] | Tensor, epoch: int) -> tuple[Tensor, list[str]]:
     """Stack the examples at ``indices`` of epoch ``epoch``: a pure function of (seed, index, epoch)."""
     _set_epoch(dataset, epoch)
+    if hasattr(dataset, "get_batch"):  # a cached dataset reads a whole batch in one go
+        images, captions = dataset.get_batch(np.asarray(indices))
+        return torch.from_numpy(images), captions
     return stack([dataset[int(i)] for i in indices])
 
 
-class IndexedBatches:
-    """Batches of a random-access dataset: global batch k is a pure function of (seed, k)."""
+class BatchTable(TorchDataset):
+    """Item k: this process's share of global batch k as (numpy [B / world_size, ...], captions), the
+    form in which a worker process hands it over (arrays, never tensors: see noisecraft.data.loader)."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, rank: int, world_size: int):
+    def __init__(self, dataset: Dataset, sampler: EpochSampler, rank: int, world_size: int):
+        self.dataset, self.sampler, self.rank, self.world_size = dataset, sampler, rank, world_size
+
+    def __getitem__(self, k: int) -> tuple[np.ndarray, list[str]]:
+        indices = shard(self.sampler.batch(k), self.rank, self.world_size)
+        x, captions = collate(self.dataset, indices, self.sampler.epoch_of(k))
+        return x.numpy(), captions
+
+
+class IndexedBatches:
+    """Batches of a random-access dataset: global batch k is a pure function of (seed, k), made in this
+    process or ahead of time by ``workers`` processes; ``pin`` puts them in page-locked memory (CUDA)."""
+
+    def __init__(
+        self, dataset: Dataset, batch_size: int, seed: int, rank: int, world_size: int,
+        workers: int = 0, prefetch: int = 2, pin: bool = False,
+    ):  # fmt: skip
         self.dataset, self.batch_size = dataset, batch_size
         self.sampler = EpochSampler(len(dataset), batch_size, seed)
         self.rank, self.world_size = rank, world_size
+        self.table = BatchTable(dataset, self.sampler, rank, world_size)
+        self.workers, self.prefetch, self.pin = workers, prefetch, pin
+        self._stream: Iterator[tuple[np.ndarray, list[str]]] | None = None
+        self._next = 0  # the batch the workers' stream gives next
 
     def take(self, k: int) -> tuple[Tensor, list[str]]:
         """This process's share of global batch k: ([B / world_size, ...], captions)."""
-        indices = shard(self.sampler.batch(k), self.rank, self.world_size)
-        return collate(self.dataset, indices, self.sampler.epoch_of(k))
+        if self.workers == 0:
+            x, captions = self.table[k]
+        else:
+            if self._stream is None or k != self._next:  # first call, or a jump: restart the workers at k
+                self.close()
+                self._stream = worker_items(self.table, itertools.count(k), self.workers, self.prefetch)
+            x, captions = next(self._stream)
+            self._next = k + 1
+        x = torch.from_numpy(x)
+        return (x.pin_memory() if self.pin else x), captions
+
+    def close(self) -> None:
+        """Stop the worker processes; the next ``take`` starts them again at its batch."""
+        self._stream = None  # dropping the DataLoader iterator shuts its workers down
 
     def epochs(self, k: int) -> float:
         """Epochs completed after k batches."""
@@ -149,6 +201,9 @@ class StreamBatches:
     def take(self, k: int) -> tuple[Tensor, list[str]]:
         """This process's next batch_size / world_size examples (k only counts, the stream is in order)."""
         return stack([self._next() for _ in range(self.per_rank)])
+
+    def close(self) -> None:
+        """Nothing to stop: a stream is read in this process."""
 
     def epochs(self, k: int) -> float:
         """Epochs this rank completed (a stream's length is unknown until its end)."""
@@ -201,12 +256,18 @@ def _assign_rank(dataset: object, rank: int, world_size: int) -> None:
 
 
 def make_batches(
-    dataset: Dataset | IterableDataset, batch_size: int, seed: int, rank: int, world_size: int
-) -> IndexedBatches | StreamBatches:
+    dataset: Dataset | IterableDataset, batch_size: int, seed: int, rank: int, world_size: int,
+    workers: int = 0, prefetch: int = 2, pin: bool = False,
+) -> IndexedBatches | StreamBatches:  # fmt: skip
     """The batch source for a dataset: streamed when it has no random access."""
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
+        if workers:
+            raise ValueError(
+                "data.workers: a streamed dataset (shards) is read in order in the training process; "
+                "set data.workers=0"
+            )
         return StreamBatches(dataset, batch_size, rank, world_size)
-    return IndexedBatches(dataset, batch_size, seed, rank, world_size)
+    return IndexedBatches(dataset, batch_size, seed, rank, world_size, workers, prefetch, pin)
 
 
 def make_training_dataset(name: str, options: dict[str, Any]) -> Dataset | IterableDataset:
@@ -225,3 +286,16 @@ def make_training_dataset(name: str, options: dict[str, Any]) -> Dataset | Itera
         return make_dataset(name, **options)
     except (ValueError, OSError) as err:  # a missing folder, no shards, a bad option value
         raise ValueError(f"data.options ({name}): {err}") from None
+
+
+def open_training_dataset(data: DataConfig, out: Path, is_main: bool) -> Dataset | IterableDataset:
+    """The dataset ``data`` names, read from its cache file when ``data.cache`` asks for one (rendered
+    by the main process if missing, while the others wait)."""
+    dataset = make_training_dataset(data.name, data.options)
+    if data.cache == "off":
+        return dataset
+    cache_key(data.name, dataset)  # a dataset that cannot be cached fails in every process alike
+    folder = Path(out) / "data-cache" if data.cache == "run" else shared_cache_dir()
+    found = cached(dataset, data.name, folder, workers=data.workers) if is_main else None
+    barrier()
+    return found if found is not None else cached(dataset, data.name, folder, log=lambda line: None)

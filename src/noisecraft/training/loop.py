@@ -50,7 +50,8 @@ def micro_batch(t: Trainer) -> tuple[Tensor, Tensor, Tensor, object]:
     c, rank = t.config, t.dist.rank
     x0, captions = t.batches.take(t.state.batches)
     t.state.batches += 1
-    x0 = t.latent.encode(x0.to(t.device, t.dtype))  # [b, ...] in the space the model trains in
+    x0 = x0.to(t.device, t.dtype, non_blocking=True)  # pinned on CUDA: the copy overlaps
+    x0 = t.latent.encode(x0)  # [b, ...] in the space the model trains in
     n, b = t.batches.batch_size, x0.shape[0]  # the global micro-batch, this process's share
     mine = slice(rank * b, (rank + 1) * b)
     sigma = draw_sigma(c.schedule, n, t.generator)[mine]  # [b]
@@ -193,6 +194,7 @@ def run(t: Trainer, stop_after: int | None = None) -> TrainState:
             t.export()
         barrier()
     finally:
+        t.batches.close()
         reporter.close()
     return t.state
 

@@ -41,7 +41,7 @@ from .checkpoint import (
     unflatten_optimizer,
 )
 from .config import TrainConfig, from_dict, resume_conflicts, to_dict
-from .data import Dataset, make_batches, make_training_dataset
+from .data import Dataset, make_batches, open_training_dataset
 from .distributed import barrier, init_distributed
 from .ema import PowerEMA
 
@@ -85,12 +85,14 @@ class Trainer:
             )
         self.dist, self.device = init_distributed(config.device)
         self.dtype, self.bf16 = resolve_precision(config.precision, self.device)
-        self.dataset = (
-            dataset if dataset is not None else make_training_dataset(config.data.name, config.data.options)
-        )
+        d = config.data
+        if dataset is None:
+            dataset = open_training_dataset(d, self.out, self.dist.is_main)
+        self.dataset = dataset
         self.batches = make_batches(
-            self.dataset, self._micro_batch_size(), config.seed, self.dist.rank, self.dist.world_size
-        )
+            self.dataset, self._micro_batch_size(), config.seed, self.dist.rank, self.dist.world_size,
+            d.workers, d.prefetch, pin=self.device.type == "cuda",
+        )  # fmt: skip
         self._build_model(fresh=not resume)
         self.generator = torch.Generator().manual_seed(config.seed)  # σ, noise, dropout: CPU on any device
         self.state = TrainState()
@@ -273,7 +275,8 @@ def check_resumable(saved: dict[str, Any], now: dict[str, Any], path: Path) -> N
         old, new = _lookup(saved, key), _lookup(now, key)
         raise ValueError(
             f"--resume: {key} is {new!r} but {path.name} was trained with {old!r}; "
-            "only steps, device, threads, log.*, sampling.* and checkpoint.* may change on resume"
+            "only steps, device, threads, log.*, sampling.*, checkpoint.* and data.workers/prefetch/cache "
+            "may change on resume"
         )
 
 
