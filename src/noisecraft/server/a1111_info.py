@@ -25,8 +25,9 @@ async def png_info(body: A1111PngInfoRequest, request: Request) -> dict[str, Any
     its other text chunks."""
     if not body.image.strip():
         return {"info": "", "items": {}, "parameters": {}}
-    image = await st.decode(body.image.strip(), "image", st.get_state(request).limits)
-    items = {k: v for k, v in getattr(image, "text", {}).items() if isinstance(v, str)}
+    opened = await st.open_images(st.get_state(request), {"image": [body.image.strip()]})
+    with opened["image"][0] as image:  # the header only: text chunks before the pixels, none decoded
+        items = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
     info = items.pop(PARAMETERS_KEY, None)
     if info is None and METADATA_KEY in items:
         try:
