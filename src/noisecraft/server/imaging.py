@@ -6,12 +6,11 @@ import base64
 import binascii
 import io
 import json
-import warnings
 from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from ..images import METADATA_KEY, READABLE_FORMATS
+from ..images import METADATA_KEY, open_image
 
 
 class BadImage(ValueError):
@@ -29,16 +28,9 @@ def decode_image(data: str, field: str, max_pixels: int) -> Image.Image:
     except (binascii.Error, ValueError):
         raise BadImage(f"{field}: not valid base64") from None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw), formats=READABLE_FORMATS)
-            if image.width * image.height > max_pixels:  # checked from the header, before decoding
-                raise BadImage(f"{field}: {image.width}×{image.height} is more than {max_pixels} pixels")
-            image.load()
-    except BadImage:
-        raise
-    except Exception as err:  # Pillow raises assorted types (OSError, SyntaxError, bomb warnings ...)
-        raise BadImage(f"{field}: not a readable image ({type(err).__name__})") from None
+        image = open_image(raw, field, max_pixels)
+    except ValueError as err:
+        raise BadImage(str(err)) from None
     return image
 
 

@@ -117,7 +117,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     try:
         meta = json.loads((path / META_FILE).read_text())
         tensors = load_file(path / TENSORS_FILE)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, SafetensorError) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, SafetensorError, RecursionError) as err:
         raise ValueError(f"{path}: unreadable checkpoint ({err})") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: unreadable checkpoint ({META_FILE} is not a JSON object)")
