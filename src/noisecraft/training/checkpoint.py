@@ -136,6 +136,23 @@ def latest_checkpoint(folder: str | os.PathLike) -> tuple[Path, dict[str, Tensor
     return None
 
 
+def nothing_to_resume(folder: str | os.PathLike, run: str | os.PathLike) -> str:
+    """Why a resume cannot start: no checkpoint, or every one damaged (each named with its fault) and
+    how to start over: delete the run folder (or train into another)."""
+    damaged = []
+    for path in list_checkpoints(folder):
+        try:
+            load_checkpoint(path)
+        except ValueError as err:
+            damaged.append(str(err))
+    if not damaged:
+        return f"--resume: no checkpoint in {folder}"
+    return (
+        f"--resume: every checkpoint in {folder} is damaged: {'; '.join(damaged)}. "
+        f"To start over, delete {run} (or train into another --out)"
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Optimizer and RNG state without pickle.
 
