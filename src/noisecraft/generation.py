@@ -6,7 +6,6 @@ that scripts can do the same.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import warnings
 from dataclasses import dataclass, field, replace
@@ -61,10 +60,8 @@ def request_from_png(
     """The request (and model) that made a PNG, read back from its metadata and checked like the
     command line; ``flags`` (FilesRequest fields, option fields, ``model``) given by the user win."""
     meta, flags = read_png_metadata(path), dict(flags or {})
-    names = {f.name for f in dataclasses.fields(SamplingOptions)}
     try:
-        values = {k: v for k, v in meta.items() if k in names}
-        options = SamplingOptions(**{**values, **{k: v for k, v in flags.items() if k in names}})
+        options = SamplingOptions.from_metadata({**meta, **flags})  # the option fields of both
         asked = {key: _text(meta, key) for key in ("model", "init", "mask")}
         request = FilesRequest(
             prompts=[_text(meta, "prompt", required=True)],
