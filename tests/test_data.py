@@ -233,9 +233,12 @@ def test_folder_errors_name_the_file(tmp_path):
     (tmp_path / "broken.txt").write_text("bad")
     ds = make_dataset("folder", root=tmp_path)
     assert ds[1][1] == "ok"
-    with pytest.raises(ValueError, match=r"cannot read image .*broken\.png"):
+    with pytest.raises(ValueError, match=r"broken\.png: not a readable image"):
         ds[0]
     assert ds.check() == [tmp_path / "broken.png"]
+    Image.new("RGB", (8, 8)).save(tmp_path / "broken.png", format="TIFF")  # only PNG, JPEG, WebP
+    with pytest.raises(ValueError, match=r"broken\.png: not a readable image \(PNG, JPEG, WEBP only\)"):
+        ds[0]
     (tmp_path / "orphan.png").write_bytes((tmp_path / "good.png").read_bytes())
     with pytest.raises(ValueError, match=r"no caption .*orphan\.png"):
         make_dataset("folder", root=tmp_path)

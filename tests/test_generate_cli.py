@@ -31,7 +31,7 @@ def test_generate_writes_pngs_with_metadata_and_grid(tiny_pipeline_dir, tmp_path
     assert len(pngs) == 4 and (out / "grid.png").is_file()
     meta = read_png_metadata(pngs[3])
     assert meta["prompt"] == "a star" and meta["seed"] == 10 and meta["sampler"] == "euler"
-    assert meta["model"] == str(tiny_pipeline_dir.resolve())
+    assert meta["model"] == "tiny"  # the folder's name, not where it lies (--keep-paths: the path)
 
 
 def test_generate_never_overwrites_earlier_images(tiny_pipeline_dir, tmp_path):
@@ -53,8 +53,8 @@ def test_from_png_reproduces_pixels(tiny_pipeline_dir, tmp_path):
     main(["generate", "a blue square", "--seed", "3", "--steps", "3", "--guidance", "3.5",
           "--negative", "red", "--out", str(tmp_path / "a"), *args])  # fmt: skip
     (first,) = (tmp_path / "a").glob("*.png")
-    # the model is read from the PNG too
-    assert main(["generate", "--from-png", str(first), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    again_args = ["generate", "--from-png", str(first), "--out", str(tmp_path / "b"), "--quiet"]
+    assert main([*again_args, "--model", str(tiny_pipeline_dir)]) == 0
     (again,) = (tmp_path / "b").glob("*.png")
     assert np.array_equal(pixels(first), pixels(again))
     assert read_png_metadata(again) == read_png_metadata(first)
@@ -74,7 +74,8 @@ def test_a1111_sampler_names_and_the_schedule_flag(tiny_pipeline_dir, tmp_path):
     assert read_png_metadata(exp)["schedule"] == "exponential"
     assert read_png_metadata(ours)["schedule"] == "karras"
     assert not np.array_equal(pixels(exp), pixels(ours))
-    assert main(["generate", "--from-png", str(exp), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    again = ["generate", "--from-png", str(exp), "--out", str(tmp_path / "again"), "--quiet"]
+    assert main([*again, "--model", str(tiny_pipeline_dir)]) == 0
     assert np.array_equal(pixels(next((tmp_path / "again").glob("*.png"))), pixels(exp))
 
 
@@ -87,7 +88,8 @@ def test_from_png_reproduces_guidance_rescale_and_interval(tiny_pipeline_dir, tm
     meta = read_png_metadata(first)
     assert meta["guidance_rescale"] == 0.5 and meta["guidance_interval"] == [0.5, 20.0]
     assert not np.array_equal(pixels(first), pixels(next((tmp_path / "plain").glob("*.png"))))
-    assert main(["generate", "--from-png", str(first), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    again_args = ["--from-png", str(first), "--out", str(tmp_path / "b"), "--quiet"]
+    assert main(["generate", *again_args, "--model", str(tiny_pipeline_dir)]) == 0
     (again,) = (tmp_path / "b").glob("*.png")
     assert np.array_equal(pixels(first), pixels(again)) and read_png_metadata(again) == meta
 

@@ -3,8 +3,10 @@ the queue, cancellation, interrupt, model selection, failures that leave the ser
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import io
 import json
 import re
 import threading
@@ -23,6 +25,15 @@ from noisecraft.pipeline import Pipeline
 from noisecraft.server.app import STATIC, create_app
 from noisecraft.server.limits import Limits
 from noisecraft.server.models import ModelRegistry
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n{} loop\n"  # Ghostscript would never end
+
+
+def _encoded(image: Image.Image, kind: str) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=kind)
+    return base64.b64encode(buffer.getvalue()).decode()
+
 
 LIMITS = Limits(queue_size=2, max_batch=4, max_steps=2000, max_pixels=1024 * 1024, max_prompt_chars=200)
 LONG = 2000  # steps: ≈ 10 s for the tiny model, so a long job is still running when a test looks at it
@@ -275,6 +286,8 @@ def test_models_samplers_docs_and_page(client):
         ("/sdapi/v1/txt2img", {"steps": -3}, "steps"),
         ("/sdapi/v1/txt2img", {"seed": -2}, "seed"),
         ("/sdapi/v1/img2img", {"init_images": ["not base64!"]}, "init_images"),
+        ("/sdapi/v1/img2img", {"init_images": [base64.b64encode(EPS).decode()]}, "init_images"),
+        ("/sdapi/v1/img2img", {"init_images": [_encoded(Image.new("RGB", (8, 8)), "TIFF")]}, "init_images"),
         ("/sdapi/v1/img2img", {"init_images": [png_b64(Image.new("RGB", (8, 8)))], "mask": "AAAA"}, "mask"),
         ("/sdapi/v1/img2img", {"init_images": [png_b64(Image.new("RGB", (8, 8)))] * 2}, "init_images"),
         ("/v1/generate", {"prompt": "x", "num_images": 5}, "num_images"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import struct
 import time
@@ -65,6 +66,22 @@ def test_resume_refuses_a_changed_config_and_a_clobbered_run(tmp_path):
     with pytest.raises(ValueError, match="--resume: no checkpoint in"):
         train(tiny_config("steps=4"), tmp_path / "empty", resume=True)
     assert train(tiny_config("steps=4", "log.every=2"), tmp_path, resume=True).state.step == 4
+
+
+def test_resume_with_every_checkpoint_damaged_names_them_and_the_way_to_start_over(tmp_path):
+    train(tiny_config("steps=2", "checkpoint.every=1", "checkpoint.keep=2"), tmp_path)
+    damaged = list_checkpoints(tmp_path / "checkpoints")
+    assert len(damaged) == 2
+    for path in damaged:
+        (path / "state.safetensors").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="skipping"), pytest.raises(ValueError) as info:
+        train(tiny_config("steps=4"), tmp_path, resume=True)
+    message = str(info.value)
+    assert f"every checkpoint in {tmp_path / 'checkpoints'} is damaged" in message and "\n" not in message
+    assert all(f"{path}: unreadable checkpoint" in message for path in damaged)
+    assert f"To start over, delete {tmp_path}" in message
+    shutil.rmtree(tmp_path)  # the way forward the message names
+    assert train(tiny_config("steps=2"), tmp_path).state.step == 2
 
 
 @pytest.mark.parametrize("workers", [0, 2])

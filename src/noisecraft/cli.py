@@ -100,17 +100,35 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--mask", metavar="MASK", help="inpainting (with --init): repaint where the mask is white")
     p.add_argument("--show-steps", action="store_true", help="also save a step strip and a GIF per image")
-    p.add_argument("--from-png", metavar="PNG", help="regenerate an image from the parameters it carries")
+    p.add_argument(
+        "--from-png", metavar="PNG",
+        help="regenerate an image from the parameters it carries (flags given here win over the PNG's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--allow-paths", action="store_true",
+        help="--from-png: read the model folder, init image and mask files the PNG names",
+    )  # fmt: skip
+    p.add_argument(
+        "--keep-paths", action="store_true",
+        help="record absolute paths of the model, init image and mask in the PNGs (default: names only)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_generate)
 
 
 def _run_generate(args: argparse.Namespace) -> None:
-    from .generation import FilesRequest, check_model_matches, generate_to_files, request_from_png
+    from .generation import (
+        FilesRequest,
+        PngTrust,
+        check_model_matches,
+        generate_to_files,
+        request_from_png,
+    )
     from .infotext import png_parameters
     from .model import SamplingOptions
     from .noise import RANDOM_SEED
     from .pipeline import Pipeline
+    from .server.limits import Limits
 
     request = FilesRequest(
         prompts=args.prompts,
@@ -121,13 +139,20 @@ def _run_generate(args: argparse.Namespace) -> None:
         mask=args.mask,
         show_steps=args.show_steps,
         progress=not args.quiet,
+        keep_paths=args.keep_paths,
     )
     model = args.model or "emoji"
     if args.seed == RANDOM_SEED and not args.from_png:
         print(f"noisecraft generate: seed -1 drew seed {request.options.seed}", file=sys.stderr)
     if args.from_png:
-        request, png_model = request_from_png(args.from_png, request)
-        model = args.model or png_model
+        given = {k: v for k, v in vars(args).items() if v is not None}
+        given.update(progress=not args.quiet)
+        trust = PngTrust(args.allow_paths, Limits().max_steps, Limits().max_pixels)
+        request, model = request_from_png(args.from_png, given, trust)
+        for key in ("model", "init", "mask") if args.allow_paths else ():
+            value = model if key == "model" else getattr(request, key)
+            if value and getattr(args, key) is None:
+                print(f"reading the {key} {value!r} that {args.from_png} names", file=sys.stderr)
     elif not args.prompts:
         raise ValueError("give at least one prompt (or --from-png IMAGE)")
     pipe = Pipeline.load(model, **weights_options(args))
@@ -234,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"noisecraft {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"noisecraft {args.command}: error: out of memory (ask for less)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

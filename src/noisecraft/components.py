@@ -25,6 +25,7 @@ from torch import nn
 
 FORMAT = 1
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+MAX_CONFIG_INT = 2**20  # any integer of a component config (widths, depths, vocabulary sizes)
 
 COMPONENTS: dict[str, type[nn.Module]] = {}
 T = TypeVar("T", bound=type[nn.Module])
@@ -56,6 +57,10 @@ def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
             f"unknown field(s) {unknown} for {config_class.__name__}; accepted: {sorted(fields)}"
         )
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    for key, value in values.items():
+        numbers = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(n, int) and abs(n) > MAX_CONFIG_INT for n in numbers):
+            raise ComponentError(f"{config_class.__name__}.{key} = {value!r} is beyond {MAX_CONFIG_INT}")
     try:
         return config_class(**values)
     except TypeError as err:
@@ -101,8 +106,10 @@ def read_component_config(folder: str | os.PathLike) -> tuple[type[nn.Module], A
     try:
         record = json.loads(path.read_text())
         name, values = record["type"], record["config"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
-        raise ComponentError(f"{path}: unreadable component config ({err})") from None
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as err:
+        raise ComponentError(f"{path}: unreadable component config ({type(err).__name__}: {err})") from None
+    if not isinstance(values, dict):
+        raise ComponentError(f"{path}: unreadable component config (config is not a JSON object)")
     if name not in COMPONENTS:
         raise ComponentError(f"{path}: unknown component type {name!r}; known: {sorted(COMPONENTS)}")
     cls = COMPONENTS[name]
@@ -114,9 +121,10 @@ def load_component(folder: str | os.PathLike, expected: type[nn.Module] | None =
     cls, config = read_component_config(folder)
     if expected is not None and not issubclass(cls, expected):
         raise ComponentError(f"{folder}: holds a {cls.__name__}, expected a {expected.__name__}")
+    weights = Path(folder) / WEIGHTS_FILE
+    _check_size(cls, config, weights)
     module = cls(config)
     expected_keys = module.state_dict()
-    weights = Path(folder) / WEIGHTS_FILE
     if not expected_keys:
         return module.eval()
     if not weights.is_file():
@@ -135,6 +143,35 @@ def load_component(folder: str | os.PathLike, expected: type[nn.Module] | None =
             raise ComponentError(
                 f"{weights}: {key} has shape {tuple(value.shape)}, expected {tuple(expected_keys[key].shape)}"
             )
+        check_weight(key, value, expected_keys[key].dtype, weights)
         state[key] = value.to(expected_keys[key].dtype)
     module.load_state_dict(state)
     return module.eval()
+
+
+def check_weight(key: str, value: torch.Tensor, wanted: torch.dtype, source: str | os.PathLike) -> None:
+    """ComponentError unless a floating weight is stored as floating point and every value is finite."""
+    if not wanted.is_floating_point:
+        return
+    if not value.is_floating_point():
+        raise ComponentError(f"{source}: {key} is stored as {value.dtype}, not floating point")
+    if not torch.isfinite(value).all():
+        raise ComponentError(f"{source}: {key} holds NaN or infinity (damaged weights)")
+
+
+def _check_size(cls: type[nn.Module], config: Any, weights: Path) -> None:
+    """Before allocating: the config's tensors, built on the meta device (no memory), must fit in the
+    weights file at two bytes each (float16) at least; a damaged or hostile config.json is refused here."""
+    if not weights.is_file():  # a component without weights (a frozen packaged encoder) or a missing file
+        return
+    try:
+        with torch.device("meta"):
+            numel = sum(t.numel() for t in cls(config).state_dict().values())
+    except Exception:  # a component that cannot be built without data: checked when loaded instead
+        return
+    stored = weights.stat().st_size
+    if numel * 2 > stored:
+        raise ComponentError(
+            f"{weights.parent}: the config describes {numel:,} weights, more than {weights.name} "
+            f"({stored:,} bytes) can hold"
+        )

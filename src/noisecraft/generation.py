@@ -15,9 +15,10 @@ from typing import Any
 from PIL import Image
 
 from .callbacks import ProgressBar, StepRecorder, chain
-from .images import METADATA_KEY, load_image, make_grid, save_gif, save_png, upscale
+from .images import METADATA_KEY, load_image, make_grid, path_field, save_gif, save_png, upscale
 from .infotext import infotext, png_parameters
-from .model import SamplingOptions
+from .model import SamplingOptions, shipped_models
+from .model.settings import MAX_SIDE, MAX_STEPS
 from .pipeline import GenerationRequest, Pipeline
 
 
@@ -33,27 +34,83 @@ class FilesRequest:
     mask: str | None = None  # inpainting mask file: white = repaint
     show_steps: bool = False
     progress: bool = True
+    keep_paths: bool = False  # metadata names files by absolute path, not by name
+
+
+@dataclass(frozen=True)
+class PngTrust:
+    """What a PNG from elsewhere may ask for: beyond these a flag must say so (its settings are input)."""
+
+    allow_paths: bool = False  # read the model, init image and mask files it names
+    max_steps: int = MAX_STEPS  # the command line passes a server's default limits
+    max_pixels: int = MAX_SIDE * MAX_SIDE
 
 
 def request_from_png(
-    path: str | Path, overrides: FilesRequest | None = None
+    path: str | Path, flags: dict[str, Any] | None = None, trust: PngTrust = PngTrust()
 ) -> tuple[FilesRequest, str]:
-    """The request (and model name) that made a PNG, read back from its metadata (ours, or A1111's)."""
-    meta = png_parameters(path)
+    """The request (and model) that made a PNG (ours, or A1111's parameters), read back from its
+    metadata and checked like the command line; ``flags`` (FilesRequest fields, option fields,
+    ``model``) given by the user win."""
+    meta, flags = png_parameters(path), dict(flags or {})
     try:
+        options = SamplingOptions.from_metadata({**meta, **flags})  # the option fields of both
+        asked = {key: _text(meta, key) for key in ("model", "init", "mask")}
         request = FilesRequest(
             prompts=[_text(meta, "prompt", required=True)],
             negative_prompt=_text(meta, "negative_prompt"),
-            options=SamplingOptions.from_metadata(meta),
-            init=_text(meta, "init"),
-            mask=_text(meta, "mask"),
+            options=options,
         )
-        model = _text(meta, "model") or ""
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: incomplete generation parameters ({err})") from None
-    if overrides is not None:
-        request = replace(request, show_steps=overrides.show_steps, progress=overrides.progress)
+    _check_png_size(path, options, flags, trust)
+    files = _png_files(path, asked, flags, trust.allow_paths)
+    model = files.pop("model")
+    request = replace(request, **{k: v for k, v in flags.items() if k in FILES_FLAGS}, **files)
     return request, model
+
+
+FILES_FLAGS = ("num", "show_steps", "progress", "keep_paths")  # what the user adds to a PNG's request
+
+
+def _check_png_size(
+    path: str | Path, options: SamplingOptions, flags: dict[str, Any], trust: PngTrust
+) -> None:
+    """ValueError when the PNG (not the user's flags) asks for more steps or pixels than a server gives."""
+    if "steps" not in flags and options.steps is not None and options.steps > trust.max_steps:
+        raise ValueError(
+            f"{path} asks for {options.steps} steps, more than {trust.max_steps}: pass --steps to confirm"
+        )
+    width, height = options.width or 0, options.height or 0
+    if not {"width", "height"} & set(flags) and width * height > trust.max_pixels:
+        raise ValueError(
+            f"{path} asks for {width}×{height} pixels, more than {trust.max_pixels}: "
+            "pass --width and --height to confirm"
+        )
+
+
+def _png_files(
+    path: str | Path, asked: dict[str, str | None], flags: dict[str, Any], allow_paths: bool
+) -> dict[str, str | None]:
+    """The model, init and mask to use: the user's flags, a shipped model the PNG names, or (only with
+    ``allow_paths``) the local paths it names; ValueError saying what the PNG asks for otherwise."""
+    chosen = {key: flags.get(key) for key in asked}
+    if chosen["model"] is None and asked["model"] in shipped_models():
+        chosen["model"] = asked["model"]
+    wanted = {k: v for k, v in asked.items() if v and chosen[k] is None}
+    if wanted and not allow_paths:
+        what = ", ".join(f"{FILE_KINDS[k]} {v!r}" for k, v in wanted.items())
+        options = " / ".join(f"--{k}" for k in wanted)
+        raise ValueError(
+            f"{path} asks to read local files ({what}): pass {options}, or --allow-paths to read them"
+        )
+    chosen.update(wanted)
+    if chosen["model"] is None:
+        raise ValueError(f"{path} names no model: pass --model")
+    return chosen
+
+
+FILE_KINDS = {"model": "model", "init": "init image", "mask": "mask"}
 
 
 def _text(meta: dict[str, Any], key: str, required: bool = False) -> str | None:
@@ -69,7 +126,8 @@ def _slug(text: str, limit: int = 40) -> str:
 
 
 def run(pipe: Pipeline, request: FilesRequest) -> tuple[list[Image.Image], StepRecorder | None]:
-    """Read the request's files and run it through the pipeline; the files' paths go into the metadata."""
+    """Read the request's files and run it through the pipeline; the files' names (or with
+    ``keep_paths`` their absolute paths) go into the metadata."""
     recorder = StepRecorder() if request.show_steps else None
     progress = ProgressBar("sampling") if request.progress else None
     options = request.options.resolve(pipe.config)
@@ -80,49 +138,73 @@ def run(pipe: Pipeline, request: FilesRequest) -> tuple[list[Image.Image], StepR
     job = GenerationRequest(r.prompts, r.negative_prompt, r.num, r.options, init, mask)
     images = pipe.run(job, chain(progress, recorder))
     for image in images:
+        meta = image.info[METADATA_KEY]
         for key in ("init", "mask"):
             if getattr(request, key) is not None:
-                image.info[METADATA_KEY][key] = str(Path(getattr(request, key)).resolve())
+                meta[key] = path_field(getattr(request, key), request.keep_paths)
+        if request.keep_paths and pipe.source and Path(pipe.source).is_absolute():
+            meta["model"] = pipe.source
     return images, recorder
 
 
-def save_outputs(images: list[Image.Image], recorder: StepRecorder | None, out_dir: str | Path) -> list[Path]:
+def save_outputs(
+    images: list[Image.Image], recorder: StepRecorder | None, out_dir: str | Path, attempts: int = 100
+) -> list[Path]:
     """Write each image (with metadata), a grid when there are several, and step strips + GIFs.
 
-    Nothing already in ``out_dir`` is overwritten: when a name is taken, all of this call's files
-    get the first free suffix (``-1``, ``-2``, …), so an image, its strip and the grid stay together.
+    Nothing in ``out_dir`` is overwritten, even by another run saving at the same moment: when a name
+    is taken, all of this call's files get the first free suffix (``-1``, ``-2``, …), so an image, its
+    strip and the grid stay together; each file is created exclusively, and a name taken in between
+    sends the whole set on to the next free suffix.
     """
     out_dir = Path(out_dir)
     metas = [image.info[METADATA_KEY] for image in images]
     stems = [f"{i:03d}-{_slug(meta['prompt'])}-s{meta['seed']}" for i, meta in enumerate(metas)]
     names = [f"{stem}{extra}" for stem in stems for extra in _extras(recorder is not None)]
     names += ["grid.png"] if len(images) > 1 else []
-    suffix = free_suffix(out_dir, names)
-    paths = []
-    for i, (image, meta, stem) in enumerate(zip(images, metas, stems)):
-        paths.append(save_png(image, out_dir / f"{stem}{suffix}.png", meta, infotext(meta)))
+    start = 0
+    for _ in range(attempts):
+        n = free_suffix(out_dir, names, start)
+        written: list[Path] = []
+        try:
+            _write_set(images, recorder, out_dir, stems, _suffix(n), written)
+            return written
+        except FileExistsError:  # another writer took a name after free_suffix looked
+            for path in written:
+                path.unlink(missing_ok=True)
+            start = n + 1
+    raise FileExistsError(f"{out_dir}: no free file names after {attempts} tries")
+
+
+def _write_set(images, recorder, out_dir: Path, stems: list[str], suffix: str, written: list[Path]) -> None:
+    """Create every file of one call with ``suffix`` (exclusively), appending each to ``written``."""
+    for i, (image, stem) in enumerate(zip(images, stems)):
+        meta = image.info[METADATA_KEY]
+        written.append(save_png(image, out_dir / f"{stem}{suffix}.png", meta, infotext(meta), exclusive=True))
         if recorder is not None:
-            paths.append(save_png(recorder.strip(i), out_dir / f"{stem}-steps{suffix}.png"))
-            paths.append(save_gif(recorder.animation(i), out_dir / f"{stem}-steps{suffix}.gif"))
+            steps = out_dir / f"{stem}-steps{suffix}"
+            written.append(save_png(recorder.strip(i), steps.with_suffix(".png"), exclusive=True))
+            written.append(save_gif(recorder.animation(i), steps.with_suffix(".gif"), exclusive=True))
     if len(images) > 1:
         scale = max(1, 128 // images[0].width)
         grid = make_grid([upscale(im, scale) for im in images])
-        paths.append(save_png(grid, out_dir / f"grid{suffix}.png"))
-    return paths
+        written.append(save_png(grid, out_dir / f"grid{suffix}.png", exclusive=True))
 
 
 def _extras(with_steps: bool) -> list[str]:
     return [".png", "-steps.png", "-steps.gif"] if with_steps else [".png"]
 
 
-def free_suffix(folder: Path, names: list[str]) -> str:
-    """'' when none of ``names`` (``stem.ext``) is in ``folder``, else the first '-N' that frees them all."""
-    n = 0
-    while True:
-        suffix = f"-{n}" if n else ""
-        if not any((folder / name).with_stem(Path(name).stem + suffix).exists() for name in names):
-            return suffix
+def _suffix(n: int) -> str:
+    return f"-{n}" if n else ""
+
+
+def free_suffix(folder: Path, names: list[str], start: int = 0) -> int:
+    """The first n ≥ ``start`` such that no ``stem-n.ext`` of ``names`` is in ``folder`` (0: no suffix)."""
+    n = start
+    while any((folder / name).with_stem(Path(name).stem + _suffix(n)).exists() for name in names):
         n += 1
+    return n
 
 
 def generate_to_files(pipe: Pipeline, request: FilesRequest, out_dir: str | Path) -> list[Path]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import stat
+import warnings
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -14,9 +17,10 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin, UnidentifiedImageEr
 from torch import Tensor
 
 METADATA_KEY = "noisecraft"  # the PNG text chunk holding the generation parameters as JSON
-# The image formats a user's file or upload may be: Pillow is never left to pick any decoder it has
-# (EPS would run Ghostscript).
-READABLE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+# The image formats a user's file or upload may be: Pillow is never left to pick any of its ~40
+# decoders (EPS would run Ghostscript on it).
+READABLE_FORMATS = ("PNG", "JPEG", "WEBP")
+MAX_IMAGE_PIXELS = 8192 * 8192  # an image read from a file, checked from its header before decoding
 
 
 def to_pil(images: Tensor) -> list[Image.Image]:
@@ -39,18 +43,50 @@ def from_pil(image: Image.Image, channels: int = 3, size: int | tuple[int, int] 
     return data.float() / 127.5 - 1
 
 
+def open_image(
+    source: str | os.PathLike | bytes, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS
+) -> Image.Image:
+    """A user's image (a regular file or bytes) decoded as PNG, JPEG or WebP only, at most
+    ``max_pixels`` (checked from the header before decoding); ValueError naming it otherwise."""
+    name = name or str(source)
+    stream = io.BytesIO(source) if isinstance(source, bytes) else _open_regular(source)
+    with stream, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(stream, formats=READABLE_FORMATS)
+            pixels = image.width * image.height
+            if pixels <= max_pixels:
+                image.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as err:  # fmt: skip
+            why = "" if isinstance(err, UnidentifiedImageError) else f": {err}"  # its text names a buffer
+            formats = ", ".join(READABLE_FORMATS)
+            raise ValueError(f"{name}: not a readable image ({formats} only){why}") from None
+    if pixels > max_pixels:
+        raise ValueError(f"{name}: {image.width}×{image.height} is more than {max_pixels} pixels")
+    return image
+
+
+def _open_regular(path: str | os.PathLike) -> io.BufferedReader:
+    """A regular file opened for reading; a FIFO or device is refused without blocking on it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{path}: not a regular file")
+    return os.fdopen(fd, "rb")
+
+
 def load_image(
     path: str | os.PathLike, channels: int = 3, size: int | tuple[int, int] | None = None
 ) -> Tensor:
     """Read an image file as [C, H, W] in [-1, 1], with one clear error for a missing or broken file."""
-    try:
-        with Image.open(path, formats=READABLE_FORMATS) as image:
-            image.load()
-            return from_pil(image, channels, size)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{path}: not a readable image ({err})") from None
+    with open_image(path) as image:
+        return from_pil(image, channels, size)
 
 
 def save_png(
@@ -58,9 +94,11 @@ def save_png(
     path: str | os.PathLike,
     metadata: dict[str, Any] | None = None,
     parameters: str | None = None,
+    exclusive: bool = False,
 ) -> Path:
     """Save a PNG with ``metadata`` as a JSON text chunk (so the image can be regenerated from itself)
-    and ``parameters``, AUTOMATIC1111's text of the same settings (``infotext``), for other tools."""
+    and ``parameters``, AUTOMATIC1111's text of the same settings (``infotext``), for other tools;
+    ``exclusive``: FileExistsError rather than replace a file that is there (even one made meanwhile)."""
     info = PngImagePlugin.PngInfo()
     if metadata is not None:
         info.add_text(METADATA_KEY, json.dumps(metadata, sort_keys=True))
@@ -68,18 +106,35 @@ def save_png(
         info.add_text("parameters", parameters)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, pnginfo=info)
+    with _create(path, exclusive) as f:
+        image.save(f, format="PNG", pnginfo=info)
     return path
 
 
-def read_png_text(path: str | os.PathLike) -> dict[str, str]:
-    """A PNG's text chunks, with one clear error for a missing or unreadable file."""
+def _create(path: Path, exclusive: bool) -> io.BufferedWriter:
+    """``path`` opened for writing; ``exclusive`` creates it atomically (O_EXCL) or fails."""
+    if not exclusive:
+        return open(path, "wb")  # noqa: SIM115 (the caller's with closes it)
     try:
-        with Image.open(path, formats=("PNG",)) as image:
+        return open(path, "xb")  # noqa: SIM115
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists") from None
+
+
+def path_field(path: str | os.PathLike, keep_paths: bool = False) -> str:
+    """How metadata names a local file or folder: its name only (an output shared with others does not
+    reveal where files lie), or its absolute path when ``keep_paths``."""
+    return str(Path(path).resolve()) if keep_paths else Path(path).name or str(path)
+
+
+def read_png_text(path: str | os.PathLike) -> dict[str, str]:
+    """A PNG's text chunks (a regular file only), with one clear error for a missing or unreadable file."""
+    try:
+        with _open_regular(path) as stream, Image.open(stream, formats=("PNG",)) as image:
             return dict(getattr(image, "text", {}))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path}: not a readable image ({err})") from None
 
 
@@ -89,9 +144,12 @@ def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if text is None:
         raise ValueError(f"{path}: carries no noisecraft generation parameters")
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: corrupt generation parameters ({err})") from None
+        meta = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path}: corrupt generation parameters ({type(err).__name__})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: corrupt generation parameters (not a JSON object)")
+    return meta
 
 
 def make_grid(images: list[Image.Image], columns: int | None = None, pad: int = 2) -> Image.Image:
@@ -135,10 +193,13 @@ def step_strip(rows: list[list[Image.Image]], labels: list[str], scale: int = 4)
     return strip
 
 
-def save_gif(frames: list[Image.Image], path: str | os.PathLike, duration_ms: int = 120) -> Path:
-    """An animated GIF that holds on its last frame."""
+def save_gif(
+    frames: list[Image.Image], path: str | os.PathLike, duration_ms: int = 120, exclusive: bool = False
+) -> Path:
+    """An animated GIF that holds on its last frame (``exclusive`` as for ``save_png``)."""
     if not frames:
         raise ValueError("save_gif needs at least one frame")
     durations = [duration_ms] * (len(frames) - 1) + [duration_ms * 10]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    with _create(Path(path), exclusive) as f:
+        frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
     return Path(path)

@@ -26,8 +26,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .conditioning import Conditioning
-from .images import METADATA_KEY, from_pil, to_pil
+from .images import METADATA_KEY, from_pil, path_field, to_pil
 from .model import (
+    MAX_IMAGES,
     SETTINGS_FILE,
     SHIPPED_DIR,
     LatentSpace,
@@ -344,7 +345,7 @@ class Pipeline:
                 **recorded,
                 "seed": options.seed + i,
                 "size": [options.width, options.height],
-                "model": self.source or c.name,
+                "model": path_field(self.source) if self.source else c.name,  # a name, never a path
                 "weights": self.weights_hash,
                 **extra,
             }
@@ -358,4 +359,7 @@ def _expand(prompts: str | list[str], num_images: int) -> list[str]:
         raise ValueError("prompts must be a string or a non-empty list of strings")
     if isinstance(num_images, bool) or int(num_images) != num_images or num_images < 1:
         raise ValueError(f"num_images must be a positive integer, got {num_images}")
+    if len(prompts) * num_images > MAX_IMAGES:
+        count = len(prompts) * num_images
+        raise OptionError("num_images", f"{count} images in one request; at most {MAX_IMAGES}")
     return [p for p in prompts for _ in range(num_images)]

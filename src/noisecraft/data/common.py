@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..images import READABLE_FORMATS
+from ..images import open_image
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # images.READABLE_FORMATS
 
 
 def index_seed(seed: int, index: int, salt: int = 0) -> int:
@@ -29,18 +28,12 @@ def item_generator(seed: int, index: int, salt: int = 0) -> torch.Generator:
 
 def decode_rgb(source: bytes | str | Path, name: str | None = None) -> Image.Image:
     """Fully decode an image as RGB (transparency composited on white); ValueError naming it if unreadable."""
-    name = name or str(source)
-    try:
-        stream = io.BytesIO(source) if isinstance(source, bytes) else source
-        with Image.open(stream, formats=READABLE_FORMATS) as image:
-            image.load()  # decode now, so a truncated file fails here and not deep in a DataLoader
-            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-                rgba = image.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(white, rgba).convert("RGB")
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read image {name}: {err}") from err
+    image = open_image(source, name)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def fit_square(image: Image.Image, size: int) -> Image.Image:

@@ -53,8 +53,8 @@ class TensorFile:
             raise self._bad("its header length is impossible (a truncated or foreign file?)")
         try:
             header = json.loads(self.file.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise self._bad(f"its header is not JSON ({err})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            raise self._bad(f"its header is not JSON ({type(err).__name__}: {err})") from None
         if not isinstance(header, dict):
             raise self._bad("its header is not a JSON object")
         header.pop("__metadata__", None)

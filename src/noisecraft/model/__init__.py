@@ -21,9 +21,10 @@ from .folder import (
 from .latent import LatentSpace
 from .options import OptionError, SamplingOptions
 from .sampling import encode_prompts, sample
-from .settings import ModelSettings, build_denoiser
+from .settings import MAX_IMAGES, ModelSettings, build_denoiser
 
 __all__ = [
+    "MAX_IMAGES",
     "SETTINGS_FILE",
     "SHIPPED_DIR",
     "LatentSpace",

@@ -84,8 +84,8 @@ def read_settings(folder: Path) -> ModelSettings:
         if not isinstance(values, dict):
             raise TypeError(f"expected a JSON object, got {type(values).__name__}")
         return config_from_dict(ModelSettings, values)
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
-        raise ComponentError(f"{path}: unreadable ({err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, RecursionError) as err:
+        raise ComponentError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
     except ValueError as err:  # a field of the wrong type or out of range
         raise ComponentError(f"{path}: {err}") from None
 

@@ -19,7 +19,7 @@ from ..noise import check_seed, pick_seed
 from ..samplers import SAMPLERS
 from ..samplers.names import canonical_sampler
 from .schedule import SCHEDULES, canonical_schedule
-from .settings import ModelSettings
+from .settings import ModelSettings, check_bounds
 
 
 class OptionError(ValueError):
@@ -150,6 +150,17 @@ def _seed(value: Any) -> int:
     return pick_seed(value)
 
 
+def _bounded(check, name: str):
+    """``check`` followed by the range of ``name`` (settings.BOUNDS), the same as a model's settings."""
+
+    def checked(value: Any) -> Any:
+        value = check(value)
+        check_bounds(name, value)
+        return value
+
+    return checked
+
+
 def _strength(value: Any) -> float:
     if not 0.0 <= _finite(value) <= 1.0:
         raise ValueError(f"must be in [0, 1], got {value}")
@@ -157,17 +168,17 @@ def _strength(value: Any) -> float:
 
 
 _CHECKS = {
-    "steps": _positive_int,
+    "steps": _bounded(_positive_int, "steps"),
     "sampler": lambda name: canonical_sampler(name, tuple(SAMPLERS)),
-    "guidance": _finite,
+    "guidance": _bounded(_finite, "guidance"),
     "guidance_rescale": _rescale,
     "guidance_interval": _interval,
-    "sigma_min": _positive,
-    "sigma_max": _positive,
-    "rho": _positive,
+    "sigma_min": _bounded(_positive, "sigma_min"),
+    "sigma_max": _bounded(_positive, "sigma_max"),
+    "rho": _bounded(_positive, "rho"),
     "schedule": canonical_schedule,
     "seed": _seed,
-    "width": _positive_int,
-    "height": _positive_int,
+    "width": _bounded(_positive_int, "width"),
+    "height": _bounded(_positive_int, "height"),
     "strength": _strength,
 }

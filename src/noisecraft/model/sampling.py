@@ -67,6 +67,26 @@ class EvaluationBudget:
             )
         self.calls += 1
         return self.denoiser(x, sigma, cond)
+class NonFiniteError(ValueError):
+    """Sampling met NaN or infinity; the message says where (an all-black image is never returned)."""
+
+
+class CheckFinite(nn.Module):
+    """A Denoiser that refuses to hand NaN or infinity to the sampler, naming the σ where it arose."""
+
+    def __init__(self, denoiser: Denoiser):
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Conditioning | None = None) -> Tensor:
+        out = self.denoiser(x, sigma, cond)
+        if not torch.isfinite(out).all():
+            where = "the sample" if not torch.isfinite(x).all() else "the model's prediction"
+            raise NonFiniteError(
+                f"{where} at σ = {float(torch.as_tensor(sigma).max()):.4g} holds NaN or infinity "
+                "(damaged weights, or settings beyond what this model can take)"
+            )
+        return out
 
 
 def guided(
@@ -124,11 +144,13 @@ def sample(
     table = getattr(denoiser, "sigma_table", None)  # a discrete model's σ per timestep, if any
     sigmas = schedule_sigmas(o.schedule, steps, o.sigma_min, o.sigma_max, o.rho, dtype, table)[start:]
     x = x * sigmas[0] if start == 0 else init + x * sigmas[0]
-    denoiser = guided(denoiser, options, cond, uncond, rows)
+    denoiser = CheckFinite(guided(denoiser, options, cond, uncond, rows))
     if keep is not None:
         denoiser = KeepKnown(denoiser, init, keep)
         x = x + keep * init
     if max_evaluations is not None:
         denoiser = EvaluationBudget(denoiser, max_evaluations, options.sampler)
     out = sample_fn(denoiser, x, sigmas, cond, generator=noise, callback=callback)
+    if not torch.isfinite(out).all():
+        raise NonFiniteError(f"the {options.sampler} sampler ended in NaN or infinity")
     return out if keep is None else keep * init + (1 - keep) * out

@@ -12,6 +12,37 @@ from torch import nn
 from ..denoisers import PRECONDITIONINGS, Denoiser, precondition
 from ..schedules import vp_alphas_cumprod
 
+# The range of every numeric setting and sampling option (inclusive; a (0, hi] range is written with
+# lo = 0 and checked as positive). A hand-edited or hostile file or flag gets one line naming the value,
+# not hours of work, a MemoryError or an image of NaNs.
+MAX_STEPS = 10_000
+MAX_SIDE = 16_384  # pixels per image side
+MAX_SIGMA = 1e6  # a cosine VP table reaches σ ≈ 2·10⁴
+MAX_GUIDANCE = 1_000.0
+MAX_IMAGES = 10_000  # images in one request (prompts × images per prompt)
+BOUNDS: dict[str, tuple[float, float]] = {
+    "steps": (1, MAX_STEPS),
+    "image_size": (1, MAX_SIDE),
+    "width": (1, MAX_SIDE),
+    "height": (1, MAX_SIDE),
+    "num_train_timesteps": (1, 100_000),
+    "sigma_data": (0, MAX_SIGMA),
+    "sigma_min": (0, MAX_SIGMA),
+    "sigma_max": (0, MAX_SIGMA),
+    "rho": (0, 1_000),
+    "guidance": (-MAX_GUIDANCE, MAX_GUIDANCE),
+    "latent_scale": (0, 1e6),
+}
+
+
+def check_bounds(name: str, value: float) -> None:
+    """ValueError when ``value`` of setting/option ``name`` lies outside ``BOUNDS[name]``."""
+    lo, hi = BOUNDS[name]
+    if lo == 0 and not value > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {value!r}")
+
 
 @dataclass
 class ModelSettings:
@@ -40,10 +71,8 @@ class ModelSettings:
             raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
         if self.precond not in PRECONDITIONINGS:
             raise ValueError(f"unknown precond {self.precond!r}; valid: {', '.join(PRECONDITIONINGS)}")
-        if not 0 < self.sigma_min < self.sigma_max:
+        if not self.sigma_min < self.sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
-        if self.latent_scale <= 0:
-            raise ValueError(f"latent_scale must be positive, got {self.latent_scale}")
 
     def denoiser(self, net: nn.Module) -> Denoiser:
         """``net`` wrapped in the preconditioning these settings name."""
@@ -66,7 +95,7 @@ class ModelSettings:
 
 
 def _check_field_types(settings: ModelSettings) -> None:
-    """ValueError naming the first field of a (hand-edited) pipeline.json that has the wrong type."""
+    """ValueError naming the first field of a (hand-edited) pipeline.json of the wrong type or range."""
     for field in dataclasses.fields(settings):
         value, kind = getattr(settings, field.name), type(field.default)
         if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -79,6 +108,8 @@ def _check_field_types(settings: ModelSettings) -> None:
             raise ValueError(f"{field.name} must be true or false, got {value!r}")
         if kind is str and not isinstance(value, str):
             raise ValueError(f"{field.name} must be a string, got {value!r}")
+        if field.name in BOUNDS:
+            check_bounds(field.name, value)
 
 
 def build_denoiser(

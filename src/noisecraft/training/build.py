@@ -88,7 +88,7 @@ def parent_record(source: str) -> dict[str, Any] | None:
     path = init_folder(source) / "training.json"
     try:
         record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         record = None
     return {**record, "source": source} if isinstance(record, dict) else {"source": source}
 

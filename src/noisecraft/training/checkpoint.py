@@ -117,7 +117,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     try:
         meta = json.loads((path / META_FILE).read_text())
         tensors = load_file(path / TENSORS_FILE)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, SafetensorError) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, SafetensorError, RecursionError) as err:
         raise ValueError(f"{path}: unreadable checkpoint ({err})") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: unreadable checkpoint ({META_FILE} is not a JSON object)")
@@ -134,6 +134,23 @@ def latest_checkpoint(folder: str | os.PathLike) -> tuple[Path, dict[str, Tensor
         except ValueError as err:
             warnings.warn(f"skipping {err}", stacklevel=2)
     return None
+
+
+def nothing_to_resume(folder: str | os.PathLike, run: str | os.PathLike) -> str:
+    """Why a resume cannot start: no checkpoint, or every one damaged (each named with its fault) and
+    how to start over: delete the run folder (or train into another)."""
+    damaged = []
+    for path in list_checkpoints(folder):
+        try:
+            load_checkpoint(path)
+        except ValueError as err:
+            damaged.append(str(err))
+    if not damaged:
+        return f"--resume: no checkpoint in {folder}"
+    return (
+        f"--resume: every checkpoint in {folder} is damaged: {'; '.join(damaged)}. "
+        f"To start over, delete {run} (or train into another --out)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from .checkpoint import (
     flatten_optimizer,
     latest_checkpoint,
     list_checkpoints,
+    nothing_to_resume,
     restore_rng,
     rng_tensors,
     save_checkpoint,
@@ -179,7 +180,7 @@ class Trainer:
     def _resume(self) -> Path:
         found = latest_checkpoint(self.checkpoints)
         if found is None:
-            raise ValueError(f"--resume: no checkpoint in {self.checkpoints}")
+            raise ValueError(nothing_to_resume(self.checkpoints, self.out))
         path, tensors, meta = found
         try:
             check_resumable(meta["config"], to_dict(self.config), path)
