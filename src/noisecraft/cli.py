@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .devices import add_device_arguments
 from .evaluation.cli import add_eval_parser
 from .server.cli import add_serve_parser
 
@@ -102,15 +103,18 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--show-steps", action="store_true", help="also save a step strip and a GIF per image")
     p.add_argument("--from-png", metavar="PNG", help="regenerate an image from the parameters it carries")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_arguments(p)
     p.set_defaults(run=_run_generate)
 
 
 def _run_generate(args: argparse.Namespace) -> None:
+    from .devices import placement_from_args
     from .generation import FilesRequest, check_model_matches, generate_to_files, request_from_png
     from .images import read_png_metadata
     from .model import SamplingOptions
     from .pipeline import Pipeline
 
+    placement = placement_from_args(args)  # a device or precision that cannot be used fails first
     request = FilesRequest(
         prompts=args.prompts,
         negative_prompt=args.negative,
@@ -127,7 +131,7 @@ def _run_generate(args: argparse.Namespace) -> None:
         model = args.model or png_model
     elif not args.prompts:
         raise ValueError("give at least one prompt (or --from-png IMAGE)")
-    pipe = Pipeline.load(model, vae=args.vae, prediction=args.prediction)
+    pipe = Pipeline.load(model, vae=args.vae, prediction=args.prediction).to(placement)
     if args.from_png:
         check_model_matches(pipe, read_png_metadata(args.from_png).get("weights"))
     for path in generate_to_files(pipe, request, args.out):

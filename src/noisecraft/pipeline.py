@@ -26,6 +26,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .conditioning import Conditioning
+from .devices import Placement, resolve_placement
 from .images import METADATA_KEY, from_pil, to_pil
 from .model import (
     SETTINGS_FILE,
@@ -83,6 +84,7 @@ class Pipeline:
         if text_encoder is not None:
             text_encoder.eval()
         self.denoiser = config.denoiser(net)
+        self.placement = Placement()  # the CPU in float32 until ``to`` moves it
         self._weights_hash: str | None = None
         self.source: str | None = None  # what ``load`` was given: a shipped name or a folder
 
@@ -119,6 +121,21 @@ class Pipeline:
                     digest.update(value.detach().cpu().contiguous().numpy().tobytes())
             self._weights_hash = digest.hexdigest()[:16]
         return self._weights_hash
+
+    def to(
+        self, device: Placement | str | torch.device = "auto", dtype: str | torch.dtype = "fp32"
+    ) -> Pipeline:
+        """Run on ``device`` (auto: CUDA, then MPS, else the CPU) with weights in ``dtype`` (fp16/bf16 on a
+        GPU only), or as a ``devices.Placement`` says; returns the pipeline. A seed's starting noise is
+        drawn on the CPU whatever the device, so it is the same everywhere; the pixels differ slightly."""
+        placement = device if isinstance(device, Placement) else resolve_placement(device, dtype)
+        _ = self.weights_hash  # taken before any cast: it names the weights as saved, on any device
+        for module in (self.net, self.text_encoder, self.latent.autoencoder):
+            placement.place(module)
+        net = torch.compile(self.net) if placement.compile else self.net
+        self.denoiser = self.config.denoiser(net)  # σ tables stay on the CPU: MPS has no float64
+        self.placement = placement
+        return self
 
     # -- the one entry point and its three spellings ----------------------------------------------
 
@@ -217,6 +234,22 @@ class Pipeline:
     ) -> Tensor:
         """Pixels [B, C, H, W] from resolved options; init [B, C, H, W] and keep [B, 1, H, W] in pixels."""
         check_seed(options.seed, len(prompts))
+        place = self.placement
+        init, keep = (None if t is None else t.to(place.device, place.state_dtype) for t in (init, keep))
+        with place.context():
+            images = self._sample_here(prompts, negative, options, callback, init, keep)
+        return images.to(place.state_dtype)
+
+    def _sample_here(
+        self,
+        prompts: list[str],
+        negative: str | None,
+        options: SamplingOptions,
+        callback: Callback | None,
+        init: Tensor | None,
+        keep: Tensor | None,
+    ) -> Tensor:
+        """``_sample`` with init and keep already on the pipeline's device."""
         shape = self.latent.sample_shape((self.config.channels, options.height, options.width))
         cond = self.encode(prompts)
         uncond = self.encode([negative or ""]) if cond is not None and options.guidance != 1.0 else None
@@ -230,6 +263,7 @@ class Pipeline:
         out = sample(
             self.denoiser, shape, options, seeds, cond, uncond,
             callback=self._pixel_steps(callback), init=latent_init, keep=latent_keep,
+            device=self.placement.device, dtype=self.placement.state_dtype,
         )  # fmt: skip
         images = self.latent.decode(out)
         if keep is not None and not self.latent.is_identity:  # the kept pixels exactly, not re-decoded
@@ -255,8 +289,9 @@ class Pipeline:
         part blanked (Rombach et al. 2022's inpainting models); no mask: paint everything."""
         size = (options.height, options.width)
         if keep is None:
-            keep = torch.zeros(batch, 1, *size)
-            init = torch.zeros(batch, self.config.channels, *size) if init is None else init
+            device = self.placement.device
+            keep = torch.zeros(batch, 1, *size, device=device)
+            init = torch.zeros(batch, self.config.channels, *size, device=device) if init is None else init
         paint = 1 - keep  # [B, 1, H, W]
         masked = self.latent.encode(init * keep)  # [B, c, h, w]
         return torch.cat([F.interpolate(paint, size=tuple(shape[1:])), masked], dim=1)

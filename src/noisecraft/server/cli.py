@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..devices import add_device_arguments, placement_from_args
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -48,6 +50,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument(
             flag, type=_positive_int, default=getattr(d, field), help=f"{meaning} (default: %(default)s)"
         )
+    add_device_arguments(p)
     p.set_defaults(run=run_serve)
 
 
@@ -58,9 +61,13 @@ def run_serve(args: argparse.Namespace) -> None:
     from .limits import Limits
     from .models import ModelRegistry
 
+    placement = placement_from_args(args)
     limits = Limits(**{field: getattr(args, field) for field in LIMIT_FLAGS})
     models = ModelRegistry.load(args.models) if args.models else ModelRegistry.shipped()
-    print(f"noisecraft serve: {', '.join(models.pipelines)} on http://{args.host}:{args.port}/", flush=True)
+    for pipe in models.pipelines.values():
+        pipe.to(placement)
+    names = ", ".join(models.pipelines)
+    print(f"noisecraft serve: {names} on {placement}, http://{args.host}:{args.port}/", flush=True)
     app = create_app(models, limits)
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5
