@@ -149,7 +149,8 @@ class Pipeline:
             keep = 1 - self._as_mask(request.mask, len(prompts), size)  # [B, 1, H, W], 1 where kept
         if request.init is not None:
             init = self._as_batch(request.init, len(prompts), size)
-        x = self._sample(prompts, request.negative_prompt, options, callback, init, keep)
+        with self.placement.context():  # autocast in half precision, an SDPA kernel if one is forced
+            x = self._sample(prompts, request.negative_prompt, options, callback, init, keep)
         mode = "inpaint" if keep is not None else "img2img" if init is not None else "generate"
         return self._finish(x, prompts, request.negative_prompt, options, mode)
 
@@ -217,7 +218,8 @@ class Pipeline:
     ) -> Tensor:
         """The images [B, C, H, W] in [-1, 1] before conversion to PIL; ``options`` as in ``generate``."""
         resolved = SamplingOptions(**options).resolve(self.config)
-        return self._sample(list(prompts), negative_prompt, resolved, callback, init, keep)
+        with self.placement.context():
+            return self._sample(list(prompts), negative_prompt, resolved, callback, init, keep)
 
     def encode(self, prompts: list[str]) -> Conditioning | None:
         """The text encoder's Conditioning for ``prompts`` (None for an unconditional model)."""
@@ -232,24 +234,11 @@ class Pipeline:
         init: Tensor | None,
         keep: Tensor | None,
     ) -> Tensor:
-        """Pixels [B, C, H, W] from resolved options; init [B, C, H, W] and keep [B, 1, H, W] in pixels."""
+        """Pixels [B, C, H, W] from resolved options; init [B, C, H, W] and keep [B, 1, H, W] in pixels;
+        run inside ``self.placement.context()``."""
         check_seed(options.seed, len(prompts))
         place = self.placement
         init, keep = (None if t is None else t.to(place.device, place.state_dtype) for t in (init, keep))
-        with place.context():
-            images = self._sample_here(prompts, negative, options, callback, init, keep)
-        return images.to(place.state_dtype)
-
-    def _sample_here(
-        self,
-        prompts: list[str],
-        negative: str | None,
-        options: SamplingOptions,
-        callback: Callback | None,
-        init: Tensor | None,
-        keep: Tensor | None,
-    ) -> Tensor:
-        """``_sample`` with init and keep already on the pipeline's device."""
         shape = self.latent.sample_shape((self.config.channels, options.height, options.width))
         cond = self.encode(prompts)
         uncond = self.encode([negative or ""]) if cond is not None and options.guidance != 1.0 else None
@@ -268,7 +257,7 @@ class Pipeline:
         images = self.latent.decode(out)
         if keep is not None and not self.latent.is_identity:  # the kept pixels exactly, not re-decoded
             images = keep * init + (1 - keep) * images
-        return images
+        return images.to(place.state_dtype)
 
     @property
     def inpainting_net(self) -> bool:
