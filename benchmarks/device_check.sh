@@ -82,7 +82,7 @@ for recipe in configs/*.toml; do
   in_budget "train $name" 120 || continue
   sets=(device=$DEVICE steps=$STEPS log.every=25 log.progress=false sampling.every=0 checkpoint.every=100000)
   if [[ $DRY == 1 ]]; then
-    sets+=(optim.batch_size=8)
+    sets+=(optim.batch_size=8 log.every=1)
     [[ $name == shapes32 ]] && sets+=(data.options.length=64)
   fi
   rm -rf "${RUNS:?}/$name"

@@ -7,10 +7,11 @@ For each shipped model: ``pipe.generate(prompt, num_images=4)`` with the model's
 (median of --repeats, variants interleaved) on the CPU (fp32, torch's threads) and on the device with:
 fp32 (torch's defaults: cuDNN convolutions in TF32); fp16 and bf16 weights; bf16 autocast over fp32
 weights; channels_last; SDPA forced to its flash / memory-efficient / math kernel (bf16: flash takes no
-fp32); ``torch.compile`` (bf16; its compile time is the warm-up, reported apart). Every variant draws
-the same starting noise; the table gives each one's mean difference from the fp32 device images in
-8-bit levels, so a speed-up that changes the pictures shows. On a CPU only the CPU row is run: the
-speed options are GPU options, refused there.
+fp32); ``torch.compile`` (bf16, first model only: its compile time, tens of seconds, is the warm-up,
+reported apart). A variant that fails (say, a kernel that takes no attention mask) is a row saying so.
+Every variant draws the same starting noise; the table gives each one's mean difference from the fp32
+device images in 8-bit levels, so a speed-up that changes the pictures shows. On a CPU only the CPU
+row is run: the speed options are GPU options, refused there.
 """
 
 from __future__ import annotations
@@ -60,11 +61,15 @@ def images(pipe: Pipeline, prompt: str, steps: int | None) -> np.ndarray:
     return np.stack([np.asarray(im) for im in pipe.generate(prompt, num_images=4, seed=0, **options)])
 
 
-def prepare(name: str, device: torch.device, args: argparse.Namespace) -> tuple[dict, dict, list]:
+def prepare(
+    name: str, device: torch.device, args: argparse.Namespace, first: bool
+) -> tuple[dict, dict, list]:
     """The variants' pipelines, each run once (compiling happens here): (pipes, warm-up seconds, rows of
     the variants that failed, e.g. a kernel that takes no attention mask)."""
     pipes, warmup, failed = {}, {}, []
     wanted = {} if device.type == "cpu" else {k: v for k, v in VARIANTS.items() if k in args.variants}
+    for variant in [] if first else [v for v in wanted if "compile" in v]:
+        del wanted[variant]
     for variant, options in wanted.items():
         start = time.perf_counter()
         try:
@@ -77,10 +82,10 @@ def prepare(name: str, device: torch.device, args: argparse.Namespace) -> tuple[
     return pipes, warmup, failed
 
 
-def measure(name: str, device: torch.device, args: argparse.Namespace) -> list[list[object]]:
+def measure(name: str, device: torch.device, args: argparse.Namespace, first: bool) -> list[list[object]]:
     """Rows of (model, variant, seconds, spread, speed-up over the CPU, mean |Δ| levels) for one model."""
     prompt, cpu = PROMPTS.get(name, "a picture"), Pipeline.load(name)
-    pipes, warmup, failed = prepare(name, device, args)
+    pipes, warmup, failed = prepare(name, device, args, first)
     run = {"CPU fp32": lambda: images(cpu, prompt, args.steps)}
     run.update({f"{device.type} {v}": (lambda p=p: images(p, prompt, args.steps)) for v, p in pipes.items()})
     reference = run[f"{device.type} fp32" if "fp32" in pipes else "CPU fp32"]()
@@ -113,7 +118,7 @@ def main() -> None:
     setup(args)
     device = resolve_device(args.device)
     names = list(loadable(args.models or shipped_models()))
-    rows = [row for name in names for row in measure(name, device, args)]
+    rows = [row for i, name in enumerate(names) for row in measure(name, device, args, first=i == 0)]
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     header = ["model", "variant", "s / 4 images", "min–max", "vs CPU", "mean |Δ| levels vs fp32"]
     body = f"Device: {gpu}; CPU threads {torch.get_num_threads()}.\n\n" + markdown_table(header, rows)
