@@ -198,3 +198,11 @@ def test_resolve_placement_sets_threads_before_checking_the_rest():
         assert placement == Placement() and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_placement_takes_names_and_stores_torch_values():
+    placement = Placement("cuda:0", "bf16", autocast="fp16")  # checked, not resolved: no GPU needed
+    assert placement.device == torch.device("cuda", 0) and placement.dtype == torch.bfloat16
+    assert placement.autocast == torch.float16 and str(placement) == "cuda:0 bf16"
+    with pytest.raises(DeviceError, match="autocast: must be fp16 or bf16"):
+        Placement("cuda:0", autocast="fp32")

@@ -103,12 +103,15 @@ class Placement:
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32  # the weights' precision (fp16/bf16: run under autocast)
     autocast: torch.dtype | None = None  # bf16 autocast over fp32 weights (a speed option)
-    channels_last: bool = False  # convolution weights and inputs in NHWC
+    channels_last: bool = False  # convolution weights in NHWC (activations follow from the first)
     compile: bool = False  # torch.compile the network (CUDA)
     attention: str = "auto"  # force one SDPA kernel: flash, efficient or math
 
     def __post_init__(self) -> None:
-        resolve_dtype(self.dtype, self.device)
+        object.__setattr__(self, "device", torch.device(self.device))
+        object.__setattr__(self, "dtype", resolve_dtype(self.dtype, self.device))  # a name or a dtype
+        if isinstance(self.autocast, str):
+            object.__setattr__(self, "autocast", DTYPES.get(self.autocast, self.autocast))
         if self.attention not in ATTENTION:
             raise DeviceError(f"attention: unknown kernel {self.attention!r}; valid: {', '.join(ATTENTION)}")
         if self.autocast is not None and self.autocast not in HALF:
