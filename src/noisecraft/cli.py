@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .cli_weights import add_weights_flags, weights_options
+from .devices import add_device_arguments
 from .evaluation.cli import add_eval_parser
 from .server.cli import add_serve_parser
 
@@ -113,10 +114,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         help="record absolute paths of the model, init image and mask in the PNGs (default: names only)",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_arguments(p)
     p.set_defaults(run=_run_generate)
 
 
 def _run_generate(args: argparse.Namespace) -> None:
+    from .devices import placement_from_args
     from .generation import (
         FilesRequest,
         PngTrust,
@@ -130,6 +133,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     from .pipeline import Pipeline
     from .server.limits import Limits
 
+    placement = placement_from_args(args)  # a device or precision that cannot be used fails first
     request = FilesRequest(
         prompts=args.prompts,
         negative_prompt=args.negative,
@@ -155,7 +159,7 @@ def _run_generate(args: argparse.Namespace) -> None:
                 print(f"reading the {key} {value!r} that {args.from_png} names", file=sys.stderr)
     elif not args.prompts:
         raise ValueError("give at least one prompt (or --from-png IMAGE)")
-    pipe = Pipeline.load(model, **weights_options(args))
+    pipe = Pipeline.load(model, **weights_options(args)).to(placement)
     if args.from_png:
         check_model_matches(pipe, png_parameters(args.from_png).get("weights"))
     for path in generate_to_files(pipe, request, args.out):

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .conditioning import Conditioning
 from .denoisers import Denoiser
+from .devices import cast_then_move
 
 # Up to this many dimensions per sample the divergence is the exact Jacobian trace (d backward
 # passes); above it, Hutchinson's estimator (n_probes backward passes).
@@ -128,7 +129,7 @@ def _ode_rhs(
     def rhs(u: float, state: np.ndarray) -> np.ndarray:
         nonlocal nfe
         sigma = math.exp(u)
-        x = torch.from_numpy(state[: batch * d]).reshape(x0.shape).to(x0.device, x0.dtype)
+        x = cast_then_move(torch.from_numpy(state[: batch * d]).reshape(x0.shape), x0.device, x0.dtype)
         sigmas = torch.full((batch,), sigma, dtype=x0.dtype, device=x0.device)
         denoised, trace = denoise_with_trace(denoiser, x, sigmas, cond, probes)
         dx = (x - denoised).reshape(-1)  # σ·dx/dσ
@@ -136,7 +137,7 @@ def _ode_rhs(
         nfe += 1
         if callback is not None:
             callback(nfe, sigma)
-        return torch.cat([dx, dlogp]).to(torch.float64).cpu().numpy()
+        return torch.cat([dx, dlogp]).cpu().to(torch.float64).numpy()
 
     return rhs
 
@@ -175,7 +176,7 @@ def log_likelihood(
     sol = solve_ivp(rhs, span, state, method="RK45", rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"probability-flow ODE solve failed: {sol.message}")
-    final = torch.from_numpy(sol.y[:, -1]).to(x0.device)  # float64
+    final = torch.from_numpy(sol.y[:, -1])  # float64, on the CPU (MPS has no float64)
     x_end, delta = final[: batch * d].reshape(x0.shape), final[batch * d :]
     prior = gaussian_log_prob(x_end, sigma_max) if prior_log_prob is None else prior_log_prob(x_end)
     return prior.to(torch.float64).reshape(batch) + delta
@@ -222,9 +223,12 @@ def image_bits_per_dim(
     *,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
     **ode_kwargs: Any,
 ) -> Tensor:
-    """Bits/dim [B] of 8-bit images: dequantize, ``log_likelihood`` on [−1, 1], then the +7 offset."""
-    x0 = dequantize(images, generator).to(dtype)
+    """Bits/dim [B] of 8-bit images: dequantize, ``log_likelihood`` on [−1, 1], then the +7 offset.
+
+    The images are dequantized on the generator's device and then moved to ``device``."""
+    x0 = dequantize(images, generator).to(device, dtype)
     log_p = log_likelihood(denoiser, x0, cond, generator=generator, **ode_kwargs)
     return bits_per_dim(log_p, x0[0].numel(), bins=256)

@@ -26,6 +26,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .conditioning import Conditioning
+from .devices import Placement, resolve_placement
 from .images import METADATA_KEY, from_pil, path_field, to_pil
 from .model import (
     MAX_IMAGES,
@@ -85,6 +86,7 @@ class Pipeline:
         if text_encoder is not None:
             text_encoder.eval()
         self.denoiser = config.denoiser(net)
+        self.placement = Placement()  # the CPU in float32 until ``to`` moves it
         self._weights_hash: str | None = None
         self.source: str | None = None  # what ``load`` was given: a shipped name or a folder
 
@@ -124,6 +126,21 @@ class Pipeline:
             self._weights_hash = digest.hexdigest()[:16]
         return self._weights_hash
 
+    def to(
+        self, device: Placement | str | torch.device = "auto", dtype: str | torch.dtype = "fp32"
+    ) -> Pipeline:
+        """Run on ``device`` (auto: CUDA, then MPS, else the CPU) with weights in ``dtype`` (fp16/bf16 on a
+        GPU only), or as a ``devices.Placement`` says; returns the pipeline. A seed's starting noise is
+        drawn on the CPU whatever the device, so it is the same everywhere; the pixels differ slightly."""
+        placement = device if isinstance(device, Placement) else resolve_placement(device, dtype)
+        _ = self.weights_hash  # taken before any cast: it names the weights as saved, on any device
+        for module in (self.net, self.text_encoder, self.latent.autoencoder):
+            placement.place(module)
+        net = torch.compile(self.net) if placement.compile else self.net
+        self.denoiser = self.config.denoiser(net)  # σ tables stay on the CPU: MPS has no float64
+        self.placement = placement
+        return self
+
     # -- the one entry point and its three spellings ----------------------------------------------
 
     def run(self, request: GenerationRequest, callback: Callback | None = None) -> list[Image.Image]:
@@ -136,9 +153,10 @@ class Pipeline:
             keep = 1 - self._as_mask(request.mask, len(prompts), size)  # [B, 1, H, W], 1 where kept
         if request.init is not None:
             init = self._as_batch(request.init, len(prompts), size)
-        x = self._sample(
-            prompts, request.negative_prompt, options, callback, init, keep, request.max_evaluations
-        )
+        with self.placement.context():  # autocast in half precision, an SDPA kernel if one is forced
+            x = self._sample(
+                prompts, request.negative_prompt, options, callback, init, keep, request.max_evaluations
+            )
         mode = "inpaint" if keep is not None else "img2img" if init is not None else "generate"
         return self._finish(x, prompts, request.negative_prompt, options, mode)
 
@@ -206,7 +224,8 @@ class Pipeline:
     ) -> Tensor:
         """The images [B, C, H, W] in [-1, 1] before conversion to PIL; ``options`` as in ``generate``."""
         resolved = SamplingOptions(**options).resolve(self.config)
-        return self._sample(list(prompts), negative_prompt, resolved, callback, init, keep)
+        with self.placement.context():
+            return self._sample(list(prompts), negative_prompt, resolved, callback, init, keep)
 
     def encode(self, prompts: list[str]) -> Conditioning | None:
         """The text encoder's Conditioning for ``prompts`` (None for an unconditional model)."""
@@ -230,8 +249,11 @@ class Pipeline:
         keep: Tensor | None,
         max_evaluations: int | None = None,
     ) -> Tensor:
-        """Pixels [B, C, H, W] from resolved options; init [B, C, H, W] and keep [B, 1, H, W] in pixels."""
+        """Pixels [B, C, H, W] from resolved options; init [B, C, H, W] and keep [B, 1, H, W] in pixels;
+        run inside ``self.placement.context()``."""
         check_seed(options.seed, len(prompts))
+        place = self.placement
+        init, keep = (None if t is None else t.to(place.device, place.state_dtype) for t in (init, keep))
         shape = self.latent.sample_shape((self.config.channels, options.height, options.width))
         cond = self.encode(prompts)
         uncond = self.encode_negative(negative) if cond is not None and options.guidance != 1.0 else None
@@ -246,11 +268,12 @@ class Pipeline:
             self.denoiser, shape, options, seeds, cond, uncond,
             callback=self._pixel_steps(callback), init=latent_init, keep=latent_keep,
             max_evaluations=max_evaluations,
+            device=self.placement.device, dtype=self.placement.state_dtype,
         )  # fmt: skip
         images = self.latent.decode(out)
         if keep is not None and not self.latent.is_identity:  # the kept pixels exactly, not re-decoded
             images = keep * init + (1 - keep) * images
-        return images
+        return images.to(place.state_dtype)
 
     @property
     def inpainting_net(self) -> bool:
@@ -271,8 +294,9 @@ class Pipeline:
         part blanked (Rombach et al. 2022's inpainting models); no mask: paint everything."""
         size = (options.height, options.width)
         if keep is None:
-            keep = torch.zeros(batch, 1, *size)
-            init = torch.zeros(batch, self.config.channels, *size) if init is None else init
+            device = self.placement.device
+            keep = torch.zeros(batch, 1, *size, device=device)
+            init = torch.zeros(batch, self.config.channels, *size, device=device) if init is None else init
         paint = 1 - keep  # [B, 1, H, W]
         masked = self.latent.encode(init * keep)  # [B, c, h, w]
         return torch.cat([F.interpolate(paint, size=tuple(shape[1:])), masked], dim=1)

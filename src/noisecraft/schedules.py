@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from .devices import cast_then_move
+
 BetaSchedule = Literal["linear", "scaled_linear", "cosine"]
 Spacing = Literal["linspace", "leading", "trailing"]
 
@@ -217,13 +219,15 @@ def sigma_at_timestep(t: Tensor, table: Tensor) -> Tensor:
 
 
 def timestep_at_sigma(sigma: Tensor, table: Tensor) -> Tensor:
-    """The exact inverse of ``sigma_at_timestep``: fractional timestep of each σ, clamped to [0, T−1]."""
-    table = table.to(sigma.device)
-    s = sigma.to(table.dtype).contiguous()  # an expanded scalar σ is strided; searchsorted warns
+    """The exact inverse of ``sigma_at_timestep``: fractional timestep of each σ, clamped to [0, T−1].
+
+    Computed where the table is (a float64 table stays on the CPU: MPS has none), returned on σ's device.
+    """
+    s = sigma.to(table.device).to(table.dtype).contiguous()  # contiguous: searchsorted warns on a strided σ
     hi = torch.searchsorted(table, s).clamp(1, len(table) - 1)
     lo = hi - 1
     w = (s - table[lo]) / (table[hi] - table[lo])
-    return (lo + w).clamp(0, len(table) - 1).to(sigma.dtype)
+    return cast_then_move((lo + w).clamp(0, len(table) - 1), sigma.device, sigma.dtype)
 
 
 def vp_discrete(

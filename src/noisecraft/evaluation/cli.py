@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..devices import add_device_arguments, placement_from_args
 from . import FEATURES, IMAGE_DATASETS, METRICS
 
 
@@ -76,6 +77,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         help="dataset option, e.g. --data root=my_images (folder / shards)",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_arguments(p)
     p.set_defaults(run=_run_eval)
 
 
@@ -83,7 +85,8 @@ def _run_eval(args: argparse.Namespace) -> None:
     from ..pipeline import Pipeline
     from .evaluate import evaluate, summary_line
 
-    pipeline = Pipeline.load(args.model)
+    placement = placement_from_args(args)
+    pipeline = Pipeline.load(args.model).to(placement)
     out = Path(args.out or f"outputs/eval/{pipeline.config.name}-{args.dataset}.json")
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give the path of the JSON file to write")

@@ -74,7 +74,7 @@ def generate_images(
     chunks = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
         x = pipeline.sample(prompts[start : start + batch_size], seed=seed + start, **sample_options)
-        chunks.append(to_8bit(x.clamp(-1, 1)) / 127.5 - 1)
+        chunks.append(to_8bit(x.cpu().clamp(-1, 1)) / 127.5 - 1)  # metrics run on the CPU in float64
     return torch.cat(chunks)
 
 
@@ -165,15 +165,17 @@ def _bits_per_dim(pipeline: Pipeline, dataset: str, options, num: int, seed: int
     split = HELDOUT_SPLIT.get(dataset)
     images, captions = dataset_images(build_dataset(dataset, c.image_size, split, options), num, seed)
     bar = tqdm(desc="bits/dim (ODE evaluations)", disable=not progress, leave=False)
-    bpd = image_bits_per_dim(
-        pipeline.denoiser,
-        to_8bit(images).to(torch.uint8),
-        pipeline.encode(captions),
-        generator=torch.Generator().manual_seed(seed),
-        sigma_min=c.sigma_min,
-        sigma_max=max(c.sigma_max, PRIOR_SIGMA_MAX),  # the prior must match p_σmax; sampling may start lower
-        callback=lambda nfe, sigma: bar.update(),
-    )
+    with pipeline.placement.context():
+        bpd = image_bits_per_dim(
+            pipeline.denoiser,
+            to_8bit(images).to(torch.uint8),
+            pipeline.encode(captions),
+            generator=torch.Generator().manual_seed(seed),
+            device=pipeline.placement.device,
+            sigma_min=c.sigma_min,
+            sigma_max=max(c.sigma_max, PRIOR_SIGMA_MAX),  # the prior must match p_σmax
+            callback=lambda nfe, sigma: bar.update(),
+        )
     bar.close()
     std = float(bpd.std()) if len(bpd) > 1 else None  # JSON has no NaN
     return {"bpd": float(bpd.mean()), "bpd_std": std, "bpd_num": len(bpd), "bpd_split": split or "all"}

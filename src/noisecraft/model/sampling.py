@@ -126,9 +126,11 @@ def sample(
     ``options`` must be resolved (no None left). ``init`` [B, *shape]: start from it at the σ of
     ``options.strength`` (SDEdit, Meng et al. 2022); with ``keep`` [B, 1, ...] (1 = known) it is
     inpainting instead, and the known part of ``init`` is kept exactly. The starting noise is drawn
-    on the CPU in float32 and then moved to ``device`` and ``dtype``. The denoiser runs on chunks of
-    ``rows`` samples (``FixedBatch``). ``max_evaluations`` bounds the sampler's calls of the (guided)
-    denoiser, whatever the sampler: one more raises EvaluationLimit (a ValueError).
+    on the CPU in float32 and then moved to ``device`` and ``dtype`` (the sampler's precision; the σ
+    schedule is built in float64 on the CPU), so a seed starts from the same noise on every device.
+    The denoiser runs on chunks of ``rows`` samples (``FixedBatch``). ``max_evaluations`` bounds the
+    sampler's calls of the (guided) denoiser, whatever the sampler: one more raises EvaluationLimit
+    (a ValueError).
     """
     unresolved = [key for key in MODEL_DEFAULTS if getattr(options, key) is None]
     if unresolved:
@@ -136,6 +138,7 @@ def sample(
     sample_fn = get_sampler(options.sampler)
     noise = SeededNoise(seeds)
     x = noise.randn(shape).to(device, dtype)  # [B, *shape]
+    init, keep = (None if t is None else t.to(device, dtype) for t in (init, keep))
     steps = options.steps
     start = min(steps, round(steps * (1 - options.strength))) if init is not None and keep is None else 0
     if start == steps:  # strength 0: nothing to do

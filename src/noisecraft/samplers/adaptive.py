@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..conditioning import Conditioning
 from ..denoisers import Denoiser
+from ..devices import cast_then_move
 from .base import Callback, Generator, Step, check_inputs, denoise
 
 # Dormand–Prince tableau: nodes c, stages a, 5th-order weights b (= the last stage row: FSAL, the
@@ -41,7 +42,7 @@ Slope = Callable[[Tensor, Tensor], Tensor]  # (x [B, ...], t [B]) → dx/dt [B, 
 
 def _per_sample(v: Tensor, x: Tensor) -> Tensor:
     """A [B] vector shaped to broadcast against x: [B, 1, …, 1]."""
-    return v.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    return cast_then_move(v, x.device, x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def dopri_step(
@@ -126,7 +127,7 @@ def ode_adaptive(
 
     def slope(x_t: Tensor, t: Tensor) -> Tensor:  # dx/dt = D(x, σ_max·e^(−t)) − x
         counts["nfe"] += 1
-        sigma = (sigma_max * torch.exp(-t)).to(device=x.device, dtype=x.dtype)  # [B]
+        sigma = cast_then_move(sigma_max * torch.exp(-t), x.device, x.dtype)  # [B]; t: float64, CPU
         return denoiser(x_t, sigma, cond) - x_t
 
     t = torch.zeros(x.shape[0], dtype=torch.float64)  # [B] each sample's own time

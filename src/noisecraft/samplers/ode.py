@@ -103,7 +103,7 @@ def lms(
     sigmas = check_inputs(x, sigmas)
     if int(order) != order or order < 1:
         raise ValueError(f"order must be a positive integer, got {order}")
-    grid = sigmas.double().cpu().tolist()  # coefficients are computed in float64 whatever x is
+    grid = sigmas.cpu().double().tolist()  # coefficients are computed in float64 whatever x is
     slopes: list[Tensor] = []  # newest last, at most `order`
     for i in range(len(sigmas) - 1):
         denoised = denoise(denoiser, x, sigmas[i], cond)

@@ -95,7 +95,7 @@ def unipc(
     sigmas = check_inputs(x, sigmas)
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
-    grid = sigmas.double().cpu().tolist()
+    grid = sigmas.cpu().double().tolist()
     n = len(grid) - 1
     history: list[tuple[float, Tensor]] = []  # (σ_k, D_k), newest first
     x_start, step_order = x, 0  # the last predictor's starting point and order

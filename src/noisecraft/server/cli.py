@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli_weights import add_weights_flags, weights_options
+from ..devices import add_device_arguments, placement_from_args
 
 
 def _positive_int(text: str) -> int:
@@ -72,6 +73,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "--cors-allow-origins", type=_names, default=(), metavar="ORIGIN[,ORIGIN...]",
         help="origins (https://app.example) whose web pages may call the API (default: none)",
     )  # fmt: skip
+    add_device_arguments(p)
     p.set_defaults(run=run_serve)
 
 
@@ -83,13 +85,17 @@ def run_serve(args: argparse.Namespace) -> None:
     from .limits import Limits
     from .models import ModelRegistry
 
+    placement = placement_from_args(args)
     users = parse_api_auth(args.api_auth) if args.api_auth else {}
     access = Access(users, args.api_token or None, args.allowed_hosts, args.cors_allow_origins)
     check_exposure(args.host, access)  # before loading models: a refusal comes at once
     limits = Limits(**{field: getattr(args, field) for field in LIMIT_FLAGS})
     weights = weights_options(args)
     models = ModelRegistry.load(args.models, **weights) if args.models else ModelRegistry.shipped()
-    print(f"noisecraft serve: {', '.join(models.pipelines)} on http://{args.host}:{args.port}/", flush=True)
+    for pipe in models.pipelines.values():
+        pipe.to(placement)
+    names = ", ".join(models.pipelines)
+    print(f"noisecraft serve: {names} on {placement}, http://{args.host}:{args.port}/", flush=True)
     app = create_app(models, limits, access, args.host)
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5

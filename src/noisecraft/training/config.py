@@ -148,7 +148,7 @@ class LogConfig:
 class TrainConfig:
     steps: int = 1000  # optimizer steps in the whole run
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: CUDA, then MPS, else the CPU
     precision: Literal["auto", "fp32", "bf16", "fp64"] = "auto"  # auto: bf16 autocast on CUDA, else fp32
     threads: int = 0  # CPU threads for torch (0 = torch's default); tiny models run fastest on 1
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..devices import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -29,17 +31,9 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → this process's GPU when CUDA is available, else the CPU."""
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' was asked for but CUDA is not available; accepted: auto, cpu, cuda")
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def init_distributed(device_choice: str) -> tuple[DistInfo, torch.device]:
-    """Read torchrun's environment, pick the device and join the process group if there is one."""
+    """Read torchrun's environment, pick the device (``devices.resolve_device``: auto is this process's
+    GPU, then MPS, else the CPU) and join the process group if there is one."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     info = DistInfo(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     device = resolve_device(device_choice, info.local_rank)

@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import IterableDataset
 from tqdm import tqdm
 
+from ..devices import wide_float
 from .build import draw_sigma, learning_rate
 from .checkpoint import list_checkpoints
 from .config import TrainConfig
@@ -67,7 +68,8 @@ def micro_batch(t: Trainer) -> tuple[Tensor, Tensor, Tensor, object]:
 def train_step(t: Trainer, stop_requested: bool) -> StepResult:
     """One optimizer step over grad_accum micro-batches; skipped if the loss or gradient is not finite."""
     accum = t.config.optim.grad_accum
-    total = torch.zeros((), dtype=torch.float64, device=t.device)
+    wide = wide_float(t.device)  # float64 sums, but MPS has no float64
+    total = torch.zeros((), dtype=wide, device=t.device)
     for i in range(accum):
         x0, sigma, noise, cond = micro_batch(t)
         last = i == accum - 1
@@ -76,10 +78,10 @@ def train_step(t: Trainer, stop_requested: bool) -> StepResult:
             with t.autocast():
                 loss = t.model(x0, sigma, noise, cond).float().mean()
             (loss / accum).backward()
-        total += loss.detach().double() / accum
+        total += loss.detach().to(wide) / accum
     clip = t.config.optim.grad_clip or math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(t.params, clip).double()
-    flag = torch.tensor(float(stop_requested), dtype=torch.float64, device=t.device)
+    grad_norm = torch.nn.utils.clip_grad_norm_(t.params, clip).to(wide)
+    flag = torch.tensor(float(stop_requested), dtype=wide, device=t.device)
     loss_value, norm, stop = all_reduce(torch.stack([total, grad_norm, flag])).tolist()
     finite = math.isfinite(loss_value) and math.isfinite(norm)
     lr = learning_rate(t.state.step, t.config)

@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import IterableDataset
 
 from ..components import save_component
+from ..devices import resolve_dtype
 from ..model import LatentSpace, ModelSettings, write_settings
 from ..model.options import MODEL_DEFAULTS
 from .build import (
@@ -63,7 +64,7 @@ def resolve_precision(choice: str, device: torch.device) -> tuple[torch.dtype, b
     if choice == "bf16" and device.type != "cuda":
         raise ValueError("precision: 'bf16' needs a CUDA device (CPUs here have no bf16 units); use fp32")
     if choice == "fp64":
-        return torch.float64, False
+        return resolve_dtype(torch.float64, device), False
     return torch.float32, choice == "bf16" or (choice == "auto" and device.type == "cuda")
 
 
