@@ -101,8 +101,9 @@ def write_diffusers_folder(folder: Path) -> Path:
     return folder
 
 
-def memory_rows(threads: int) -> list[list[str]]:
-    """[job, variant, peak GiB, rise over the loaded model GiB] rows, each measured in a fresh process."""
+def memory_rows(threads: int, only: str | None = None) -> list[list[str]]:
+    """[job, variant, peak GiB, rise over the loaded model GiB] rows, each measured in a fresh process
+    (``only``: "decode" or "generation" rows alone)."""
     if not SINGLE.is_file():
         raise FileNotFoundError(f"{SINGLE}: run benchmarks/sd_speed_memory.py once to write it")
     if not (FOLDER / "model_index.json").is_file():
@@ -116,6 +117,8 @@ def memory_rows(threads: int) -> list[list[str]]:
     ]
     rows = []
     for job, variant, body in jobs:
+        if only is not None and not job.startswith({"decode": "VAE", "generation": "512"}[only]):
+            continue
         r = in_fresh_process(body, threads)
         rows.append([job, variant, f"{r['peak_gib']:.2f}", f"{r['peak_gib'] - r['loaded_gib']:.2f}"])
         print(rows[-1], flush=True)
@@ -125,9 +128,10 @@ def memory_rows(threads: int) -> list[list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
+    parser.add_argument("--only", choices=("decode", "generation"), help="only these rows")
     args = parser.parse_args()
     setup(args)
-    rows = memory_rows(args.threads)
+    rows = memory_rows(args.threads, args.only)
     table = markdown_table(HEADER, rows)
     body = (
         f"{table}\n\nRandom weights at SD 1.5's shapes (fp16 files, computed in fp32); each row a fresh "
