@@ -12,20 +12,21 @@ fp16 single file, under outputs/bench/sd15/. Reported, with the machine and its 
   the same weights, interleaved (target ≥ 1.2× faster);
 - the VAE decode of one 512² image: ours against diffusers' ``AutoencoderKL`` (target ≥ 1.0×);
 - a whole 20-step guided 512² image as a user waits for it: 20 U-Net steps + text + one decode,
-  added up from the parts above.
+  added up from the parts above;
+- peak RSS, each in a fresh process (``sd_memory.py``): a 1024² VAE decode whole and in tiles, and a
+  whole 512² generation, ours against diffusers' ``StableDiffusionPipeline``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 from common import add_common_arguments, append_results, markdown_table, setup, time_interleaved
+from sd_memory import HEADER, in_fresh_process, memory_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "outputs" / "bench" / "sd15"
@@ -61,18 +62,12 @@ def write_single_file(unet, vae, text, path: Path) -> Path:
 
 def load_in_fresh_process(path: Path, threads: int) -> dict[str, float]:
     """Seconds and peak RSS (GiB) of ``Pipeline.load(path)`` in a new interpreter."""
-    code = (
-        "import json, resource, time, torch\n"
-        f"torch.set_num_threads({threads})\n"
-        "from noisecraft.pipeline import Pipeline\n"
-        "start = time.perf_counter()\n"
+    body = (
+        "import time\nfrom noisecraft.pipeline import Pipeline\nstart = time.perf_counter()\n"
         f"Pipeline.load({str(path)!r})\n"
-        "seconds = time.perf_counter() - start\n"
-        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20\n"
-        "print(json.dumps({'seconds': seconds, 'peak_gib': peak}))\n"
+        "result = {'seconds': time.perf_counter() - start, 'peak_gib': peak()}\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return in_fresh_process(body, threads)
 
 
 def main() -> None:
@@ -125,6 +120,8 @@ def main() -> None:
         f"= {peak / fp32_gib:.2f}× the {fp32_gib:.2f} GiB of fp32 weights (target ≤ 1.3×). "
         f"A whole 20-step guided 512² image with ours ≈ {whole:.0f} s (20 steps + text + one decode)."
     )
+    memory = markdown_table(HEADER, memory_rows(args.threads))
+    body += f"\n\nPeak RSS, each job in a fresh process (`sd_memory.py`):\n\n{memory}"
     print(body)
     if not args.no_append:
         append_results("Stable Diffusion 1.5 shapes: ours against diffusers", body, args.note)

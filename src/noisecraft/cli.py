@@ -100,6 +100,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "--strength", type=float, default=None, help="--init: 0 keeps it, 1 ignores it (default: 0.6)"
     )
     p.add_argument("--mask", metavar="MASK", help="inpainting (with --init): repaint where the mask is white")
+    p.add_argument(
+        "--tile", action=argparse.BooleanOptionalAction, default=None,
+        help="latent models: decode (and encode) in overlapping 512-pixel tiles, using less memory "
+        "(default: only images above 1024×1024 pixels)",
+    )  # fmt: skip
     p.add_argument("--show-steps", action="store_true", help="also save a step strip and a GIF per image")
     p.add_argument(
         "--from-png", metavar="PNG",

@@ -263,14 +263,14 @@ class Pipeline:
             image = self._inpainting_inputs(len(prompts), shape, options, init, keep)  # [B, 5, h, w]
             cond, uncond = cond.with_image(image), None if uncond is None else uncond.with_image(image)
             start, latent_keep = (None if keep is not None else init), None  # img2img starts from init
-        latent_init = None if start is None else self.latent.encode(start)
+        latent_init = None if start is None else self.latent.encode(start, options.tile)
         out = sample(
             self.denoiser, shape, options, seeds, cond, uncond,
             callback=self._pixel_steps(callback), init=latent_init, keep=latent_keep,
             max_evaluations=max_evaluations,
             device=self.placement.device, dtype=self.placement.state_dtype,
         )  # fmt: skip
-        images = self.latent.decode(out)
+        images = self.latent.decode(out, options.tile)
         if keep is not None and not self.latent.is_identity:  # the kept pixels exactly, not re-decoded
             images = keep * init + (1 - keep) * images
         return images.to(place.state_dtype)
@@ -298,7 +298,7 @@ class Pipeline:
             keep = torch.zeros(batch, 1, *size, device=device)
             init = torch.zeros(batch, self.config.channels, *size, device=device) if init is None else init
         paint = 1 - keep  # [B, 1, H, W]
-        masked = self.latent.encode(init * keep)  # [B, c, h, w]
+        masked = self.latent.encode(init * keep, options.tile)  # [B, c, h, w]
         return torch.cat([F.interpolate(paint, size=tuple(shape[1:])), masked], dim=1)
 
     def _pixel_steps(self, callback: Callback | None) -> Callback | None:

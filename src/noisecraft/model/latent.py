@@ -8,13 +8,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..components import load_component
+from ..nets.autoencoder import AutoencoderKL
+from ..nets.tiles import Tiling
+
+# tile=None ("auto") decodes and encodes in tiles above this many pixels per image: 1024² untiled
+# needs ~4× the decoder activations of a 512² tile (benchmarks/sd_speed_memory.py measures it).
+AUTO_TILE_PIXELS = 1024 * 1024
 
 
 class LatentSpace:
     """Identity (``autoencoder=None``) or ``autoencoder.encode(images) · scale`` / its inverse.
 
     The autoencoder is any component with ``encode(images) → latents`` and ``decode(latents) →
-    images`` (images [B, C, H, W] in [-1, 1]); it stays frozen.
+    images`` (images [B, C, H, W] in [-1, 1]); it stays frozen. An ``AutoencoderKL`` can also work in
+    overlapping tiles of ``self.tiling`` (``tile=True``; ``None``: above ``AUTO_TILE_PIXELS``).
     """
 
     def __init__(self, autoencoder: nn.Module | None = None, scale: float = 1.0):
@@ -23,6 +30,7 @@ class LatentSpace:
         ):
             raise ValueError(f"a {type(autoencoder).__name__} has no encode/decode: it is not an autoencoder")
         self.autoencoder, self.scale = autoencoder, scale
+        self.tiling = Tiling()  # the tiles used when tiling
         if autoencoder is not None:
             autoencoder.eval().requires_grad_(False)
         self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
@@ -48,19 +56,37 @@ class LatentSpace:
             self.autoencoder.to(*args, **kwargs)
         return self
 
-    def encode(self, images: Tensor) -> Tensor:
-        """Images [B, C, H, W] in [-1, 1] → what the model samples, [B, *sample_shape]."""
+    def encode(self, images: Tensor, tile: bool | None = None) -> Tensor:
+        """Images [B, C, H, W] in [-1, 1] → what the model samples, [B, *sample_shape]; ``tile``: in
+        tiles (True), whole (False), or in tiles above ``AUTO_TILE_PIXELS`` (None)."""
         if self.autoencoder is None:
             return images
+        tiling = self._tiling(images.shape[-2] * images.shape[-1], tile)
         with torch.no_grad():
-            return self.autoencoder.encode(images) * self.scale
+            if tiling is None:
+                return self.autoencoder.encode(images) * self.scale
+            return self.autoencoder.encode(images, tiling) * self.scale
 
-    def decode(self, latents: Tensor) -> Tensor:
-        """What the model samples → images [B, C, H, W] in [-1, 1] (not clamped)."""
+    def decode(self, latents: Tensor, tile: bool | None = None) -> Tensor:
+        """What the model samples → images [B, C, H, W] in [-1, 1] (not clamped); ``tile`` as in
+        ``encode``."""
         if self.autoencoder is None:
             return latents
+        tiling = self._tiling(latents.shape[-2] * latents.shape[-1] * self.factor**2, tile)
         with torch.no_grad():
-            return self.autoencoder.decode(latents / self.scale)
+            if tiling is None:
+                return self.autoencoder.decode(latents / self.scale)
+            return self.autoencoder.decode(latents / self.scale, tiling)
+
+    def _tiling(self, pixels: int, tile: bool | None) -> Tiling | None:
+        """The tiles for an image of ``pixels`` pixels, or None to work on it whole."""
+        tiles = isinstance(self.autoencoder, AutoencoderKL)
+        if tile is None:
+            return self.tiling if tiles and pixels > AUTO_TILE_PIXELS else None
+        if tile and not tiles:
+            name = type(self.autoencoder).__name__
+            raise ValueError(f"a {name} cannot work in tiles (an AutoencoderKL can)")
+        return self.tiling if tile else None
 
     def preview(self, latents: Tensor) -> Tensor:
         """A cheap picture of latents [B, c, h, w] for live previews: one linear map per latent space

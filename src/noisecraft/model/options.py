@@ -52,6 +52,7 @@ class SamplingOptions:
     height: int | None = None
     seed: int = 0  # image i of a request uses seed + i; -1 draws a random one (stored as drawn)
     strength: float = 0.6  # image-to-image: 0 keeps the init image, 1 ignores it (SDEdit)
+    tile: bool | None = None  # latent models: autoencode in tiles (None: above 1024² pixels)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -161,6 +162,12 @@ def _bounded(check, name: str):
     return checked
 
 
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
 def _strength(value: Any) -> float:
     if not 0.0 <= _finite(value) <= 1.0:
         raise ValueError(f"must be in [0, 1], got {value}")
@@ -181,4 +188,5 @@ _CHECKS = {
     "width": _bounded(_positive_int, "width"),
     "height": _bounded(_positive_int, "height"),
     "strength": _strength,
+    "tile": _flag,
 }

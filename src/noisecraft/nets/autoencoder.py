@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from ..components import register_component
 from .layers import TokenLinear, add_residual, check_image
+from .tiles import Tiling, blend_tiles
 from .unet import Upsample
 
 NORM_EPS = 1e-6  # the LDM autoencoder's GroupNorm epsilon (PyTorch's default is 1e-5)
@@ -199,27 +201,48 @@ class AutoencoderKL(nn.Module):
         self.post_quant_conv = nn.Conv2d(cfg.latent_channels, cfg.latent_channels, 1)
         self.decoder = Decoder(cfg)
 
-    def posterior(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Images [B, C, H, W] in [-1, 1] → posterior (mean, log-variance), each [B, latent, H/f, W/f]."""
-        check_image(images, self.config.in_channels, self.config.downsampling, "AutoencoderKL")
-        moments = self.quant_conv(self.encoder(images))  # [B, 2·latent, H/f, W/f]
+    def posterior(self, images: Tensor, tiling: Tiling | None = None) -> tuple[Tensor, Tensor]:
+        """Images [B, C, H, W] in [-1, 1] → posterior (mean, log-variance), each [B, latent, H/f, W/f];
+        ``tiling``: encode overlapping tiles of that many pixels (``nets.tiles``)."""
+        f = self.config.downsampling
+        check_image(images, self.config.in_channels, f, "AutoencoderKL")
+        if tiling is None:
+            moments = self._moments(images)  # [B, 2·latent, H/f, W/f]
+        else:
+            tiling.check(f)
+            moments = blend_tiles(self._moments, images, tiling.size, tiling.overlap, Fraction(1, f))
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(*LOGVAR_RANGE)
 
-    def encode(self, images: Tensor) -> Tensor:
-        """Images [B, C, H, W] in [-1, 1] → the posterior mean [B, latent, H/f, W/f] (unscaled)."""
-        return self.posterior(images)[0]
+    def _moments(self, images: Tensor) -> Tensor:
+        """[B, C, H, W] → [B, 2·latent, H/f, W/f]: posterior mean and log-variance, stacked."""
+        return self.quant_conv(self.encoder(images))
 
-    def sample(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def encode(self, images: Tensor, tiling: Tiling | None = None) -> Tensor:
+        """Images [B, C, H, W] in [-1, 1] → the posterior mean [B, latent, H/f, W/f] (unscaled)."""
+        return self.posterior(images, tiling)[0]
+
+    def sample(
+        self, images: Tensor, generator: torch.Generator | None = None, tiling: Tiling | None = None
+    ) -> Tensor:
         """A draw mean + σ·ε from the posterior, ε ~ N(0, I) from ``generator`` (on its device)."""
-        mean, logvar = self.posterior(images)
+        mean, logvar = self.posterior(images, tiling)
         device = mean.device if generator is None else generator.device
         eps = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype)
         return mean + (0.5 * logvar).exp() * eps.to(mean.device)
 
-    def decode(self, latents: Tensor) -> Tensor:
-        """Latents [B, latent, h, w] (unscaled) → images [B, C, f·h, f·w], about [-1, 1], not clamped."""
+    def decode(self, latents: Tensor, tiling: Tiling | None = None) -> Tensor:
+        """Latents [B, latent, h, w] (unscaled) → images [B, C, f·h, f·w], about [-1, 1], not clamped;
+        ``tiling``: decode overlapping tiles of that many pixels, blended (``nets.tiles``)."""
         check_image(latents, self.config.latent_channels, 1, "AutoencoderKL.decode")
+        if tiling is None:
+            return self._decode(latents)
+        f = self.config.downsampling
+        tiling.check(f)
+        return blend_tiles(self._decode, latents, tiling.size // f, tiling.overlap // f, Fraction(f))
+
+    def _decode(self, latents: Tensor) -> Tensor:
+        """[B, latent, h, w] → [B, C, f·h, f·w]."""
         return self.decoder(self.post_quant_conv(latents))
 
     def latent_shape(self, image_shape: tuple[int, ...]) -> tuple[int, int, int]:

@@ -200,6 +200,9 @@ class GenerateRequest(BaseModel):
     init_image: str | None = Field(None, description="base64 image to start from (SDEdit)")
     strength: float | None = Field(None, description="init_image: 0 keeps it, 1 ignores it; default 0.6")
     mask: str | None = Field(None, description="base64 image, with init_image: white is repainted")
+    tile: bool | None = Field(
+        None, description="latent models: decode (and encode) in overlapping tiles; null: above 1024² pixels"
+    )
 
 
 class ModelInfo(BaseModel):
