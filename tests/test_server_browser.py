@@ -134,10 +134,16 @@ def test_guidance_options_reach_the_pipeline(page):
     assert np.array_equal(pixels(decode_png(href)), pixels(want))
 
 
-def test_docs_page_renders_the_spec_offline(page, url):
-    page.goto(f"{url}/docs")
-    page.wait_for_selector('.op h3 >> text="/sdapi/v1/img2img"')
-    text = page.inner_text("main")
-    for field in ("init_images", "denoising_strength", "cfg_scale", "num_images", "skip_current_image"):
-        assert field in text, field
+def test_docs_render_swagger_ui_and_redoc_offline(page, url):
+    page.goto(f"{url}/docs")  # Swagger UI: one block per operation, from /openapi.json
+    page.wait_for_selector('.opblock-summary-path[data-path="/sdapi/v1/img2img"]')
+    paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.dataset.path)")
+    assert {"/sdapi/v1/txt2img", "/v1/generate", "/sdapi/v1/progress"} <= set(paths)
     page.screenshot(path=str(ARTIFACTS / "server-docs.png"), full_page=False)
+    page.goto(f"{url}/redoc")  # ReDoc: every schema's fields written out
+    page.wait_for_selector("text=denoising_strength")
+    text = page.inner_text("body")
+    for field in ("init_images", "cfg_scale", "num_images", "skip_current_image"):
+        assert field in text, field
+    page.screenshot(path=str(ARTIFACTS / "server-redoc.png"), full_page=False)
+    page.goto(url)  # the page fixture checks that nothing failed to load, the icon included

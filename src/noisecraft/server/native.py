@@ -9,6 +9,8 @@
 
 A request that fails its checks, or finds the queue full, gets a plain JSON 422 / 429 before any
 event; a failure while sampling arrives as ``event: error`` with ``status`` and ``detail``.
+sse-starlette frames the events, sends a ``: ping`` comment every ``PING_SECONDS`` and stops the
+stream when the client leaves, which cancels the job.
 """
 
 from __future__ import annotations
@@ -19,18 +21,19 @@ from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 from PIL import Image
+from sse_starlette import EventSourceResponse
 
 from ..images import METADATA_KEY, from_pil
 from ..pipeline import GenerationRequest
 from ..samplers import SAMPLERS
 from . import state as st
 from .imaging import binary_mask, encode_png, png_text
-from .jobs import Job, job_events
+from .jobs import Job, events_until_end
 from .schemas import GenerateRequest, ModelInfo, ServerStatus
 
 router = APIRouter(prefix="/v1", tags=["native"])
+PING_SECONDS = 2.0  # a comment line this often keeps proxies from closing a quiet stream
 
 SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -40,14 +43,13 @@ SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/generate", response_class=StreamingResponse, responses=SSE_RESPONSES)
-async def generate(body: GenerateRequest, request: Request) -> StreamingResponse:
+@router.post("/generate", response_class=EventSourceResponse, responses=SSE_RESPONSES)
+async def generate(body: GenerateRequest, request: Request) -> EventSourceResponse:
     """Generate, streaming one event per step with σ and a preview of the predicted clean image."""
     state = st.get_state(request)
     job = await _job(body, state)
     position = st.submit(state, job)
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_stream(job, position, request), media_type="text/event-stream", headers=headers)
+    return EventSourceResponse(_stream(job, position), ping=PING_SECONDS, sep="\n")
 
 
 @router.get("/models", response_model=list[ModelInfo])
@@ -128,11 +130,8 @@ async def _job(body: GenerateRequest, state: st.ServerState) -> Job:
     return Job([partial(pipe.run, job)], finish, steps, previews=True)
 
 
-async def _stream(job: Job, position: int, request: Request) -> AsyncIterator[str]:
-    yield _event("queued", {"job": job.id, "position": position})
-    async for kind, data in job_events(job, request):
-        yield ": ping\n\n" if kind == "ping" else _event(kind, data)
-
-
-def _event(kind: str, data: Any) -> str:
-    return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+async def _stream(job: Job, position: int) -> AsyncIterator[dict[str, str]]:
+    """The job's events as sse-starlette fields (framed with the response's line separator)."""
+    yield {"event": "queued", "data": json.dumps({"job": job.id, "position": position})}
+    async for kind, data in events_until_end(job):
+        yield {"event": kind, "data": json.dumps(data)}
