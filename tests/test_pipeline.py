@@ -133,7 +133,7 @@ def test_bad_inputs(pipe, tmp_path):
     with pytest.raises(ValueError, match="prompts"):
         pipe.generate([])
     with pytest.raises(ValueError, match="mask"):
-        pipe.inpaint("x", Image.new("RGB", (8, 8)), Image.new("L", (9, 9)))
+        pipe.inpaint("x", Image.new("RGB", (8, 8)), torch.ones(1, 9, 9))  # a tensor mask must fit
     with pytest.raises(ValueError, match="strength"):
         pipe.img2img("x", Image.new("RGB", (8, 8)), strength=1.5)
     with pytest.raises(ValueError, match="unknown model"):

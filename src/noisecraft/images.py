@@ -38,18 +38,41 @@ def from_pil(image: Image.Image, channels: int = 3, size: int | tuple[int, int] 
     return data.float() / 127.5 - 1
 
 
-def load_image(
-    path: str | os.PathLike, channels: int = 3, size: int | tuple[int, int] | None = None
-) -> Tensor:
-    """Read an image file as [C, H, W] in [-1, 1], with one clear error for a missing or broken file."""
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Read an image file, loaded, with one clear error for a missing or broken file."""
     try:
         with Image.open(path, formats=READABLE_FORMATS) as image:
             image.load()
-            return from_pil(image, channels, size)
+            return image
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path}: not a readable image ({err})") from None
+
+
+def load_image(
+    path: str | os.PathLike, channels: int = 3, size: int | tuple[int, int] | None = None
+) -> Tensor:
+    """Read an image file as [C, H, W] in [-1, 1], resized to ``size`` if given."""
+    return from_pil(open_image(path), channels, size)
+
+
+def mask_gray(image: Image.Image) -> Image.Image:
+    """A mask image as grey levels, white = repaint; a mask with transparency is read from its alpha
+    channel (painted = opaque), as AUTOMATIC1111 does."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        alpha = image.convert("RGBA").getchannel("A")
+        if alpha.getextrema() != (255, 255):
+            return alpha
+    return image.convert("L")
+
+
+def mask_from_pil(image: Image.Image, size: tuple[int, int]) -> Tensor:
+    """A mask image of any size → [1, H, W] in {0, 1} at size (width, height), 1 = repaint: the grey
+    levels area-averaged to the size, then thresholded at half."""
+    gray = mask_gray(image).resize(size, Image.Resampling.BOX)
+    data = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).reshape(1, size[1], size[0])
+    return (data >= 128).float()
 
 
 def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:

@@ -26,7 +26,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .conditioning import Conditioning
-from .images import METADATA_KEY, from_pil, to_pil
+from .images import METADATA_KEY, from_pil, mask_from_pil, to_pil
 from .model import (
     SETTINGS_FILE,
     SHIPPED_DIR,
@@ -303,12 +303,10 @@ class Pipeline:
         return image.float().expand(batch, *shape)
 
     def _as_mask(self, mask: Image.Image | Tensor, batch: int, size: tuple[int, int]) -> Tensor:
-        """A mask (PIL, white = repaint; or a tensor in [0, 1]) as [B, 1, H, W] in {0, 1}."""
+        """A mask (PIL of any size, white = repaint; or a tensor in [0, 1]) as [B, 1, H, W] in {0, 1}."""
         width, height = size
         if isinstance(mask, Image.Image):
-            if mask.size != size:
-                raise ValueError(f"mask is {mask.size[0]}×{mask.size[1]}, the request makes {width}×{height}")
-            mask = (from_pil(mask, 1) > 0).float()
+            mask = mask_from_pil(mask, size)  # resized to the request's size here, for every caller
         if not isinstance(mask, Tensor) or tuple(mask.shape[-2:]) != (height, width):
             shown = "×".join(map(str, mask.shape[-2:][::-1])) if isinstance(mask, Tensor) else "not an image"
             raise ValueError(f"mask is {shown}: it must be a {width}×{height} image or tensor")

@@ -25,7 +25,7 @@ from ..pipeline import GenerationRequest, Pipeline
 from ..samplers import SAMPLERS
 from ..samplers.names import A1111_SAMPLERS, sampler_label
 from . import state as st
-from .imaging import binary_mask, encode_png, fit_output, png_text
+from .imaging import encode_png, fit_output, invert_mask, png_text
 from .jobs import Job, job_events
 from .schemas import (
     A1111Img2Img,
@@ -231,7 +231,8 @@ async def _init_images(
     init = torch.stack([from_pil(image, c.channels, size) for image in images])  # [B, C, H, W]
     mask = None
     if body.mask:
-        mask = binary_mask(await st.decode(body.mask, "mask", limits), size, body.inpainting_mask_invert == 1)
+        mask = await st.decode(body.mask, "mask", limits)  # any size: the pipeline fits it to the model
+        mask = invert_mask(mask) if body.inpainting_mask_invert == 1 else mask
     return init, mask
 
 

@@ -9,9 +9,9 @@ import json
 import warnings
 from typing import Any
 
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageOps, PngImagePlugin
 
-from ..images import METADATA_KEY, READABLE_FORMATS
+from ..images import METADATA_KEY, READABLE_FORMATS, mask_gray
 
 
 class BadImage(ValueError):
@@ -42,20 +42,9 @@ def decode_image(data: str, field: str, max_pixels: int) -> Image.Image:
     return image
 
 
-def binary_mask(image: Image.Image, size: int | tuple[int, int], invert: bool = False) -> Image.Image:
-    """A size×size (or (width, height)) black/white mask: white (repaint) where the client's mask is
-    mostly white.
-
-    A mask with transparency is read from its alpha channel (painted = opaque), as A1111 does.
-    """
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        alpha = image.convert("RGBA").getchannel("A")
-        gray = alpha if alpha.getextrema() != (255, 255) else image.convert("L")
-    else:
-        gray = image.convert("L")
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    gray = gray.resize(size, Image.Resampling.BOX)  # area average, then threshold at half
-    return gray.point(lambda v: 0 if (v >= 128) == invert else 255)
+def invert_mask(image: Image.Image) -> Image.Image:
+    """A1111's ``inpainting_mask_invert``: what was kept is repainted and the other way round."""
+    return ImageOps.invert(mask_gray(image))
 
 
 def fit_output(image: Image.Image, width: int, height: int) -> Image.Image:

@@ -28,7 +28,7 @@ from ..images import METADATA_KEY, from_pil
 from ..pipeline import GenerationRequest
 from ..samplers import SAMPLERS
 from . import state as st
-from .imaging import binary_mask, encode_png, png_text
+from .imaging import encode_png, png_text
 from .jobs import Job, events_until_end
 from .schemas import GenerateRequest, ModelInfo, ServerStatus
 
@@ -106,7 +106,7 @@ async def _job(body: GenerateRequest, state: st.ServerState) -> Job:
         init = await st.decode(body.init_image, "init_image", limits)
         init = from_pil(init, pipe.config.channels, (resolved.width, resolved.height))
     if body.mask is not None:
-        mask = binary_mask(await st.decode(body.mask, "mask", limits), (resolved.width, resolved.height))
+        mask = await st.decode(body.mask, "mask", limits)  # any size: the pipeline fits it to the model
     job = st.checked(
         lambda: GenerationRequest(body.prompt, body.negative_prompt, body.num_images, options, init, mask),
         {"init": "init_image"},

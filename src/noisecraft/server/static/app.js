@@ -137,7 +137,7 @@ function handleEvent(kind, data) {
     $("progress").value = (data.index + 1) / data.total;
     setStatus("sampling…");
   } else if (kind === "done") {
-    for (const image of data.images) addToGallery(image, data.model);
+    $("gallery").prepend(...data.images.map((image) => galleryCard(image, data.model)));  // seed order
     setStatus(`done: ${data.images.length} image(s)`);
   } else if (kind === "cancelled") {
     setStatus("cancelled by the server", true);
@@ -158,7 +158,7 @@ function setStatus(text, isError = false) {
 
 // -- gallery ------------------------------------------------------------------------------------
 
-function addToGallery(image, model) {
+function galleryCard(image, model) {
   const p = image.parameters || {};
   const card = document.createElement("figure");
   card.className = "card";
@@ -185,7 +185,7 @@ function addToGallery(image, model) {
   reuse.addEventListener("click", () => setInitImage(image.image));
   actions.append(link, reuse);
   card.append(img, list, actions);
-  $("gallery").prepend(card);
+  return card;
 }
 
 // -- image-to-image and the mask brush ------------------------------------------------------------
