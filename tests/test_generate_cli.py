@@ -171,9 +171,9 @@ def test_a_mask_of_any_size_is_fitted_to_the_model(tmp_path):
         mask = np.zeros((size, size), np.uint8)
         mask[:, size // 2 :] = 255  # repaint the right half
         Image.fromarray(mask).save(tmp_path / f"mask{size}.png")
-        code = main(["generate", "a red circle", "--model", "shapes", "--steps", "2", "--seed", "3", "--quiet",
+        code = main(["generate", "a red circle", "--model", "shapes", "--steps", "2", "--seed", "3",
                      "--init", str(tmp_path / "start.png"), "--mask", str(tmp_path / f"mask{size}.png"),
-                     "--out", str(tmp_path / f"out{size}")])  # fmt: skip
+                     "--out", str(tmp_path / f"out{size}"), "--quiet"])  # fmt: skip
         assert code == 0
     (big,), (small,) = (list((tmp_path / f"out{size}").glob("*.png")) for size in (256, 32))
     assert np.array_equal(pixels(big)[:, :16], start[:, :16])  # the left half kept exactly

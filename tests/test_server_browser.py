@@ -89,7 +89,8 @@ def test_generate_shows_every_step_then_the_image(page):
     assert page.evaluate("window.previewSources.size") >= 3  # the preview changed at least three times
     assert int(page.get_attribute("#preview", "data-updates")) == 12  # one update per step
     assert "step 12/12" in page.inner_text("#step-info")
-    assert not page.evaluate(BROKEN_PREVIEW) and page.evaluate("document.getElementById('preview').naturalWidth") == 8
+    assert not page.evaluate(BROKEN_PREVIEW)
+    assert page.evaluate("document.getElementById('preview').naturalWidth") == 8
     card = page.inner_text("#gallery figure")
     assert "a red circle" in card and "7" in card and "euler" in card
     link = page.locator("#gallery figure a[download]")
@@ -166,7 +167,8 @@ def test_a_phone_sized_page_fits_and_a_batch_is_in_seed_order(page):
         count = page.locator("#gallery figure").count()
         page.click("#generate")
         page.wait_for_function(f"document.querySelectorAll('#gallery figure').length == {count + 3}")
-        names = page.eval_on_selector_all("#gallery figure a[download]", "links => links.map(a => a.download)")
+        links = "#gallery figure a[download]"
+        names = page.eval_on_selector_all(links, "links => links.map(a => a.download)")
         assert names[:3] == ["noisecraft-20.png", "noisecraft-21.png", "noisecraft-22.png"]
         page.fill("#num", "1")
         if not page.is_visible("#rescale"):

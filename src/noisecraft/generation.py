@@ -15,7 +15,16 @@ from typing import Any
 from PIL import Image
 
 from .callbacks import ProgressBar, StepRecorder, chain
-from .images import METADATA_KEY, load_image, make_grid, open_image, read_png_metadata, save_gif, save_png, upscale
+from .images import (
+    METADATA_KEY,
+    load_image,
+    make_grid,
+    open_image,
+    read_png_metadata,
+    save_gif,
+    save_png,
+    upscale,
+)
 from .model import SamplingOptions
 from .pipeline import GenerationRequest, Pipeline
 
