@@ -107,6 +107,20 @@ class Pipeline:
         pipe.source = str(name_or_path) if origin.parent == SHIPPED_DIR else str(origin.resolve())
         return pipe
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        vae: str | os.PathLike | None = None,
+        prediction: str | None = None,
+    ) -> Pipeline:
+        """diffusers' spelling of ``load``."""
+        return cls.load(name_or_path, vae, prediction)
+
+    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """diffusers' spelling of ``save``."""
+        return self.save(path, dtype)
+
     @property
     def weights_hash(self) -> str:
         """First 16 hex digits of a SHA-256 over the network's and encoder's tensors."""
