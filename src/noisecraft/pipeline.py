@@ -107,19 +107,7 @@ class Pipeline:
         pipe.source = str(name_or_path) if origin.parent == SHIPPED_DIR else str(origin.resolve())
         return pipe
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike,
-        vae: str | os.PathLike | None = None,
-        prediction: str | None = None,
-    ) -> Pipeline:
-        """diffusers' spelling of ``load``."""
-        return cls.load(name_or_path, vae, prediction)
-
-    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-        """diffusers' spelling of ``save``."""
-        return self.save(path, dtype)
+    from_pretrained, save_pretrained = load, save  # diffusers' spelling of the same two methods
 
     @property
     def weights_hash(self) -> str:
