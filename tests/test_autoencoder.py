@@ -265,9 +265,12 @@ def test_save_load_round_trip(pair, tmp_path) -> None:
     save_component(ours, tmp_path / "vae")
     loaded = load_component(tmp_path / "vae", expected=AutoencoderKL)
     assert isinstance(loaded, AutoencoderKL) and loaded.config == ours.config
+    ours.save_pretrained(tmp_path / "vae-2")  # diffusers' spelling of the same two functions
+    again = AutoencoderKL.from_pretrained(tmp_path / "vae-2")
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert torch.equal(loaded.decode(latents), ours.decode(latents))
+        assert torch.equal(again.decode(latents), ours.decode(latents))
 
 
 def test_as_latent_space(pair, tmp_path) -> None:

@@ -427,3 +427,27 @@ def test_bits_per_dim_integrates_to_a_matching_prior_whatever_the_sampling_start
     assert pipe.config.sigma_max == 10.0
     results = evaluate(pipe, "mnist", 2, ["bpd"], bpd_num=1, cache_dir=tmp_path, progress=False)
     assert results["bpd"] == 1.0 and seen["sigma_max"] == PRIOR_SIGMA_MAX == 80.0
+
+
+def test_generation_progress_counts_images_not_batches(monkeypatch):
+    bars = []
+
+    class Recorder:
+        def __init__(self, *args, total=None, disable=False, **kwargs):
+            self.total, self.counts = total, []
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n=1):
+            self.counts.append(n)
+
+    monkeypatch.setattr(evaluate_module, "tqdm", Recorder)
+    images = evaluate_module.generate_images(tiny_pipeline(size=8), ["a star"] * 5, batch_size=2, steps=1)
+    assert images.shape[0] == 5
+    (bar,) = bars
+    assert bar.total == 5 and bar.counts == [2, 2, 1]  # images done after each batch of at most 2

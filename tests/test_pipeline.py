@@ -67,6 +67,25 @@ def test_save_load_round_trip(pipe, tmp_path):
     )
 
 
+def test_components_load_with_diffusers_spelling(pipe, tmp_path):
+    from noisecraft.components import ComponentError
+    from noisecraft.nets import UNet
+    from noisecraft.text.builtin import BuiltinTextEncoder
+
+    folder = pipe.save_pretrained(tmp_path / "model")  # pipeline.json + net/ + text_encoder/
+    net = UNet.from_pretrained(folder / "net")
+    encoder = BuiltinTextEncoder.from_pretrained(folder / "text_encoder")
+    assert isinstance(net, UNet) and net.config == pipe.net.config
+    for ours, theirs in ((net, pipe.net), (encoder, pipe.text_encoder)):
+        pairs = zip(ours.state_dict().values(), theirs.state_dict().values())
+        assert all(torch.equal(a, b) for a, b in pairs)
+    with pytest.raises(ComponentError, match="holds a BuiltinTextEncoder, expected a UNet"):
+        UNet.from_pretrained(folder / "text_encoder")
+    again = Pipeline.from_pretrained(folder)
+    (image,), (want,) = again.generate("a star", seed=3), pipe.generate("a star", seed=3)
+    assert np.array_equal(pixels(image), pixels(want))
+
+
 def test_img2img_strength_bounds(pipe):
     source = pipe.generate("a red circle", seed=0)[0]
     same = pipe.img2img("a blue square", source, strength=0.0, seed=9)[0]
@@ -133,7 +152,7 @@ def test_bad_inputs(pipe, tmp_path):
     with pytest.raises(ValueError, match="prompts"):
         pipe.generate([])
     with pytest.raises(ValueError, match="mask"):
-        pipe.inpaint("x", Image.new("RGB", (8, 8)), Image.new("L", (9, 9)))
+        pipe.inpaint("x", Image.new("RGB", (8, 8)), torch.ones(1, 9, 9))  # a tensor mask must fit
     with pytest.raises(ValueError, match="strength"):
         pipe.img2img("x", Image.new("RGB", (8, 8)), strength=1.5)
     with pytest.raises(ValueError, match="unknown model"):

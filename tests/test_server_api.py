@@ -259,12 +259,34 @@ def test_models_samplers_docs_and_page(client):
     assert {"/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/v1/generate", "/sdapi/v1/progress"} <= set(
         spec["paths"]
     )
-    for path in ("/", "/docs", "/static/app.js", "/static/style.css", "/static/docs.js"):
+    for path in ("/", "/static/app.js", "/static/style.css"):
         assert client.get(path).status_code == 200, path
-    for file in STATIC.iterdir():  # nothing is fetched from elsewhere: the machines have no internet
-        assert not re.search(
-            r"(src|href)\s*=\s*[\"']?(https?:)?//|url\(\s*[\"']?(https?:)?//", file.read_text()
-        )
+    pages = [file.read_text() for file in STATIC.iterdir() if file.suffix in (".html", ".js", ".css")]
+    pages += [client.get(path).text for path in ("/docs", "/redoc")]
+    for text in pages:  # nothing is fetched from elsewhere: the machines have no internet
+        assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//|url\(\s*[\"']?(https?:)?//", text)
+
+
+def test_docs_are_swagger_ui_and_redoc_from_installed_assets(client):
+    swagger, redoc = client.get("/docs"), client.get("/redoc")
+    assert swagger.status_code == redoc.status_code == 200
+    assert "SwaggerUIBundle" in swagger.text and "<redoc spec-url=\"/openapi.json\"" in redoc.text
+    assets = re.findall(r"(?:src|href)=\"(/docs-assets/[^\"]+)\"", swagger.text + redoc.text)
+    assert sorted(assets) == [
+        "/docs-assets/redoc.standalone.js", "/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"
+    ]  # fmt: skip
+    for asset in assets:
+        response = client.get(asset)
+        assert response.status_code == 200 and len(response.content) > 100_000, asset
+        assert b"cdn." not in response.content  # ReDoc's logo URL is pointed at the favicon
+    assert client.get("/static/docs.js").status_code == 404  # the hand-written renderer is gone
+
+
+def test_favicon_is_an_icon(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200
+    icon = Image.open(io.BytesIO(response.content))
+    assert icon.format == "ICO" and icon.size == (32, 32)
 
 
 # -- limits, the queue, cancellation, interrupt, failures -----------------------------------------

@@ -49,15 +49,34 @@ def page(url):
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda err: errors.append(str(err)))
-        page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+        page.on("requestfailed", lambda r: _stream_end(r) or errors.append(f"request failed: {r.url}"))
         page.goto(url)
         yield page
         browser.close()
         assert not errors, errors  # no script errors, nothing the page could not load
 
 
+# Elements sticking out of the viewport sideways (the page would scroll horizontally).
+OVERFLOWING = """() => {
+  const width = document.documentElement.clientWidth;
+  return [...document.querySelectorAll('body *')].filter((e) => {
+    const r = e.getBoundingClientRect();
+    return r.width > 0 && (r.right > width + 0.5 || r.left < -0.5);
+  }).map((e) => e.tagName + (e.id ? '#' + e.id : ''));
+}"""
+BROKEN_PREVIEW = """() => { const p = document.getElementById('preview');
+  return getComputedStyle(p).visibility !== 'hidden' && !(p.complete && p.naturalWidth > 0); }"""
+
+
+def _stream_end(request) -> bool:
+    """Chromium's DevTools reports some finished event-stream fetches as aborted (net::ERR_ABORTED) at
+    random, after every byte arrived; the tests check what each stream delivered themselves."""
+    return request.url.endswith("/v1/generate") and request.failure == "net::ERR_ABORTED"
+
+
 def test_generate_shows_every_step_then_the_image(page):
     page.wait_for_selector("#model option[value=tiny]", state="attached")
+    assert not page.evaluate(BROKEN_PREVIEW)  # before the first run: an empty box, not a broken image
     assert (
         page.input_value("#sampler") == "euler" and page.input_value("#steps") == "4"
     )  # the model's defaults
@@ -73,6 +92,8 @@ def test_generate_shows_every_step_then_the_image(page):
     assert page.evaluate("window.previewSources.size") >= 3  # the preview changed at least three times
     assert int(page.get_attribute("#preview", "data-updates")) == 12  # one update per step
     assert "step 12/12" in page.inner_text("#step-info")
+    assert not page.evaluate(BROKEN_PREVIEW)
+    assert page.evaluate("document.getElementById('preview').naturalWidth") == 8
     card = page.inner_text("#gallery figure")
     assert "a red circle" in card and "7" in card and "euler" in card
     link = page.locator("#gallery figure a[download]")
@@ -140,10 +161,42 @@ def test_guidance_options_reach_the_pipeline(page):
     assert np.array_equal(pixels(decode_png(href)), pixels(want))
 
 
-def test_docs_page_renders_the_spec_offline(page, url):
-    page.goto(f"{url}/docs")
-    page.wait_for_selector('.op h3 >> text="/sdapi/v1/img2img"')
-    text = page.inner_text("main")
-    for field in ("init_images", "denoising_strength", "cfg_scale", "num_images", "skip_current_image"):
-        assert field in text, field
+def test_a_phone_sized_page_fits_and_a_batch_is_in_seed_order(page):
+    page.set_viewport_size({"width": 320, "height": 700})
+    try:
+        page.wait_for_selector("#model option[value=tiny]", state="attached")
+        page.check("input[value=txt2img]")
+        page.fill("#prompt", "a long prompt that wraps on a narrow screen, " * 3)
+        page.fill("#steps", "2")
+        page.fill("#seed", "20")
+        page.fill("#num", "3")
+        count = page.locator("#gallery figure").count()
+        page.click("#generate")
+        page.wait_for_function(f"document.querySelectorAll('#gallery figure').length == {count + 3}")
+        links = "#gallery figure a[download]"
+        names = page.eval_on_selector_all(links, "links => links.map(a => a.download)")
+        assert names[:3] == ["noisecraft-20.png", "noisecraft-21.png", "noisecraft-22.png"]
+        page.fill("#num", "1")
+        if not page.is_visible("#rescale"):
+            page.click("#guidance-options summary")
+        page.check("input[value=inpaint]")  # the widest state: start image, brush and mask editor shown
+        assert page.evaluate(OVERFLOWING) == []
+        assert page.evaluate("document.documentElement.scrollWidth") == 320
+        page.screenshot(path=str(ARTIFACTS / "server-page-320px.png"), full_page=True)
+    finally:
+        page.set_viewport_size({"width": 1200, "height": 900})
+
+
+def test_docs_render_swagger_ui_and_redoc_offline(page, url):
+    page.goto(f"{url}/docs")  # Swagger UI: one block per operation, from /openapi.json
+    page.wait_for_selector('.opblock-summary-path[data-path="/sdapi/v1/img2img"]')
+    paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.dataset.path)")
+    assert {"/sdapi/v1/txt2img", "/v1/generate", "/sdapi/v1/progress"} <= set(paths)
     page.screenshot(path=str(ARTIFACTS / "server-docs.png"), full_page=False)
+    page.goto(f"{url}/redoc")  # ReDoc: every schema's fields written out
+    page.wait_for_selector("text=denoising_strength")
+    text = page.inner_text("body")
+    for field in ("init_images", "cfg_scale", "num_images", "skip_current_image"):
+        assert field in text, field
+    page.screenshot(path=str(ARTIFACTS / "server-redoc.png"), full_page=False)
+    page.goto(url)  # the page fixture checks that nothing failed to load, the icon included

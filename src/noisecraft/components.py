@@ -7,7 +7,8 @@ registered here under a short type name. A saved component is a folder::
     model.safetensors  the state dict (omitted when the component has no trainable state)
 
 Loading never unpickles anything: the type name picks a class from this registry, the JSON fills
-its dataclass, and safetensors fills the tensors.
+its dataclass, and safetensors fills the tensors. As in diffusers, every registered class also has
+``Cls.from_pretrained(folder)`` and ``module.save_pretrained(folder)``: the same two functions.
 """
 
 from __future__ import annotations
@@ -43,9 +44,16 @@ def register_component(name: str):
             raise TypeError(f"{cls.__name__} needs a dataclass attribute `config_class`")
         COMPONENTS[name] = cls
         cls.component_type = name
+        cls.from_pretrained = classmethod(_from_pretrained)
+        cls.save_pretrained = save_component
         return cls
 
     return wrap
+
+
+def _from_pretrained(cls: type[nn.Module], folder: str | os.PathLike) -> nn.Module:
+    """diffusers' spelling of ``load_component(folder, expected=cls)``."""
+    return load_component(folder, expected=cls)
 
 
 def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:

@@ -15,7 +15,16 @@ from typing import Any
 from PIL import Image
 
 from .callbacks import ProgressBar, StepRecorder, chain
-from .images import METADATA_KEY, load_image, make_grid, path_field, save_gif, save_png, upscale
+from .images import (
+    METADATA_KEY,
+    load_image,
+    make_grid,
+    open_image,
+    path_field,
+    save_gif,
+    save_png,
+    upscale,
+)
 from .infotext import infotext, png_parameters
 from .model import SamplingOptions, shipped_models
 from .model.settings import MAX_SIDE, MAX_STEPS
@@ -133,7 +142,7 @@ def run(pipe: Pipeline, request: FilesRequest) -> tuple[list[Image.Image], StepR
     options = request.options.resolve(pipe.config)
     size = (options.width, options.height)
     init = None if request.init is None else load_image(request.init, pipe.config.channels, size)
-    mask = None if request.mask is None else (load_image(request.mask, 1) > 0).float()
+    mask = None if request.mask is None else open_image(request.mask)  # any size: the pipeline fits it
     r = request
     job = GenerationRequest(r.prompts, r.negative_prompt, r.num, r.options, init, mask)
     images = pipe.run(job, chain(progress, recorder))

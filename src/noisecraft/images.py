@@ -89,6 +89,24 @@ def load_image(
         return from_pil(image, channels, size)
 
 
+def mask_gray(image: Image.Image) -> Image.Image:
+    """A mask image as grey levels, white = repaint; a mask with transparency is read from its alpha
+    channel (painted = opaque), as AUTOMATIC1111 does."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        alpha = image.convert("RGBA").getchannel("A")
+        if alpha.getextrema() != (255, 255):
+            return alpha
+    return image.convert("L")
+
+
+def mask_from_pil(image: Image.Image, size: tuple[int, int]) -> Tensor:
+    """A mask image of any size → [1, H, W] in {0, 1} at size (width, height), 1 = repaint: the grey
+    levels area-averaged to the size, then thresholded at half."""
+    gray = mask_gray(image).resize(size, Image.Resampling.BOX)
+    data = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).reshape(1, size[1], size[0])
+    return (data >= 128).float()
+
+
 def save_png(
     image: Image.Image,
     path: str | os.PathLike,

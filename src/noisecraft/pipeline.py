@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .conditioning import Conditioning
 from .devices import Placement, resolve_placement
-from .images import METADATA_KEY, from_pil, path_field, to_pil
+from .images import METADATA_KEY, from_pil, mask_from_pil, path_field, to_pil
 from .model import (
     MAX_IMAGES,
     SETTINGS_FILE,
@@ -112,6 +112,8 @@ class Pipeline:
         pipe = cls(parts.net, parts.text_encoder, parts.settings, parts.latent)
         pipe.source = str(name_or_path) if origin.parent == SHIPPED_DIR else str(origin.resolve())
         return pipe
+
+    from_pretrained, save_pretrained = load, save  # diffusers' spelling of the same two methods
 
     @property
     def weights_hash(self) -> str:
@@ -343,12 +345,10 @@ class Pipeline:
         return image.float().expand(batch, *shape)
 
     def _as_mask(self, mask: Image.Image | Tensor, batch: int, size: tuple[int, int]) -> Tensor:
-        """A mask (PIL, white = repaint; or a tensor in [0, 1]) as [B, 1, H, W] in {0, 1}."""
+        """A mask (PIL of any size, white = repaint; or a tensor in [0, 1]) as [B, 1, H, W] in {0, 1}."""
         width, height = size
         if isinstance(mask, Image.Image):
-            if mask.size != size:
-                raise ValueError(f"mask is {mask.size[0]}×{mask.size[1]}, the request makes {width}×{height}")
-            mask = (from_pil(mask, 1) > 0).float()
+            mask = mask_from_pil(mask, size)  # resized to the request's size here, for every caller
         if not isinstance(mask, Tensor) or tuple(mask.shape[-2:]) != (height, width):
             shown = "×".join(map(str, mask.shape[-2:][::-1])) if isinstance(mask, Tensor) else "not an image"
             raise ValueError(f"mask is {shown}: it must be a {width}×{height} image or tensor")

@@ -72,9 +72,11 @@ def generate_images(
 ) -> Tensor:
     """[N, C, H, W] in [-1, 1] on the 8-bit grid; image i uses seed + i whatever the batching."""
     chunks = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
-        x = pipeline.sample(prompts[start : start + batch_size], seed=seed + start, **sample_options)
-        chunks.append(to_8bit(x.cpu().clamp(-1, 1)) / 127.5 - 1)  # metrics run on the CPU in float64
+    with tqdm(total=len(prompts), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for start in range(0, len(prompts), batch_size):
+            x = pipeline.sample(prompts[start : start + batch_size], seed=seed + start, **sample_options)
+            chunks.append(to_8bit(x.cpu().clamp(-1, 1)) / 127.5 - 1)  # metrics run on the CPU in float64
+            bar.update(len(x))  # counts images, not batches
     return torch.cat(chunks)
 
 

@@ -90,8 +90,12 @@ def extract_features(
     extractor: FeatureExtractor, images: Tensor, batch_size: int = 100, desc: str = "features", progress=True
 ) -> Tensor:
     """Features [N, D] of images [N, C, H, W], batch by batch with a progress bar."""
-    chunks = images.split(batch_size)
-    return torch.cat([extractor(c) for c in tqdm(chunks, desc=desc, disable=not progress, leave=False)])
+    features = []
+    with tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for chunk in images.split(batch_size):
+            features.append(extractor(chunk))
+            bar.update(len(chunk))
+    return torch.cat(features)
 
 
 def reference_features(

@@ -25,7 +25,7 @@ from ..pipeline import GenerationRequest, Pipeline
 from ..samplers import SAMPLERS
 from ..samplers.names import A1111_SAMPLERS, sampler_label
 from . import state as st
-from .imaging import binary_mask, encode_png, fit_output, png_text
+from .imaging import encode_png, fit_output, model_mask, png_text
 from .jobs import Job, job_events
 from .schemas import (
     A1111Img2Img,
@@ -257,7 +257,7 @@ def _decode_images(
         ]
     )  # [B, C, H, W]
     invert = body.inpainting_mask_invert == 1
-    mask = [st.converted(i, "mask", partial(binary_mask, size=size, invert=invert)) for i in opened["mask"]]
+    mask = [st.converted(i, "mask", partial(model_mask, size=size, invert=invert)) for i in opened["mask"]]
     return init, (mask[0] if mask else None)
 
 

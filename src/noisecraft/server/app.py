@@ -6,15 +6,18 @@ uvicorn.run(app, host="127.0.0.1", port=7860)
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.resources import files
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +31,9 @@ from .models import ModelRegistry
 from .state import ServerState
 
 STATIC = Path(__file__).parent / "static"
+# Swagger UI and ReDoc as the fastapi-offline package installs them (FastAPI's own pages use a CDN)
+DOC_ASSETS = Path(str(files("fastapi_offline") / "static"))
+REDOC_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
 log = logging.getLogger("noisecraft.server")
 
 
@@ -51,7 +57,7 @@ def create_app(
         title="noisecraft",
         version=__version__,
         description="Text-to-image diffusion: an AUTOMATIC1111-compatible API and a native streaming API.",
-        docs_url=None,  # FastAPI's Swagger UI loads from a CDN; /docs below is served from here
+        docs_url=None,  # FastAPI's Swagger UI and ReDoc load from a CDN; _add_docs serves them from here
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -74,11 +80,45 @@ def create_app(
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> FileResponse:
-        return FileResponse(STATIC / "docs.html")
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC / "favicon.ico")
 
+    _add_docs(app)
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` (ReDoc) over ``/openapi.json``, every asset served here."""
+    title = f"{app.title} API"
+
+    @app.get("/docs-assets/redoc.standalone.js", include_in_schema=False)
+    async def redoc_js() -> Response:
+        return Response(_redoc_bundle(), media_type="text/javascript")
+
+    app.mount("/docs-assets", StaticFiles(directory=DOC_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json", title=title,
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/favicon.ico", swagger_ui_parameters={"validatorUrl": None},
+        )  # fmt: skip
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json", title=title,
+            redoc_js_url="/docs-assets/redoc.standalone.js", redoc_favicon_url="/favicon.ico",
+            with_google_fonts=False,
+        )  # fmt: skip
+
+
+@functools.cache
+def _redoc_bundle() -> bytes:
+    """ReDoc's script with its one outside fetch, the Redocly logo from a CDN, pointed at our icon."""
+    return (DOC_ASSETS / "redoc.standalone.js").read_bytes().replace(REDOC_LOGO, b"/favicon.ico")
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -10,8 +10,9 @@ import warnings
 from typing import Any
 
 from PIL import Image, PngImagePlugin
+from torch import Tensor
 
-from ..images import METADATA_KEY, READABLE_FORMATS
+from ..images import METADATA_KEY, READABLE_FORMATS, mask_from_pil
 from ..infotext import PARAMETERS_KEY, infotext
 
 
@@ -56,20 +57,11 @@ def load_image(image: Image.Image, field: str) -> Image.Image:
     return image
 
 
-def binary_mask(image: Image.Image, size: int | tuple[int, int], invert: bool = False) -> Image.Image:
-    """A size×size (or (width, height)) black/white mask: white (repaint) where the client's mask is
-    mostly white.
-
-    A mask with transparency is read from its alpha channel (painted = opaque), as A1111 does.
-    """
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        alpha = image.convert("RGBA").getchannel("A")
-        gray = alpha if alpha.getextrema() != (255, 255) else image.convert("L")
-    else:
-        gray = image.convert("L")
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    gray = gray.resize(size, Image.Resampling.BOX)  # area average, then threshold at half
-    return gray.point(lambda v: 0 if (v >= 128) == invert else 255)
+def model_mask(image: Image.Image, size: tuple[int, int], invert: bool = False) -> Tensor:
+    """A client's mask of any size as [1, H, W] in {0, 1} at the model's ``size`` (1 = repaint), by the
+    library's one rule (``images.mask_from_pil``); ``invert``: A1111's ``inpainting_mask_invert``."""
+    mask = mask_from_pil(image, size)
+    return 1 - mask if invert else mask
 
 
 def fit_output(image: Image.Image, width: int, height: int) -> Image.Image:

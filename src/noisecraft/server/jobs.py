@@ -248,15 +248,23 @@ class Worker:
             )
 
 
-async def job_events(
-    job: Job, request: Request, poll: float = 0.25, ping_every: int = 8
-) -> AsyncIterator[tuple[str, Any]]:
-    """The job's events up to its end, and ("ping", None) every ``poll × ping_every`` s while idle.
+async def events_until_end(job: Job) -> AsyncIterator[tuple[str, Any]]:
+    """The job's events up to its end; leaving early (a closed stream) cancels the job."""
+    try:
+        while True:
+            kind, data = await job.events.get()
+            yield kind, data
+            if kind in END_EVENTS:
+                return
+    finally:
+        job.cancel()  # no effect on a finished job
 
-    The client is checked every ``poll`` seconds; if it has left, the job is cancelled. The ``finally``
-    also runs when the server cancels the response task after a disconnect.
+
+async def job_events(job: Job, request: Request, poll: float = 0.25) -> AsyncIterator[tuple[str, Any]]:
+    """``events_until_end``, checking every ``poll`` seconds whether the client left (then cancelled).
+
+    For plain JSON answers, which, unlike an event stream, hear of a departed client only by asking.
     """
-    idle = 0
     try:
         while True:
             try:
@@ -264,9 +272,6 @@ async def job_events(
             except asyncio.TimeoutError:  # noqa: UP041 (not the builtin TimeoutError before Python 3.11)
                 if await request.is_disconnected():
                     return
-                idle += 1
-                if idle % ping_every == 0:
-                    yield "ping", None  # keeps proxies from closing a quiet stream
                 continue
             yield kind, data
             if kind in END_EVENTS:

@@ -9,6 +9,8 @@
 
 A request that fails its checks, or finds the queue full, gets a plain JSON 422 / 429 before any
 event; a failure while sampling arrives as ``event: error`` with ``status`` and ``detail``.
+sse-starlette frames the events, sends a ``: ping`` comment every ``PING_SECONDS`` and stops the
+stream when the client leaves, which cancels the job.
 """
 
 from __future__ import annotations
@@ -19,19 +21,20 @@ from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 from PIL import Image
+from sse_starlette import EventSourceResponse
 
 from ..images import METADATA_KEY, from_pil
 from ..model.schedule import schedules_for
 from ..pipeline import GenerationRequest
 from ..samplers import SAMPLERS
 from . import state as st
-from .imaging import binary_mask, encode_png, png_text
-from .jobs import Job, job_events
+from .imaging import encode_png, model_mask, png_text
+from .jobs import Job, events_until_end
 from .schemas import GenerateRequest, ModelInfo, ServerStatus
 
 router = APIRouter(prefix="/v1", tags=["native"])
+PING_SECONDS = 2.0  # a comment line this often keeps proxies from closing a quiet stream
 
 SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -41,12 +44,11 @@ SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/generate", response_class=StreamingResponse, responses=SSE_RESPONSES)
-async def generate(body: GenerateRequest, request: Request) -> StreamingResponse:
+@router.post("/generate", response_class=EventSourceResponse, responses=SSE_RESPONSES)
+async def generate(body: GenerateRequest, request: Request) -> EventSourceResponse:
     """Generate, streaming one event per step with σ and a preview of the predicted clean image."""
     job, position = await _job(body, st.get_state(request), request)
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_stream(job, position, request), media_type="text/event-stream", headers=headers)
+    return EventSourceResponse(_stream(job, position), ping=PING_SECONDS, sep="\n")
 
 
 @router.get("/models", response_model=list[ModelInfo])
@@ -126,7 +128,7 @@ def _decode(opened: dict[str, list[Image.Image]], channels: int, size: tuple[int
         st.converted(i, "init_image", partial(from_pil, channels=channels, size=size))
         for i in opened.get("init_image", [])
     ]
-    mask = [st.converted(i, "mask", partial(binary_mask, size=size)) for i in opened.get("mask", [])]
+    mask = [st.converted(i, "mask", partial(model_mask, size=size)) for i in opened.get("mask", [])]
     return (init[0] if init else None), (mask[0] if mask else None)
 
 
@@ -152,11 +154,8 @@ def _queued(job: GenerationRequest, pipe, name: str, options, steps: int, submit
     return queued, submit(queued)
 
 
-async def _stream(job: Job, position: int, request: Request) -> AsyncIterator[str]:
-    yield _event("queued", {"job": job.id, "position": position})
-    async for kind, data in job_events(job, request):
-        yield ": ping\n\n" if kind == "ping" else _event(kind, data)
-
-
-def _event(kind: str, data: Any) -> str:
-    return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+async def _stream(job: Job, position: int) -> AsyncIterator[dict[str, str]]:
+    """The job's events as sse-starlette fields (framed with the response's line separator)."""
+    yield {"event": "queued", "data": json.dumps({"job": job.id, "position": position})}
+    async for kind, data in events_until_end(job):
+        yield {"event": kind, "data": json.dumps(data)}

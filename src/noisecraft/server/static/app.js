@@ -113,7 +113,7 @@ async function readEvents(response, onEvent) {
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
-    buffer += decoder.decode(value, { stream: true });
+    buffer = (buffer + decoder.decode(value, { stream: true })).replace(/\r\n/g, "\n");  // CRLF lines too
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
       const block = buffer.slice(0, end);
@@ -140,7 +140,7 @@ function handleEvent(kind, data) {
     $("progress").value = (data.index + 1) / data.total;
     setStatus("sampling…");
   } else if (kind === "done") {
-    for (const image of data.images) addToGallery(image, data.model);
+    $("gallery").prepend(...data.images.map((image) => galleryCard(image, data.model)));  // seed order
     setStatus(`done: ${data.images.length} image(s)`);
   } else if (kind === "cancelled") {
     setStatus("cancelled by the server", true);
@@ -161,7 +161,7 @@ function setStatus(text, isError = false) {
 
 // -- gallery ------------------------------------------------------------------------------------
 
-function addToGallery(image, model) {
+function galleryCard(image, model) {
   const p = image.parameters || {};
   const card = document.createElement("figure");
   card.className = "card";
@@ -188,7 +188,7 @@ function addToGallery(image, model) {
   reuse.addEventListener("click", () => setInitImage(image.image));
   actions.append(link, reuse);
   card.append(img, list, actions);
-  $("gallery").prepend(card);
+  return card;
 }
 
 // -- image-to-image and the mask brush ------------------------------------------------------------
