@@ -64,6 +64,9 @@ def test_marked_command(command):
     """Not run: the README marks it (listed so that every skipped command shows in the report)."""
 
 
+COMMAND_TIMEOUT = 600  # seconds; the README's untagged commands take well under a minute each
+
+
 def test_every_unmarked_command_runs_as_written(tmp_path):
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
@@ -75,7 +78,13 @@ def test_every_unmarked_command_runs_as_written(tmp_path):
     for command, tags in COMMANDS:
         if tags:
             continue
-        result = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
+        try:  # bounded: a command that waits forever (a server) must be tagged, not hang the suite
+            result = subprocess.run(
+                command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True,
+                timeout=COMMAND_TIMEOUT,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{command}: still running after {COMMAND_TIMEOUT} s (tag it [server] or [slow])")
         assert result.returncode == 0, f"{command}\n{result.stderr[-2000:]}"
         ran.append(command)
     assert any("--from-png" in c for c in ran)
