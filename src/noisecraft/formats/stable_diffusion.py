@@ -70,10 +70,6 @@ def load_stable_diffusion(
     settings, unet, text, autoencoder = (_diffusers_folder if path.is_dir() else _single_file)(
         path, prediction
     )
-    # At SD's sizes NCHW activations ran faster than NHWC on the AVX-512 EPYC (a guided step at 64×64
-    # latents: 6.65 s against 7.92 s, 2 threads; benchmarks/sd_speed_memory.py), the reverse of the
-    # small shipped models.
-    unet.nhwc_on_cpu = False
     if vae is not None:
         autoencoder = load_vae_file(vae)
     settings["latent_scale"] = autoencoder.config.scale_factor

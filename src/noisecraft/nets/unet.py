@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..components import register_component
 from ..conditioning import Conditioning
+from .kernels import channels_last_for
 from .layers import (
     FEED_FORWARDS,
     NOISE_EMBEDDINGS,
@@ -282,9 +283,10 @@ class UNet(nn.Module):
     """Text-conditioned U-Net: forward(x_in [B, C, H, W], c_noise [B], cond) → raw [B, C, H, W]."""
 
     config_class = UNetConfig
-    # NHWC activations on CPU: oneDNN's convolutions and TokenLinear's run faster on them, and the
-    # transformers' tokens are then a view of the feature map (benchmarks/unet_variants.py).
-    nhwc_on_cpu: bool = True
+    # NHWC activations on CPU where kernels.py's table (or the user) says so for this ISA and size:
+    # oneDNN's convolutions and TokenLinear's can run faster on them, and the transformers' tokens are
+    # then a view of the feature map (benchmarks/unet_variants.py). True / False force a layout.
+    nhwc_on_cpu: bool | None = None
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -344,7 +346,8 @@ class UNet(nn.Module):
         if pooled is not None and self.pooled_proj is not None:
             emb = emb + self.pooled_proj(pooled)
         emb = F.silu(emb)  # every block's modulation starts with SiLU: apply it once
-        if self.nhwc_on_cpu and uses_onednn(x_in):
+        nhwc = channels_last_for(self.config.channels) if self.nhwc_on_cpu is None else self.nhwc_on_cpu
+        if nhwc and uses_onednn(x_in):
             x_in = x_in.contiguous(memory_format=torch.channels_last)
 
         h = self.conv_in(x_in)
