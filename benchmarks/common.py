@@ -26,22 +26,14 @@ from pathlib import Path
 
 import torch
 
+from noisecraft.info import cpu_model
+from noisecraft.nets.kernels import cpu_kernels
+
 RESULTS = Path(__file__).parent / "RESULTS.md"
 
 
 # ----------------------------------------------------------------------------------------------
 # The machine.
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def load_average() -> str:
@@ -77,6 +69,7 @@ def machine_lines(note: str = "") -> list[str]:
         f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, ISA {torch.backends.cpu.get_cpu_capability()}",
         f"torch {torch.__version__} ({mkl}, {dnn}), Python {platform.python_version()}",
         f"threads: torch.get_num_threads() = {torch.get_num_threads()}; load average {load_average()}",
+        f"CPU kernels: {cpu_kernels().spec()} ({cpu_kernels().source})",
     ]
     if note:
         lines.append(f"note: {note}")

@@ -17,7 +17,7 @@ of a shared machine. ``NOISECRAFT_KERNELS`` (or ``noisecraft --kernels``) overri
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -104,7 +104,3 @@ def channels_last_for(width: int) -> bool:
     kernels = cpu_kernels()
     return (kernels.large_layout if width >= LARGE_WIDTH else kernels.layout) == "nhwc"
 
-
-def kernel_fields() -> tuple[str, ...]:
-    """The names of the choices (for reports)."""
-    return tuple(f.name for f in fields(CpuKernels) if f.name != "source")

@@ -367,7 +367,11 @@ class GatedFeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         value, gate = self.proj(x).chunk(2, dim=-1)  # [B, N, mult·dim] each
-        return self.out(self.dropout(value * F.gelu(gate)))
+        if torch.is_grad_enabled():
+            return self.out(self.dropout(value * F.gelu(gate)))
+        # Sampling: the product written into GELU's fresh output, the same bits with one allocation
+        # of [B, N, mult·dim] fewer (at SD's 4,096 tokens, 42 MB per call).
+        return self.out(self.dropout(F.gelu(gate).mul_(value)))
 
     def flops(self, tokens: int) -> int:
         return linear_flops(self.proj, tokens) + linear_flops(self.out, tokens)
