@@ -110,7 +110,8 @@ def unet_only(args: argparse.Namespace) -> None:
     base = timing["diffusers"].median
     fastest = min(timing["diffusers"].seconds)
     rows = [
-        [isa(), name, f"{tm.median:.2f}", tm.spread, f"{base / tm.median:.3f}×", f"{fastest / min(tm.seconds):.3f}×"]
+        [isa(), name, f"{tm.median:.2f}", tm.spread, f"{base / tm.median:.3f}×",
+         f"{fastest / min(tm.seconds):.3f}×"]
         for name, tm in timing.items()
     ]  # fmt: skip
     header = [
