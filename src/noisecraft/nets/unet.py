@@ -228,7 +228,7 @@ class SpatialTransformer(nn.Module):
         for block in self.more_blocks:
             h = block(h, tokens, mask)
         h = self.proj_out(h)  # [B, HW, C]
-        return x + h.transpose(1, 2).reshape(b, c, height, width)
+        return x + h.transpose(1, 2).unflatten(2, (height, width))  # a view in either layout: no copy
 
     def flops(self, size: int, text_len: int) -> int:
         n = size * size
