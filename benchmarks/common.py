@@ -26,22 +26,18 @@ from pathlib import Path
 
 import torch
 
+from noisecraft.info import cpu_model
+from noisecraft.nets.kernels import cpu_kernels
+
 RESULTS = Path(__file__).parent / "RESULTS.md"
+# What time_interleaved reads: wall-clock seconds, or with --clock cpu this process's CPU seconds
+# (all its threads), which other jobs on a loaded machine inflate far less (at 1 thread, barely).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
 
 
 # ----------------------------------------------------------------------------------------------
 # The machine.
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def load_average() -> str:
@@ -77,6 +73,7 @@ def machine_lines(note: str = "") -> list[str]:
         f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, ISA {torch.backends.cpu.get_cpu_capability()}",
         f"torch {torch.__version__} ({mkl}, {dnn}), Python {platform.python_version()}",
         f"threads: torch.get_num_threads() = {torch.get_num_threads()}; load average {load_average()}",
+        f"CPU kernels: {cpu_kernels().spec()} ({cpu_kernels().source})",
     ]
     if note:
         lines.append(f"note: {note}")
@@ -117,9 +114,9 @@ def time_interleaved(
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(repeats):
         for name in names if round_ % 2 == 0 else reversed(names):
-            start = time.perf_counter()
+            start = clock()
             variants[name]()
-            seconds[name].append(time.perf_counter() - start)
+            seconds[name].append(clock() - start)
     return {name: Timing(name, seconds[name]) for name in names}
 
 
@@ -162,6 +159,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per variant first")
     parser.add_argument("--note", default="", help="free text saved with the figures (e.g. concurrent jobs)")
     parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall", help="wall or process CPU seconds")
     parser.add_argument("--mallopt", action="store_true", help="tune glibc malloc first (tune_glibc_malloc)")
 
 
@@ -170,6 +168,12 @@ def setup(args: argparse.Namespace) -> None:
     if args.threads < 1:
         raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    global clock
+    clock = CLOCKS[args.clock]
+    if args.clock != "wall":
+        args.note = (
+            args.note + "; " if args.note else ""
+        ) + f"times are {args.clock} seconds (--clock {args.clock})"
     if args.mallopt:
         applied = tune_glibc_malloc()
         args.note = (args.note + "; " if args.note else "") + f"glibc malloc tuned: {applied}"

@@ -1,6 +1,7 @@
 """Stable Diffusion 1.5 at real size on this CPU: ours against diffusers, side by side in one run.
 
     .venv/bin/python benchmarks/sd_speed_memory.py [--threads 2] [--repeats 3]
+    .venv/bin/python benchmarks/sd_speed_memory.py --unet-only [--kernels SPEC ...] [--int8]
 
 Random weights at SD 1.5's shapes (nothing is downloaded) are written once, as an original-layout
 fp16 single file, under outputs/bench/sd15/. Reported, with the machine and its ISA:
@@ -15,6 +16,12 @@ fp16 single file, under outputs/bench/sd15/. Reported, with the machine and its 
   added up from the parts above;
 - peak RSS, each in a fresh process (``sd_memory.py``): a 1024² VAE decode whole and in tiles, and a
   whole 512² generation, ours against diffusers' ``StableDiffusionPipeline``.
+
+--unet-only times just the guided U-Net step (no file, no loading, no decode), with one more
+variant of ours per ``--kernels`` choice (nets/kernels.py) and, with ``--int8``, ours with int8
+linears (nets/quantize.py; its relative error against the fp32 output is reported). Every row names
+the ISA PyTorch ran (AVX2 may be emulated: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+MKL_ENABLE_INSTRUCTIONS=AVX2).
 """
 
 from __future__ import annotations
@@ -33,13 +40,20 @@ CACHE = ROOT / "outputs" / "bench" / "sd15"
 sys.path.insert(0, str(ROOT / "tests"))  # the single-file writer the tests use
 
 
-def sd15_parts():
-    """diffusers' U-Net, VAE and CLIP text model at SD 1.5's shapes, random (seeded) weights."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def sd15_unet():
+    """diffusers' U-Net at SD 1.5's shapes, random (seeded) weights."""
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval()
+    return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval()
+
+
+def sd15_parts():
+    """diffusers' U-Net, VAE and CLIP text model at SD 1.5's shapes, random (seeded) weights."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = sd15_unet()
     vae = AutoencoderKL(
         block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -48,6 +62,78 @@ def sd15_parts():
         CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
     ).eval()
     return unet, vae, text
+
+
+def unet_only(args: argparse.Namespace) -> None:
+    """The guided U-Net step alone: ours (table's kernels, --kernels variants, --int8) against diffusers."""
+    import copy
+
+    from noisecraft.conditioning import Conditioning
+    from noisecraft.formats.stable_diffusion import empty, load_mapped
+    from noisecraft.formats.unet import unet_config_from_diffusers, unet_map
+    from noisecraft.nets import UNet
+    from noisecraft.nets.kernels import cpu_kernels, isa, set_cpu_kernels
+    from noisecraft.nets.quantize import quantize_int8, relative_error
+
+    theirs = sd15_parts()[0]
+    config, state = unet_config_from_diffusers(dict(theirs.config)), theirs.state_dict()
+    ours = load_mapped(
+        empty(UNet, config), None, unet_map(config, "diffusers"), "unet", set(state), state.get
+    )
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(2, 4, 64, 64, generator=g), torch.tensor([500.0, 500.0])
+    context = torch.randn(2, 77, 768, generator=g)
+    cond = Conditioning(context, torch.ones(2, 77, dtype=torch.bool), torch.zeros(2, 768))
+
+    def under(spec: str | None, net) -> object:
+        return lambda: (set_cpu_kernels(spec), net(x, t, cond))[1]
+
+    variants = {"ours": under(None, ours), **{f"ours [{s}]": under(s, ours) for s in args.kernels}}
+    # The int8 variant shares every tensor but the linears' with ours (the machine's memory is shared).
+    shared = {
+        id(p): p for m in ours.modules() if not isinstance(m, torch.nn.Linear) for p in m.parameters(False)
+    }
+    int8 = quantize_int8(copy.deepcopy(ours, shared)) if args.int8 else None
+    if int8 is not None:
+        variants["ours int8"] = under(None, int8)
+    variants["diffusers"] = lambda: theirs(x, t, encoder_hidden_states=context)
+    with torch.no_grad():
+        set_cpu_kernels(None)
+        reference = ours(x, t, cond)
+        peer = theirs(x, t, encoder_hidden_states=context).sample
+        notes = [f"ours vs diffusers: max |Δ| {(reference - peer).abs().max():.1e}"]
+        if int8 is not None:
+            notes.append(
+                f"int8 vs fp32 ours: relative error {relative_error(reference, int8(x, t, cond)):.2e}"
+            )
+        timing = time_interleaved(variants, args.repeats, args.warmup)
+    set_cpu_kernels(None)
+    base = timing["diffusers"].median
+    fastest = min(timing["diffusers"].seconds)
+    rows = [
+        [isa(), name, f"{tm.median:.2f}", tm.spread, f"{base / tm.median:.3f}×",
+         f"{fastest / min(tm.seconds):.3f}×"]
+        for name, tm in timing.items()
+    ]  # fmt: skip
+    header = [
+        "ISA",
+        "guided U-Net step, 64×64 latents, batch 2",
+        "median s",
+        "min–max s",
+        "speed-up",
+        "by min",
+    ]
+    table = markdown_table(header, rows)
+    body = (
+        f"{table}\n\nours = the table's kernels for {isa()} ({cpu_kernels().spec()}); "
+        + "; ".join(notes)
+        + "."
+    )
+    print(body)
+    if not args.no_append:
+        append_results(
+            "Stable Diffusion 1.5 shapes: the guided U-Net step, ours against diffusers", body, args.note
+        )
 
 
 def write_single_file(unet, vae, text, path: Path) -> Path:
@@ -72,9 +158,16 @@ def load_in_fresh_process(path: Path, threads: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--unet-only", action="store_true", help="time the guided U-Net step only")
+    parser.add_argument(
+        "--kernels", nargs="*", default=[], metavar="SPEC", help="with --unet-only: more variants"
+    )
+    parser.add_argument("--int8", action="store_true", help="with --unet-only: also ours with int8 linears")
     add_common_arguments(parser)
     args = parser.parse_args()
     setup(args)
+    if args.unet_only:
+        return unet_only(args)
     CACHE.mkdir(parents=True, exist_ok=True)
     unet, vae, text = sd15_parts()
     fp32_gib = sum(p.numel() for m in (unet, vae, text) for p in m.parameters()) * 4 / 2**30

@@ -1,6 +1,7 @@
 """Speed of our UNet against diffusers' UNet2DConditionModel: one training step, one generation.
 
     .venv/bin/python benchmarks/speed_vs_diffusers.py [--batch 32] [--threads 1] [--compile]
+        [--kernels layout=nchw linear=mkl ...]
 
 The two networks are configured as alike as the architectures allow (the peer of DESIGN.md):
 levels of width 64/128/256, 2 residual blocks per level in the encoder and 3 in the decoder,
@@ -28,6 +29,11 @@ each call a batch of 4 conditional + 4 unconditional rows), through the same cod
 EDM preconditioning → ClassifierFreeGuidance → sampler, as ``Pipeline.sample`` runs it; the peer is
 wrapped as a ``Net(x_in, c_noise, cond)``, so all that differs between the two is the network.
 
+--kernels adds one variant of ours per choice of CPU kernels (nets/kernels.py, e.g.
+``layout=nchw,linear=mkl``), timed interleaved with the table's choice ("ours") and the peer: the
+evidence for the table. Every row names the ISA PyTorch ran (AVX2 rows may be emulated on an
+AVX-512 CPU: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2).
+
 --compile adds ``torch.compile(ours, dynamic=False)`` for training and the same with freezing
 (weights as constants) for generation; in the library, ``net.compile(dynamic=False)`` does this in
 place and keeps the state_dict keys (``torch.compile(net)`` prefixes them with ``_orig_mod.``).
@@ -50,6 +56,7 @@ from noisecraft.conditioning import Conditioning
 from noisecraft.denoisers import EDMPrecond
 from noisecraft.guidance import ClassifierFreeGuidance
 from noisecraft.nets import UNet, UNetConfig
+from noisecraft.nets.kernels import cpu_kernels, isa, set_cpu_kernels
 from noisecraft.samplers import SAMPLERS
 from noisecraft.schedules import karras
 from noisecraft.training.build import build_optimizer
@@ -139,6 +146,18 @@ def count_flops(net: nn.Module, text_len: int) -> tuple[int, int]:
     return forward, counter.get_total_flops()
 
 
+class WithKernels(nn.Module):
+    """``net`` run under the CPU kernel choice ``spec`` (None: the table's), set before every call."""
+
+    def __init__(self, net: Callable, spec: str | None) -> None:
+        super().__init__()
+        self.net, self.spec = net, spec
+
+    def forward(self, *args, **kwargs) -> Tensor:
+        set_cpu_kernels(self.spec)
+        return self.net(*args, **kwargs)
+
+
 def training_step(
     net: Callable, params: list[nn.Parameter], batch: int, text_len: int, library_optimizer: bool = True
 ) -> Callable[[], None]:
@@ -215,9 +234,11 @@ def timing_rows(timings: dict[str, Timing], work: dict[str, float], peer: str, j
         ratio = timings[peer].median / t.median
         per_flop = ratio * work[name] / work[peer]
         rate = work[name] / t.median / 1e9
+        by_min = min(timings[peer].seconds) / min(t.seconds)
         rows.append(
-            [job, name, f"{t.median:.3f}", t.spread, f"{rate:.1f}", f"{ratio:.3f}", f"{per_flop:.3f}"]
-        )
+            [job, isa(), name, f"{t.median:.3f}", t.spread, f"{rate:.1f}", f"{ratio:.3f}", f"{by_min:.3f}",
+             f"{per_flop:.3f}"]
+        )  # fmt: skip
     return rows
 
 
@@ -238,6 +259,10 @@ def main() -> None:
     parser.add_argument("--text-len", type=int, default=32, help="prompt length in tokens (padded)")
     parser.add_argument("--gen-repeats", type=int, default=3, help="timed generations per variant")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(ours)")
+    parser.add_argument("--no-torch-adamw", action="store_true", help="skip the 'ours, torch AdamW' row")
+    parser.add_argument(
+        "--kernels", nargs="*", default=[], metavar="SPEC", help="also time ours under these kernel choices"
+    )
     parser.add_argument("--compile-peer", action="store_true", help="also time torch.compile(diffusers)")
     add_common_arguments(parser)
     args = parser.parse_args()
@@ -248,6 +273,12 @@ def main() -> None:
     flops = {name: count_flops(net, args.text_len) for name, net in nets.items()}
     compile_names = [n for n, wanted in (("ours", args.compile), ("diffusers", args.compile_peer)) if wanted]
     variants = {name: (net, net) for name, net in nets.items()}  # name -> (owner of the weights, callable)
+    variants["ours"] = (nets["ours"], WithKernels(nets["ours"], None))
+    for spec in args.kernels:
+        variants[f"ours [{spec}]"], flops[f"ours [{spec}]"] = (
+            (nets["ours"], WithKernels(nets["ours"], spec)),
+            flops["ours"],
+        )
     notes = []
     for name in compile_names:
         fast, seconds = compiled_for_training(nets[name], args.batch, args.text_len)
@@ -261,9 +292,11 @@ def main() -> None:
         )
         for name, (net, fn) in variants.items()
     }
-    steps["ours, torch AdamW"] = training_step(nets["ours"], list(nets["ours"].parameters()), args.batch,
-                                               args.text_len, library_optimizer=False)  # fmt: skip
-    flops["ours, torch AdamW"] = flops["ours"]
+    if not args.no_torch_adamw:
+        ours = WithKernels(nets["ours"], None)
+        params = list(nets["ours"].parameters())
+        steps["ours, torch AdamW"] = training_step(ours, params, args.batch, args.text_len, False)
+        flops["ours, torch AdamW"] = flops["ours"]
     train = time_interleaved(steps, args.repeats, args.warmup)
     for net in nets.values():
         net.zero_grad(set_to_none=True)
@@ -278,17 +311,31 @@ def main() -> None:
     }
     gen = time_interleaved(gens, args.gen_repeats, args.warmup)
 
+    set_cpu_kernels(None)
+    cpu_kernels_spec = cpu_kernels().spec()
     train_work = {name: args.batch * f[1] for name, f in flops.items()}
     # CFG: each sampler step calls the net once on 2·prompts rows (dpmpp_2m: one call per step)
     gen_work = {name: args.steps * 2 * args.prompts * f[0] for name, f in flops.items()}
-    header = ["job", "net", "median s", "min–max s", "GFLOP/s", "speed-up", "speed-up per FLOP"]
+    header = [
+        "job",
+        "ISA",
+        "net",
+        "median s",
+        "min–max s",
+        "GFLOP/s",
+        "speed-up",
+        "by min",
+        "speed-up per FLOP",
+    ]
     rows = timing_rows(train, train_work, "diffusers", f"train step, batch {args.batch}")
     job = f"{args.steps}-step CFG generation, {args.prompts} images"
     rows += timing_rows(gen, gen_work, "diffusers", job)
     summary = (
         f"{args.repeats} training steps and {args.gen_repeats} generations per variant, interleaved, after "
-        f"{args.warmup} warm-up; prompts of {args.text_len} tokens. speed-up = diffusers' median time ÷ "
-        "this one's (> 1: faster than diffusers); speed-up per FLOP also divides out the difference in "
+        f"{args.warmup} warm-up; prompts of {args.text_len} tokens; ours = the table's kernels for "
+        f"{isa()} ({cpu_kernels_spec}). speed-up = diffusers' median time ÷ "
+        "this one's (> 1: faster than diffusers); by min: the same from the fastest repeats (steadier "
+        "when other jobs load the machine); speed-up per FLOP also divides out the difference in "
         "work (FlopCounterMode counts, attention included)."
     )
     if notes:

@@ -244,10 +244,44 @@ def _run_convert(args: argparse.Namespace) -> None:
     print(parts.save_new(args.dest, torch.float16 if args.fp16 else None))
 
 
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="versions, CPU instruction set, threads, chosen CPU kernels, devices")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    p.set_defaults(run=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> None:
+    import json
+
+    from .info import format_info, system_info
+
+    info = system_info()
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+
+
+class _VersionAction(argparse.Action):
+    """--version: our version, torch's, the ISA and the kernels (torch is imported only then)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from .info import version_line
+
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="noisecraft", description="Text-to-image diffusion.")
-    parser.add_argument("--version", action="version", version=f"noisecraft {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help=f"show noisecraft {__version__}'s versions")
+    parser.add_argument(
+        "--kernels",
+        default=None,
+        metavar="SPEC",
+        help="CPU kernels: auto (the table for this ISA) or e.g. layout=nchw,linear=mkl (see README)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_explain(sub)
@@ -255,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_ship(sub)
     _add_convert(sub)
+    _add_info(sub)
     add_serve_parser(sub)
     add_eval_parser(sub)
     return parser
@@ -264,6 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, and turn expected failures into one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
     try:
+        if args.kernels is not None:
+            from .nets.kernels import set_cpu_kernels
+
+            set_cpu_kernels(args.kernels)
         args.run(args)
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"noisecraft {args.command}: error: {err}", file=sys.stderr)

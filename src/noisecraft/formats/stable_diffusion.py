@@ -81,10 +81,6 @@ def load_stable_diffusion(
         found = config if config is not None else beside(path)
         hints = read_hints(found) if found is not None else ArchitectureHints()
         settings, unet, text, autoencoder = _single_file(path, prediction, hints)
-    # At SD's sizes NCHW activations ran faster than NHWC on the AVX-512 EPYC (a guided step at 64×64
-    # latents: 6.65 s against 7.92 s, 2 threads; benchmarks/sd_speed_memory.py), the reverse of the
-    # small shipped models.
-    unet.nhwc_on_cpu = False
     if vae is not None:  # the latent scale belongs to the model family, not to the autoencoder's file
         scale = autoencoder.config.scale_factor
         autoencoder = load_vae_file(vae)

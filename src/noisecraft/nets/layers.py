@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..conditioning import Conditioning
+from .kernels import linear_on_onednn
 
 NOISE_EMBEDDINGS = ("positional", "fourier")
 M = TypeVar("M", bound=nn.Module)
@@ -80,14 +81,16 @@ class TokenLinear(nn.Linear):
     """nn.Linear over tokens that runs on CPU as a 1×1 convolution: the same weights and result,
     but oneDNN's kernels instead of MKL's sgemm, which on this project's AMD EPYC machine ran at
     110 GFLOP/s against oneDNN's 270 for a 3×3 convolution; a U-Net training step is 1.2× faster
-    this way (benchmarks/RESULTS.md, 2026-12-01 16:26–16:35).
-    Elsewhere (CUDA, other dtypes, a non-contiguous input, rows not a multiple of 16): F.linear.
+    this way (benchmarks/RESULTS.md, 2026-12-01 16:26–16:35). Where kernels.py's table (or the
+    user) says MKL for this ISA, and elsewhere (CUDA, other dtypes, a non-contiguous input, rows not
+    a multiple of 16): F.linear.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         """x [..., in_features] → [..., out_features]."""
         rows = x.numel() // self.in_features
-        if not (uses_onednn(x) and x.is_contiguous() and rows % ONEDNN_IMAGES == 0 and rows):
+        fits = x.is_contiguous() and rows % ONEDNN_IMAGES == 0 and rows > 0
+        if not (fits and uses_onednn(x) and linear_on_onednn()):
             return F.linear(x, self.weight, self.bias)
         # The rows as 16 channels-last images of rows/16 × 1 pixels: a view, no copy, in and out.
         images = x.reshape(ONEDNN_IMAGES, rows // ONEDNN_IMAGES, 1, self.in_features).permute(0, 3, 1, 2)
@@ -366,7 +369,11 @@ class GatedFeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         value, gate = self.proj(x).chunk(2, dim=-1)  # [B, N, mult·dim] each
-        return self.out(self.dropout(value * F.gelu(gate)))
+        if torch.is_grad_enabled():
+            return self.out(self.dropout(value * F.gelu(gate)))
+        # Sampling: the product written into GELU's fresh output, the same bits with one allocation
+        # of [B, N, mult·dim] fewer (at SD's 4,096 tokens, 42 MB per call).
+        return self.out(self.dropout(F.gelu(gate).mul_(value)))
 
     def flops(self, tokens: int) -> int:
         return linear_flops(self.proj, tokens) + linear_flops(self.out, tokens)

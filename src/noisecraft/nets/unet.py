@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..components import register_component
 from ..conditioning import Conditioning
+from .kernels import channels_last_for
 from .layers import (
     FEED_FORWARDS,
     NOISE_EMBEDDINGS,
@@ -241,7 +242,7 @@ class SpatialTransformer(nn.Module):
         for block in self.more_blocks:
             h = block(h, tokens, mask)
         h = self.proj_out(h)  # [B, HW, C]
-        return x + h.transpose(1, 2).reshape(b, c, height, width)
+        return x + h.transpose(1, 2).unflatten(2, (height, width))  # a view in either layout: no copy
 
     def flops(self, size: int, text_len: int) -> int:
         n = size * size
@@ -296,9 +297,10 @@ class UNet(nn.Module):
     """Text-conditioned U-Net: forward(x_in [B, C, H, W], c_noise [B], cond) → raw [B, C, H, W]."""
 
     config_class = UNetConfig
-    # NHWC activations on CPU: oneDNN's convolutions and TokenLinear's run faster on them, and the
-    # transformers' tokens are then a view of the feature map (benchmarks/unet_variants.py).
-    nhwc_on_cpu: bool = True
+    # NHWC activations on CPU where kernels.py's table (or the user) says so for this ISA and size:
+    # oneDNN's convolutions and TokenLinear's can run faster on them, and the transformers' tokens are
+    # then a view of the feature map (benchmarks/unet_variants.py). True / False force a layout.
+    nhwc_on_cpu: bool | None = None
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -367,7 +369,8 @@ class UNet(nn.Module):
         if pooled is not None and self.micro is not None:
             emb = emb + self.micro(pooled, x_in.shape[-2], x_in.shape[-1])
         emb = F.silu(emb)  # every block's modulation starts with SiLU: apply it once
-        if self.nhwc_on_cpu and uses_onednn(x_in):
+        nhwc = channels_last_for(self.config.channels) if self.nhwc_on_cpu is None else self.nhwc_on_cpu
+        if nhwc and uses_onednn(x_in):
             x_in = x_in.contiguous(memory_format=torch.channels_last)
 
         h = self.conv_in(x_in)
