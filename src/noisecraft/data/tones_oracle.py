@@ -7,8 +7,8 @@ No learned model, only signal processing on the samples:
 - per sound, from its Hann-windowed spectrum: a noise burst (drum) by spectral flatness; a sweep by
   its spread spectrum and the peak frequency of its first and last quarters; otherwise the root
   (the lowest strong peak) is the pitch, two more peaks within the octave above make a chord,
-  and the timbre is the strongest of the overtones at 2 (pluck), 2.76 (bell) and 3 (square) times the root — none: a
-  sine, or a (high) pluck when the level fades;
+  and the timbre is the strongest of the overtones at 2 (pluck), 2.76 (bell) and 3 (square) times
+  the root — none: a sine, or a (high) pluck when the level fades;
 - consecutive sounds read the same are one part sounding several times.
 """
 
