@@ -21,10 +21,10 @@ from noisecraft.data.toy2d import Toy2DDataset
 
 
 def test_make_dataset_builds_each_name_and_rejects_bad_options(tmp_path):
-    assert set(DATASETS) == {"toy2d", "shapes", "emoji", "mnist", "folder", "shards"}
+    assert set(DATASETS) == {"toy2d", "shapes", "tones", "emoji", "mnist", "folder", "shards"}
     ds = make_dataset("shapes", size=16, length=3, seed=1)
     assert len(ds) == 3 and ds[0][0].shape == (3, 16, 16)
-    with pytest.raises(ValueError, match="valid: toy2d, shapes, emoji, mnist, folder, shards"):
+    with pytest.raises(ValueError, match="valid: toy2d, shapes, tones, emoji, mnist, folder, shards"):
         make_dataset("cifar")
     with pytest.raises(ValueError, match=r"no option\(s\) colour; valid: size, length, seed, split"):
         make_dataset("shapes", colour="red")

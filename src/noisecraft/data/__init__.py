@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, IterableDataset
 DATASETS: dict[str, tuple[str, str]] = {
     "toy2d": ("toy2d", "Toy2DDataset"),
     "shapes": ("shapes", "ShapesDataset"),
+    "tones": ("tones", "TonesDataset"),
     "emoji": ("emoji", "EmojiDataset"),
     "mnist": ("mnist", "MNISTDataset"),
     "folder": ("folder", "FolderDataset"),

@@ -1,0 +1,111 @@
+"""Tones dataset, its oracle and the spectrogram round trip: determinism, truthful captions, read-back."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from noisecraft.audio import CLIP_SAMPLES, image_to_waveform, mel_filters, waveform_to_image
+from noisecraft.data import make_dataset
+from noisecraft.data.tones import HELDOUT, KINDS, Clip, Part, TonesDataset
+from noisecraft.data.tones_oracle import fact_checks, matches, parse_caption, read_clip
+
+N = 200
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    ds = TonesDataset(length=N, seed=11)
+    return [(*ds.clip_and_caption(i), ds.waveform(i)) for i in range(N)]
+
+
+def test_items_are_a_pure_function_of_seed_and_index():
+    a, b = TonesDataset(length=40, seed=3), make_dataset("tones", length=40, seed=3)
+    late = b[23]
+    image, caption = a[23]
+    assert image.shape == (1, 64, 64) and -1 <= image.min() and image.max() <= 1
+    assert torch.equal(image, late[0]) and caption == late[1]
+    assert torch.equal(a.waveform(5), b.waveform(5)) and a.waveform(5).shape == (CLIP_SAMPLES,)
+    other = TonesDataset(length=40, seed=4)
+    assert sum(other.clip_and_caption(i)[1] != a.clip_and_caption(i)[1] for i in range(20)) >= 15
+    with pytest.raises(IndexError):
+        a[40]
+
+
+def test_captions_state_every_fact(rendered):
+    assert all(parse_caption(caption) == clip for clip, caption, _ in rendered)
+    assert {p.kind for clip, _, _ in rendered for p in clip.parts} == set(KINDS)
+    with pytest.raises(ValueError, match="one or two sounds"):
+        parse_caption("a photo of a cat")
+
+
+def test_oracle_reads_every_fact_of_real_renders(rendered):
+    read = [read_clip(wave) for _, _, wave in rendered]
+    wrong = [(caption, r) for (clip, caption, _), r in zip(rendered, read) if r != clip]
+    assert not wrong, wrong[:3]
+    assert all(matches(wave, caption) for _, caption, wave in rendered[:50])
+
+
+def _near_misses(clip: Clip) -> list[Clip]:
+    """The clip with one fact changed: loudness, the first part's pitch / direction / count, or a part
+    more or fewer."""
+    flips = {"loud": "soft", "soft": "loud", "low": "high", "high": "low", "rising": "falling",
+             "falling": "rising"}  # fmt: skip
+    first, rest = clip.parts[0], clip.parts[1:]
+    out = [dataclasses.replace(clip, loudness=flips[clip.loudness])]
+    for fact in ("pitch", "direction"):
+        if getattr(first, fact) is not None:
+            out.append(
+                Clip(
+                    (dataclasses.replace(first, **{fact: flips[getattr(first, fact)]}), *rest), clip.loudness
+                )
+            )
+    out.append(Clip((dataclasses.replace(first, count=first.count % 4 + 1), *rest), clip.loudness))
+    out.append(Clip(clip.parts[:1] if rest else (first, Part("drum")), clip.loudness))
+    return out
+
+
+def test_oracle_rejects_one_changed_fact(rendered):
+    total = rejected = 0
+    for clip, _, wave in rendered[:100]:
+        read = read_clip(wave)
+        for want in _near_misses(clip):
+            total += 1
+            rejected += not all(fact_checks(read, want).values())
+    assert total > 300 and rejected == total
+
+
+def test_heldout_split_is_disjoint_from_training():
+    pairs = lambda clip: {(p.kind, p.pitch) for p in clip.parts}  # noqa: E731
+    train = [TonesDataset(length=800, split="train").clip_and_caption(i) for i in range(800)]
+    held = [TonesDataset(length=200, split="heldout").clip_and_caption(i) for i in range(200)]
+    assert all(not pairs(clip) & HELDOUT for clip, _ in train)
+    assert all(pairs(clip) & HELDOUT for clip, _ in held)
+    assert not {c for _, c in train} & {c for _, c in held}
+    seen = set().union(*(pairs(clip) for clip, _ in train))
+    assert {k for k, _ in HELDOUT} <= {k for k, _ in seen} and {"low", "high"} <= {p for _, p in seen}
+
+
+def test_spectrogram_round_trip_keeps_the_facts(rendered):
+    """Griffin-Lim from the 64×64 log-mel image: the ceiling of a generated clip's adherence."""
+    waves = torch.stack([wave for _, _, wave in rendered[:24]])
+    images = waveform_to_image(waves)
+    back = image_to_waveform(images)
+    assert (waveform_to_image(back) - images).abs().mean() < 0.05  # ≈ 2 dB
+    assert sum(read_clip(b) == clip for (clip, _, _), b in zip(rendered, back)) >= 21
+    fb = mel_filters()
+    inner = fb.sum(0)[(fb.sum(0) > 0).nonzero()[5] : (fb.sum(0) > 0).nonzero()[-40]]
+    assert torch.allclose(inner, torch.ones_like(inner), atol=1e-5)  # triangles sum to one between centres
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="heldout"):
+        TonesDataset(split="validation")
+    with pytest.raises(ValueError, match="size = 64"):
+        TonesDataset(size=32)
+    with pytest.raises(ValueError, match="waveforms"):
+        waveform_to_image(torch.zeros(2, 100))
+    with pytest.raises(ValueError, match="mono waveform"):
+        read_clip(torch.zeros(2, 8000))
