@@ -173,6 +173,36 @@ def _run_train(args: argparse.Namespace) -> None:
         raise SystemExit(f"noisecraft train: error: {err}") from None
 
 
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("distill", help="distil a trained model into a 1–4-step consistency model")
+    p.add_argument("model", help="the teacher: a shipped model name or a saved model folder")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="distillation fields over the teacher's recipe (default: configs/distill.toml)",
+    )
+    p.add_argument(
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+        help="override config fields, e.g. --set distill.guidance=2 optim.batch_size=32",
+    )  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue exactly from the last checkpoint in --out")
+    p.add_argument("--out", required=True, help="run folder (checkpoints/, samples/, metrics.jsonl, model/)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="total steps (= --set steps=N)")
+    p.set_defaults(run=_run_distill)
+
+
+def _run_distill(args: argparse.Namespace) -> None:
+    from .training import TrainingDiverged, train
+    from .training.distill import distill_config
+
+    overrides = [*args.overrides, *([f"steps={args.steps}"] if args.steps else [])]
+    config = distill_config(args.model, args.recipe, overrides)
+    try:
+        train(config, args.out, resume=args.resume)
+    except TrainingDiverged as err:
+        raise SystemExit(f"noisecraft distill: error: {err}") from None
+
+
 def _add_ship(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ship", help="package a trained model (fp16) with a MODEL_CARD.md")
     p.add_argument("model", help="the model/ folder of a `noisecraft train` run")
@@ -219,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain(sub)
     _add_samplers(sub)
     _add_train(sub)
+    _add_distill(sub)
     _add_ship(sub)
     _add_convert(sub)
     add_serve_parser(sub)
