@@ -149,5 +149,6 @@ def test_card_of_a_distilled_model_names_its_teacher_cost_and_distill_command():
     card = card_text("mnist-cd", "distill", student, {}, "cpu")
     assert "| distilled from | `mnist`, by consistency distillation" in card
     assert "400 steps, 0.50 h of wall time in steps on 1 thread(s), at most 0.50 CPU-hours" in card
-    assert "noisecraft distill mnist --out runs/mnist-cd-2 --set steps=400 distill.guidance=2.0\n" in card
+    assert "noisecraft distill mnist --out runs/mnist-cd --set steps=400 distill.guidance=2.0\n" in card
+    assert "noisecraft train" not in card  # the teacher's runs are on its own card
     assert "distilled from" not in card_text("mnist", "mnist28", teacher, {}, "cpu")

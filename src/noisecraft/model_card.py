@@ -71,11 +71,12 @@ def card_text(
         text = f"{text}-words"
     runs = lineage(training)
     hours = sum(run.get("train_seconds", 0) for run in runs) / 3600
-    commands = reproduce_commands(name, recipe, runs)
-    final = f"runs/{name}" if len(runs) == 1 else f"runs/{name}-{len(runs)}"
+    own = own_runs(runs)
+    commands = reproduce_commands(name, recipe, own)
+    final = f"runs/{name}" if len(own) == 1 else f"runs/{name}-{len(own)}"
     return f"""# {name}
 
-A text-to-image model trained with noisecraft's own `noisecraft train`{_runs_phrase(runs)}.
+{_intro(runs)}.
 
 | | |
 |---|---|
@@ -123,6 +124,20 @@ def lineage(training: dict[str, Any]) -> list[dict[str, Any]]:
         runs.append(record)
         record = record.get("parent")
     return runs[::-1]
+
+
+def _intro(runs: list[dict[str, Any]]) -> str:
+    teacher = runs[-1].get("config", {}).get("distill", {}).get("teacher")
+    if teacher:
+        return f"A text-to-image consistency model distilled from `{teacher}` with `noisecraft distill`"
+    return f"A text-to-image model trained with noisecraft's own `noisecraft train`{_runs_phrase(runs)}"
+
+
+def own_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs this model's card reproduces: from its last distillation on (the teacher's runs are
+    its own card's), else all of them."""
+    starts = [k for k, run in enumerate(runs) if run.get("config", {}).get("distill", {}).get("teacher")]
+    return runs[starts[-1] :] if starts else runs
 
 
 def _runs_phrase(runs: list[dict[str, Any]]) -> str:
