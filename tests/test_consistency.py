@@ -113,3 +113,12 @@ def test_distill_command_resumes_and_exports_a_one_step_model(tmp_path, capsys):
     assert main(["distill", "no-such-model", "--out", str(tmp_path / "x")]) == 2
     assert main(["distill", "mnist", "--out", str(tmp_path / "y"), "--set", "distill.solver=rk4"]) == 2
     assert "distill.solver" in capsys.readouterr().err
+
+
+def test_pseudo_huber_is_quadratic_near_zero_and_linear_far_out():
+    from noisecraft.losses import pseudo_huber
+
+    a = torch.tensor([[3.0, 4.0], [1e-3, 0.0]], dtype=torch.float64)
+    d = pseudo_huber(a, torch.zeros_like(a), 1.0)
+    assert torch.allclose(d, torch.tensor([26**0.5 - 1, (1 + 1e-6) ** 0.5 - 1], dtype=torch.float64))
+    assert abs(float(d[1]) - 1e-6 / 2) < 1e-12  # ≈ ‖·‖²/(2c) for a small error

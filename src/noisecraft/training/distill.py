@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..conditioning import Conditioning
 from ..guidance import ClassifierFreeGuidance
+from ..losses import pseudo_huber
 from ..model import find_weights, load_model
 from ..schedules import karras
 from .config import ScheduleConfig, TrainConfig, apply_overrides, from_dict, resolve_recipe
@@ -51,11 +52,6 @@ def grid_below(sigma: Tensor, schedule: ScheduleConfig) -> Tensor:
     lo, hi = s.sigma_min ** (1 / s.rho), s.sigma_max ** (1 / s.rho)
     below = sigma.double() ** (1 / s.rho) - (hi - lo) / (s.grid_steps - 1)
     return below.clamp(min=lo).pow(s.rho).to(sigma.dtype)
-
-
-def pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
-    """sqrt(‖a − b‖² + c²) − c per example (Song & Dhariwal 2024, iCT), [B]; ‖·‖ over every non-batch axis."""
-    return ((a - b).pow(2).reshape(a.shape[0], -1).sum(1) + c**2).sqrt() - c
 
 
 @torch.no_grad()
