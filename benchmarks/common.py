@@ -102,9 +102,13 @@ class Timing:
 
 
 def time_interleaved(
-    variants: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+    variants: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Timing]:
-    """Seconds per call of each variant, run interleaved (order flipped every round) after a warm-up."""
+    """Seconds per call of each variant, run interleaved (order flipped every round) after a warm-up;
+    ``clock=time.process_time`` counts this process's CPU seconds instead of wall time."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats ≥ 1 and warmup ≥ 0, got {repeats}, {warmup}")
     for _ in range(warmup):

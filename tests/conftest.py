@@ -88,3 +88,25 @@ def make_tiny_pipeline():
 def tiny_pipeline_dir(tmp_path_factory):
     """A tiny pipeline saved to a folder, as ``Pipeline.load`` and ``--model`` accept."""
     return make_tiny_pipeline().save(tmp_path_factory.mktemp("models") / "tiny")
+
+
+class ODEMap(torch.nn.Module):
+    """The consistency function of a denoiser's probability-flow ODE, f(x, σ) = x(σ_min) on the path
+    through (x, σ), solved with ``steps`` Heun steps on a Karras grid (Song et al. 2023's f*)."""
+
+    def __init__(self, denoiser, steps: int = 40, sigma_min: float = 0.002):
+        super().__init__()
+        self.denoiser, self.steps, self.sigma_min = denoiser, steps, sigma_min
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+        from noisecraft.schedules import karras
+        from noisecraft.training.distill import teacher_step
+
+        s = float(sigma.reshape(-1)[0])
+        assert (sigma == s).all(), "one σ for the whole batch"
+        if s <= self.sigma_min:
+            return x
+        grid = karras(self.steps, self.sigma_min, s, dtype=torch.float64)[:-1]  # s … σ_min
+        for hi, lo in zip(grid[:-1], grid[1:]):
+            x = teacher_step(self.denoiser, x, hi.expand(len(x)), lo.expand(len(x)), "heun")
+        return x

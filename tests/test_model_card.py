@@ -135,3 +135,20 @@ def test_ship_bad_input_is_one_line_and_nothing_is_lost(tmp_path, capsys, change
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not dest.exists() or [p.name for p in dest.iterdir()] == ["precious.txt"]
+
+
+def test_card_of_a_distilled_model_names_its_teacher_cost_and_distill_command():
+    from noisecraft.model_card import card_text
+    from noisecraft.training.config import to_dict
+    from noisecraft.training.distill import distill_config
+
+    config = to_dict(distill_config("mnist", None, ["steps=400", "distill.guidance=2.0"]))
+    teacher = {"step": 6000, "images_seen": 384000, "train_seconds": 3600.0, "config": {"threads": 1}}
+    student = {"step": 400, "images_seen": 12800, "train_seconds": 1800.0, "config": config}
+    student["parent"] = teacher
+    card = card_text("mnist-cd", "distill", student, {}, "cpu")
+    assert "| distilled from | `mnist`, by consistency distillation" in card
+    assert "400 steps, 0.50 h of wall time in steps on 1 thread(s), at most 0.50 CPU-hours" in card
+    assert "noisecraft distill mnist --out runs/mnist-cd --set steps=400 distill.guidance=2.0\n" in card
+    assert "noisecraft train" not in card  # the teacher's runs are on its own card
+    assert "distilled from" not in card_text("mnist", "mnist28", teacher, {}, "cpu")

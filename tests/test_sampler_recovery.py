@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_mixture2d
+from conftest import ODEMap, make_mixture2d
 from torch import Tensor
 
 from noisecraft.denoisers import GaussianMixtureDenoiser
@@ -37,6 +37,7 @@ STEPS = {
     "dpmpp_2m_sde": 60,
     "dpmpp_3m_sde": 60,
     "ode_adaptive": 20,  # chooses its own steps; only σ_max and σ_min matter
+    "consistency": 3,  # exact with an exact consistency function (ODEMap): noise re-injected at σ_1
 }
 DEFAULT_STEPS = 200  # a sampler added later: assume first order
 
@@ -127,8 +128,9 @@ def draw(name: str, mixture: GaussianMixtureDenoiser, steps: int, seed: int = 0)
     """N samples from sampler ``name`` with its default options, float64."""
     sigmas = karras(steps, SIGMA_MIN, SIGMA_MAX, dtype=torch.float64)
     noise = torch.randn(N, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    denoiser = ODEMap(mixture) if name == "consistency" else mixture  # it needs f, not D
     return SAMPLERS[name](
-        mixture, noise * sigmas[0], sigmas, generator=torch.Generator().manual_seed(seed + 1)
+        denoiser, noise * sigmas[0], sigmas, generator=torch.Generator().manual_seed(seed + 1)
     )
 
 

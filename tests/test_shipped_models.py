@@ -17,7 +17,12 @@ from noisecraft.model import SHIPPED_DIR, shipped_models
 from noisecraft.pipeline import Pipeline
 
 REQUIRED = ("emoji", "shapes")
-PROMPTS = {"shapes": "a red circle", "emoji": "red apple", "mnist": "a handwritten 7"}
+PROMPTS = {
+    "shapes": "a red circle",
+    "emoji": "red apple",
+    "mnist": "a handwritten 7",
+    "mnist-cd": "a handwritten 7",
+}
 MAX_BYTES = 25 * 1024 * 1024
 
 
@@ -58,7 +63,7 @@ def test_model_card_and_size_budget(shipped):
     card = (folder / "MODEL_CARD.md").read_text()
     for fact in ("| recipe |", "| steps |", "| images seen |", "| wall time", "| hardware |", "| data |"):
         assert fact in card, f"{name} card lacks {fact!r}"
-    assert re.search(r"noisecraft train \S+", card), "the card says how to reproduce the model"
+    assert re.search(r"noisecraft (train|distill) \S+", card), "the card says how to reproduce the model"
     assert "## Measured" in card
 
 
@@ -79,6 +84,20 @@ def test_mnist_draws_the_prompted_digit():
 
     digits = [0, 3, 5, 8]
     images = Pipeline.load("mnist").sample([f"a handwritten {d}" for d in digits], seed=0)  # [4, 1, 28, 28]
+    with torch.no_grad():
+        logits = load_domain_classifier("mnist")(images.clamp(-1, 1))
+    assert logits.argmax(1).tolist() == digits
+
+
+@pytest.mark.skipif("mnist-cd" not in shipped_models(), reason="mnist-cd not shipped")
+def test_distilled_mnist_draws_the_prompted_digit_in_one_step():
+    """The consistency model distilled from mnist: one network call per image, still the right digit."""
+    from noisecraft.evaluation.classifier import load_domain_classifier
+
+    digits = [1, 4, 6, 9]
+    pipe = Pipeline.load("mnist-cd")
+    assert pipe.config.sampler == "consistency" and pipe.config.guidance == 1.0
+    images = pipe.sample([f"a handwritten {d}" for d in digits], seed=0, steps=1)  # [4, 1, 28, 28]
     with torch.no_grad():
         logits = load_domain_classifier("mnist")(images.clamp(-1, 1))
     assert logits.argmax(1).tolist() == digits

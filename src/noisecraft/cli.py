@@ -182,29 +182,61 @@ def _run_samplers(args: argparse.Namespace) -> None:
     print("\n".join(sorted(SAMPLERS)))
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model from a recipe (configs/*.toml); torchrun for DDP")
-    p.add_argument("config", help="a recipe file, or a recipe name in configs/ (toy2d, shapes32, ...)")
+def _add_run_options(p: argparse.ArgumentParser, out_help: str, out_required: bool = False) -> None:
+    """--set, --resume, --out and --steps: shared by train and distill (both are training runs)."""
     p.add_argument(
         "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
         help="override config fields, e.g. --set optim.lr=2e-4 sampling.every=0",
     )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue exactly from the last checkpoint in --out")
-    p.add_argument("--out", default=None, help="run folder (default: outputs/train/<recipe name>)")
+    p.add_argument("--out", default=None, required=out_required, help=out_help)
     p.add_argument("--steps", type=_positive_int, default=None, help="total steps (= --set steps=N)")
+
+
+def _run_training(config, out: str, resume: bool, command: str) -> None:
+    from .training import TrainingDiverged, train
+
+    try:
+        train(config, out, resume=resume)
+    except TrainingDiverged as err:  # exit code 1: the run failed (2 is for bad input)
+        raise SystemExit(f"noisecraft {command}: error: {err}") from None
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    return [*args.overrides, *([f"steps={args.steps}"] if args.steps else [])]
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a recipe (configs/*.toml); torchrun for DDP")
+    p.add_argument("config", help="a recipe file, or a recipe name in configs/ (toy2d, shapes32, ...)")
+    _add_run_options(p, "run folder (default: outputs/train/<recipe name>)")
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from .training import TrainingDiverged, load_config, resolve_recipe, train
+    from .training import load_config, resolve_recipe
 
     path = resolve_recipe(args.config)
-    overrides = [*args.overrides, *([f"steps={args.steps}"] if args.steps else [])]
-    config = load_config(path, overrides)
-    try:
-        train(config, args.out or f"outputs/train/{path.stem}", resume=args.resume)
-    except TrainingDiverged as err:  # exit code 1: the run failed (2 is for bad input)
-        raise SystemExit(f"noisecraft train: error: {err}") from None
+    config = load_config(path, _overrides(args))
+    _run_training(config, args.out or f"outputs/train/{path.stem}", args.resume, "train")
+
+
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("distill", help="distil a trained model into a 1–4-step consistency model")
+    p.add_argument("model", help="the teacher: a shipped model name or a saved model folder")
+    p.add_argument(
+        "--recipe", default=None,
+        help="distillation fields over the teacher's recipe (default: configs/distill.toml)",
+    )  # fmt: skip
+    _add_run_options(p, "run folder (checkpoints/, samples/, metrics.jsonl, model/)", out_required=True)
+    p.set_defaults(run=_run_distill)
+
+
+def _run_distill(args: argparse.Namespace) -> None:
+    from .training.distill import distill_config
+
+    config = distill_config(args.model, args.recipe, _overrides(args))
+    _run_training(config, args.out, args.resume, "distill")
 
 
 def _add_ship(sub: argparse._SubParsersAction) -> None:
@@ -287,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain(sub)
     _add_samplers(sub)
     _add_train(sub)
+    _add_distill(sub)
     _add_ship(sub)
     _add_convert(sub)
     _add_info(sub)

@@ -92,6 +92,26 @@ class EDMPrecond(nn.Module):
         return c_skip * x + c_out * self.net(c_in * x, c_noise, cond)
 
 
+CONSISTENCY_SIGMA_MIN = 0.002  # ε of Song et al. 2023: the σ where a consistency function is the identity
+
+
+class ConsistencyPrecond(nn.Module):
+    """Song et al. 2023, appendix C: EDM's preconditioning with c_skip and c_out shifted to σ_min, so
+    c_skip(σ_min) = 1 and c_out(σ_min) = 0 and the consistency function is the identity there."""
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5, sigma_min: float = CONSISTENCY_SIGMA_MIN):
+        super().__init__()
+        self.net, self.sigma_data, self.sigma_min = net, sigma_data, sigma_min
+
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: Conditioning | None = None) -> Tensor:
+        s, sd, lo = sigma_like(sigma, x), self.sigma_data, self.sigma_min
+        c_skip = sd**2 / ((s - lo) ** 2 + sd**2)
+        c_out = (s - lo) * sd / (s**2 + sd**2).sqrt()
+        c_in = 1 / (s**2 + sd**2).sqrt()  # c_in and c_noise as EDM's: a teacher's weights fit as they are
+        c_noise = s.log().reshape(-1) / 4  # [B]
+        return c_skip * x + c_out * self.net(c_in * x, c_noise, cond)
+
+
 def x0_from_vp_prediction(raw: Tensor, x: Tensor, sigma: Tensor, prediction: Prediction) -> Tensor:
     """x̂0 on the VE scale from a VP network's ε, v or x0 output, the network having seen x/sqrt(1+σ²)."""
     s = sigma_like(sigma, x)
@@ -176,7 +196,7 @@ class FlowDenoiser(nn.Module):
         return x_t - sigma_like(t, x) * velocity
 
 
-PRECONDITIONINGS = ("edm", "flow", "vp_eps", "vp_v", "vp_x0")
+PRECONDITIONINGS = ("edm", "consistency", "flow", "vp_eps", "vp_v", "vp_x0")
 
 
 def precondition(
@@ -189,6 +209,8 @@ def precondition(
     """
     if kind == "edm":
         return EDMPrecond(net, sigma_data)
+    if kind == "consistency":
+        return ConsistencyPrecond(net, sigma_data)
     if kind == "flow":
         return FlowDenoiser(net)
     if kind in ("vp_eps", "vp_v", "vp_x0"):

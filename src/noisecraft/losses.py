@@ -137,3 +137,8 @@ def flow_matching_loss(
     x_t = (1 - t) * x0 + t * noise
     denoised = denoiser(x_t / (1 - t), s.reshape(-1), cond)  # the VE point x_σ = x_t/(1 − t)
     return _per_example_mse((x_t - denoised) / t, noise - x0)
+
+
+def pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
+    """sqrt(‖a − b‖² + c²) − c per example (Song & Dhariwal 2024, iCT), [B]; ‖·‖ over every non-batch axis."""
+    return ((a - b).pow(2).reshape(a.shape[0], -1).sum(1) + c**2).sqrt() - c

@@ -71,11 +71,12 @@ def card_text(
         text = f"{text}-words"
     runs = lineage(training)
     hours = sum(run.get("train_seconds", 0) for run in runs) / 3600
-    commands = reproduce_commands(name, recipe, runs)
-    final = f"runs/{name}" if len(runs) == 1 else f"runs/{name}-{len(runs)}"
+    own = own_runs(runs)
+    commands = reproduce_commands(name, recipe, own)
+    final = f"runs/{name}" if len(own) == 1 else f"runs/{name}-{len(own)}"
     return f"""# {name}
 
-A text-to-image model trained with noisecraft's own `noisecraft train`{_runs_phrase(runs)}.
+{_intro(runs)}.
 
 | | |
 |---|---|
@@ -87,7 +88,7 @@ A text-to-image model trained with noisecraft's own `noisecraft train`{_runs_phr
 | data | {DATA_SOURCES.get(data, data)} |
 | text encoder | {TEXT_SOURCES.get(text, text)} |
 | weights | EMA weights stored as float16 safetensors; code Apache-2.0; data licences as above |
-
+{_distilled_row(runs[-1])}
 ## Measured
 
 {_figures_table(figures)}
@@ -102,6 +103,20 @@ noisecraft ship {final}/model --name {name} --recipe {recipe} --eval outputs/eva
 """ + (f"\n{notes.strip()}\n" if notes.strip() else "")
 
 
+def _distilled_row(run: dict[str, Any]) -> str:
+    """The card's row for a consistency model: its teacher and what distilling it cost (none otherwise)."""
+    config = run.get("config", {})
+    teacher = config.get("distill", {}).get("teacher")
+    if not teacher:
+        return ""
+    hours, threads = run.get("train_seconds", 0) / 3600, config.get("threads") or 1
+    return (
+        f"| distilled from | `{teacher}`, by consistency distillation (`noisecraft distill`): "
+        f"{run.get('step')} steps, {hours:.2f} h of wall time in steps on {threads} thread(s), at most "
+        f"{hours * threads:.2f} CPU-hours; steps, images and wall time above add the teacher's training |\n"
+    )
+
+
 def lineage(training: dict[str, Any]) -> list[dict[str, Any]]:
     """The runs behind a model, oldest first: its training.json and the ``parent`` chain in it."""
     runs, record = [], training
@@ -109,6 +124,20 @@ def lineage(training: dict[str, Any]) -> list[dict[str, Any]]:
         runs.append(record)
         record = record.get("parent")
     return runs[::-1]
+
+
+def _intro(runs: list[dict[str, Any]]) -> str:
+    teacher = runs[-1].get("config", {}).get("distill", {}).get("teacher")
+    if teacher:
+        return f"A text-to-image consistency model distilled from `{teacher}` with `noisecraft distill`"
+    return f"A text-to-image model trained with noisecraft's own `noisecraft train`{_runs_phrase(runs)}"
+
+
+def own_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs this model's card reproduces: from its last distillation on (the teacher's runs are
+    its own card's), else all of them."""
+    starts = [k for k, run in enumerate(runs) if run.get("config", {}).get("distill", {}).get("teacher")]
+    return runs[starts[-1] :] if starts else runs
 
 
 def _runs_phrase(runs: list[dict[str, Any]]) -> str:
@@ -133,8 +162,13 @@ def reproduce_commands(name: str, recipe: str, runs: list[dict[str, Any]]) -> st
     for k, run in enumerate(runs, start=1):
         out = f"runs/{name}" if len(runs) == 1 else f"runs/{name}-{k}"
         init = f"runs/{name}-{k - 1}/model" if k > 1 else None
-        overrides = recipe_overrides(recipe, run.get("config", {}), init)
-        line = f"noisecraft train {recipe} --out {out}"
+        teacher = run.get("config", {}).get("distill", {}).get("teacher")
+        if teacher:  # a distillation run: its recipe is the teacher's with configs/distill.toml over it
+            overrides = distill_overrides(teacher, run.get("config", {}))
+            line = f"noisecraft distill {teacher} --out {out}"
+        else:
+            overrides = recipe_overrides(recipe, run.get("config", {}), init)
+            line = f"noisecraft train {recipe} --out {out}"
         if overrides is None:
             line += "  # plus the overrides in training.json"
         elif overrides:
@@ -154,6 +188,18 @@ def recipe_overrides(recipe: str, config: dict[str, Any], init: str | None) -> l
     if init is not None:
         recorded["model.init"] = init
     changed = {k: v for k, v in recorded.items() if v is not None and base.get(k, _MISSING) != v}
+    return [shlex.quote(f"{key}={_toml_literal(value)}") for key, value in changed.items()]
+
+
+def distill_overrides(teacher: str, config: dict[str, Any]) -> list[str] | None:
+    """``key=value`` arguments that turn ``noisecraft distill TEACHER``'s config into the recorded one."""
+    from .training.distill import distill_config
+
+    try:
+        base = _flatten(to_dict(distill_config(teacher)))
+    except (ValueError, OSError):
+        return None
+    changed = {k: v for k, v in _flatten(config).items() if v is not None and base.get(k, _MISSING) != v}
     return [shlex.quote(f"{key}={_toml_literal(value)}") for key, value in changed.items()]
 
 

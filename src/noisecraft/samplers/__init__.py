@@ -9,6 +9,7 @@ from __future__ import annotations
 from .adaptive import ode_adaptive
 from .ancestral import ddim, ddpm, dpmpp_2s_ancestral, euler_ancestral
 from .base import Callback, Sampler, Step, noise_like
+from .consistency import consistency
 from .ode import dpmpp_2m, euler, heun, lms
 from .pc import pc
 from .sde import dpmpp_2m_sde, dpmpp_3m_sde
@@ -28,6 +29,7 @@ SAMPLERS: dict[str, Sampler] = {
     "dpmpp_2m_sde": dpmpp_2m_sde,
     "dpmpp_3m_sde": dpmpp_3m_sde,
     "pc": pc,
+    "consistency": consistency,
 }
 
 

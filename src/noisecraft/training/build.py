@@ -168,6 +168,10 @@ def draw_sigma(schedule: ScheduleConfig, n: int, generator: torch.Generator) -> 
             high = torch.rand(n, generator=generator) < schedule.high_fraction  # [n]
             sigma = sigma.masked_fill(high, schedule.high_sigma)
         return sigma
+    if schedule.kind == "karras_grid":
+        from .distill import draw_grid_sigma
+
+        return draw_grid_sigma(schedule, n, generator)
     if schedule.kind == "logit_normal":
         return logit_normal(n, schedule.mean, schedule.std, schedule.shift, generator=generator)
     alphas_cumprod = vp_alphas_cumprod(schedule.beta_schedule, schedule.num_train_timesteps)

@@ -36,7 +36,7 @@ RESUMABLE_CHANGES = (
 class ModelConfig:
     kind: Literal["mlp", "unet", "dit"] = "mlp"  # the network, from a fixed registry of components
     net: dict[str, Any] = field(default_factory=dict)  # fields of the network's config dataclass
-    precond: Literal["edm", "flow", "vp_eps", "vp_v"] = "edm"  # how raw net output becomes x̂0
+    precond: Literal["edm", "consistency", "flow", "vp_eps", "vp_v"] = "edm"  # how raw net output becomes x̂0
     sigma_data: float = 0.5  # EDM's σ_data: the data's standard deviation
     autoencoder: str = ""  # a saved autoencoder component: train in its latent space ("" = pixels)
     latent_scale: float = 1.0  # latents are multiplied by this (Rombach et al. 2022's scale factor)
@@ -81,7 +81,7 @@ class OptimConfig:
 class ScheduleConfig:
     """The training σ distribution (see noisecraft.schedules)."""
 
-    kind: Literal["edm_lognormal", "vp_uniform_timestep", "logit_normal"] = "edm_lognormal"
+    kind: Literal["edm_lognormal", "vp_uniform_timestep", "logit_normal", "karras_grid"] = "edm_lognormal"
     p_mean: float = -1.2  # edm_lognormal: ln σ ~ N(p_mean, p_std²)
     p_std: float = 1.2
     high_fraction: float = 0.0  # edm_lognormal: this fraction of draws is set to high_sigma (0 = off),
@@ -91,6 +91,23 @@ class ScheduleConfig:
     mean: float = 0.0  # logit_normal: t = sigmoid(N(mean, std²)), then shifted
     std: float = 1.0
     shift: float = 1.0
+    grid_steps: int = (
+        18  # karras_grid: σ uniform over points 1 … N−1 of a Karras grid of N points (Song 2023)
+    )
+    sigma_min: float = 0.002  # karras_grid: the grid's ends and ρ
+    sigma_max: float = 80.0
+    rho: float = 7.0
+
+
+@dataclass
+class DistillConfig:
+    """Consistency distillation (Song et al. 2023) from a frozen teacher; off while teacher is ""."""
+
+    teacher: str = ""  # a shipped model name or a saved model folder
+    solver: Literal["heun", "euler"] = "heun"  # the teacher's ODE step from σ_{n+1} to σ_n
+    guidance: float = 1.0  # the classifier-free guidance scale distilled in (1 = none)
+    target_decay: float = 0.95  # μ of the target network θ⁻ ← μθ⁻ + (1 − μ)θ (0: the student, no grad)
+    huber_c: float = 0.0  # pseudo-Huber c (Song & Dhariwal 2024); 0: 0.00054·sqrt(dimensions)
 
 
 @dataclass
@@ -158,6 +175,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -375,6 +393,7 @@ def check_ranges(c: TrainConfig) -> None:
     if c.schedule.high_fraction > 0 and c.schedule.kind != "edm_lognormal":
         kind = c.schedule.kind
         raise ValueError(f"schedule.high_fraction applies to kind = 'edm_lognormal' only, not {kind!r}")
+    check_distill(c)
     if c.loss.mean_sigma > 0 and c.loss.kind != "dsm":
         raise ValueError(f"loss.mean_sigma applies to loss.kind = 'dsm' only, not {c.loss.kind!r}")
     if not 0.0 <= c.text.cond_dropout < 1.0:
@@ -388,6 +407,25 @@ def check_ranges(c: TrainConfig) -> None:
     c.sampling.options()
     if not c.sampling.prompts or not c.sampling.seeds:
         raise ValueError("sampling.prompts and sampling.seeds must not be empty")
+
+
+def check_distill(c: TrainConfig) -> None:
+    """A distillation run needs a consistency student on the Karras grid; nothing else uses them."""
+    s, d = c.schedule, c.distill
+    if not d.teacher:
+        if c.model.precond == "consistency" or s.kind == "karras_grid":
+            raise ValueError(
+                "model.precond = 'consistency' and schedule.kind = 'karras_grid' need distill.teacher"
+            )
+        return
+    if c.model.precond != "consistency" or s.kind != "karras_grid":
+        raise ValueError(
+            "distill.teacher needs model.precond = 'consistency' and schedule.kind = 'karras_grid'"
+        )
+    if s.grid_steps < 2 or not 0 < s.sigma_min < s.sigma_max or s.rho <= 0:
+        raise ValueError("schedule: need grid_steps >= 2, 0 < sigma_min < sigma_max and rho > 0")
+    if not (0.0 <= d.target_decay < 1.0 and d.huber_c >= 0 and math.isfinite(d.guidance)):
+        raise ValueError("distill: need 0 <= target_decay < 1, huber_c >= 0 and a finite guidance")
 
 
 def resume_conflicts(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:

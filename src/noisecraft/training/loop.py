@@ -26,6 +26,7 @@ from .build import draw_sigma, learning_rate
 from .checkpoint import list_checkpoints
 from .config import TrainConfig
 from .data import Dataset
+from .distill import ConsistencyObjective
 from .distributed import all_reduce, barrier, shutdown_distributed
 from .interrupt import GracefulInterrupt
 from .metrics import MetricsLogger
@@ -89,6 +90,8 @@ def train_step(t: Trainer, stop_requested: bool) -> StepResult:
         for group in t.optimizer.param_groups:
             group["lr"] = lr
         t.optimizer.step()
+        if isinstance(t.objective, ConsistencyObjective):
+            t.objective.update_target()
         if t.ema is not None:
             t.ema.update(t.objective, t.state.step + 1)
         t.state.nonfinite_streak = 0

@@ -44,6 +44,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, from_dict, resume_conflicts, to_dict
 from .data import Dataset, make_batches, open_training_dataset
+from .distill import ConsistencyObjective, load_teacher
 from .distributed import barrier, init_distributed
 from .ema import PowerEMA
 
@@ -120,14 +121,29 @@ class Trainer:
         c = self.config
         torch.manual_seed(c.seed)  # the same initial weights in every process and every rerun
         # a frozen encoder embeds the dataset's captions once, up front (listing them can take seconds)
-        captions = getattr(self.dataset, "captions", []) if c.text.kind == "minilm" else []
-        trainable_text, self.frozen_text = build_text_encoder(c, captions)
+        captions = (
+            getattr(self.dataset, "captions", []) if c.text.kind == "minilm" or c.distill.teacher else []
+        )
+        if c.distill.teacher:  # the teacher's text encoder, frozen, conditions student and teacher alike
+            from ..text import CachedTextEncoder
+
+            teacher, text = load_teacher(c.distill.teacher)
+            trainable_text = None
+            self.frozen_text = (
+                None if text is None else CachedTextEncoder(text, list(captions), fallback=True)
+            )
+        else:
+            trainable_text, self.frozen_text = build_text_encoder(c, captions)
         net = build_net(c, text_dim_of(trainable_text, self.frozen_text))
         self.parent = None  # the training.json of the model.init source: the model's lineage
         if c.model.init and fresh:  # before the EMA copy is taken, so the average starts from it too
             init_from(net, c.model.init, c.model.init_new)
             self.parent = parent_record(c.model.init)
-        objective = DiffusionObjective(build_denoiser(net, c), trainable_text, c)
+        if c.distill.teacher:
+            uncond = self.frozen_text([""]) if self.frozen_text is not None else None
+            objective = ConsistencyObjective(build_denoiser(net, c), teacher, uncond, c)
+        else:
+            objective = DiffusionObjective(build_denoiser(net, c), trainable_text, c)
         self.objective = objective.to(self.device, self.dtype).train()
         try:
             self.latent = LatentSpace.from_folder(c.model.autoencoder, c.model.latent_scale).to(self.device)
