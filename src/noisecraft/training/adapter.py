@@ -1,0 +1,29 @@
+"""Adapter training (LoRA, Hu et al. 2021): wrap a frozen network's layers in trainable low-rank
+branches, and export only those branches as a file other tools read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..model.adapters import save_adapter
+from ..nets.lora import attach, lora_layers, target_modules
+from .config import AdapterConfig
+
+
+def attach_adapters(net: nn.Module, adapter: AdapterConfig) -> int:
+    """Freeze ``net`` and wrap the layers ``adapter.targets`` names; returns the adapter's parameters."""
+    names = target_modules(net, adapter.targets)
+    if not names:
+        raise ValueError(f"adapter.targets {list(adapter.targets)}: this network has no such layers")
+    attach(net, names, adapter.rank, adapter.alpha or float(adapter.rank))
+    return sum(p.numel() for _, layer in lora_layers(net) for p in (layer.down.weight, layer.up.weight))
+
+
+def export_adapter(
+    net: nn.Module, adapter: AdapterConfig, folder: Path, name: str, record: dict[str, Any]
+) -> Path:
+    """Write ``folder/NAME.safetensors``: the adapter alone, named as ``adapter.format`` says."""
+    return save_adapter(folder / f"{name}.safetensors", net, adapter.format, record)
