@@ -102,6 +102,15 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--show-steps", action="store_true", help="also save a step strip and a GIF per image")
     p.add_argument("--from-png", metavar="PNG", help="regenerate an image from the parameters it carries")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    # -- LoRA adapters (Hu et al. 2021) --
+    p.add_argument(
+        "--lora", action="append", default=[], metavar="FILE[:SCALE]",
+        help="merge a LoRA file (kohya or diffusers names) into the model at SCALE (default 1); repeatable",
+    )  # fmt: skip
+    p.add_argument(
+        "--lora-dir", default=None, metavar="DIR",
+        help="where <lora:NAME:SCALE> in a prompt (and --from-png's adapters) find NAME.safetensors",
+    )  # fmt: skip
     p.set_defaults(run=_run_generate)
 
 
@@ -130,7 +139,7 @@ def _run_generate(args: argparse.Namespace) -> None:
         model = args.model or png_model
     elif not args.prompts:
         raise ValueError("give at least one prompt (or --from-png IMAGE)")
-    pipe = Pipeline.load(model, **weights_options(args))
+    pipe = Pipeline.load(model, **weights_options(args), loras=args.lora, lora_dir=args.lora_dir)
     if args.from_png:
         check_model_matches(pipe, png_parameters(args.from_png).get("weights"))
     for path in generate_to_files(pipe, request, args.out):

@@ -18,6 +18,7 @@ from .callbacks import ProgressBar, StepRecorder, chain
 from .images import METADATA_KEY, load_image, make_grid, save_gif, save_png, upscale
 from .infotext import infotext, png_parameters
 from .model import SamplingOptions
+from .model.adapters import find_adapter
 from .pipeline import GenerationRequest, Pipeline
 
 
@@ -33,6 +34,7 @@ class FilesRequest:
     mask: str | None = None  # inpainting mask file: white = repaint
     show_steps: bool = False
     progress: bool = True
+    loras: list[tuple[str, float]] = field(default_factory=list)  # adapters by name, in the LoRA folder
 
 
 def request_from_png(
@@ -47,9 +49,10 @@ def request_from_png(
             options=SamplingOptions.from_metadata(meta),
             init=_text(meta, "init"),
             mask=_text(meta, "mask"),
+            loras=[(str(a["name"]), float(a["scale"])) for a in meta.get("loras") or []],
         )
         model = _text(meta, "model") or ""
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"{path}: incomplete generation parameters ({err})") from None
     if overrides is not None:
         request = replace(request, show_steps=overrides.show_steps, progress=overrides.progress)
@@ -70,6 +73,8 @@ def _slug(text: str, limit: int = 40) -> str:
 
 def run(pipe: Pipeline, request: FilesRequest) -> tuple[list[Image.Image], StepRecorder | None]:
     """Read the request's files and run it through the pipeline; the files' paths go into the metadata."""
+    for name, scale in request.loras:  # the adapters a PNG was made with, found by name
+        pipe.add_lora(find_adapter(name, pipe.lora_dir), scale)
     recorder = StepRecorder() if request.show_steps else None
     progress = ProgressBar("sampling") if request.progress else None
     options = request.options.resolve(pipe.config)

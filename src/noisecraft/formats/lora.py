@@ -96,11 +96,12 @@ def module_table(net: nn.Module, text_encoder: nn.Module | None) -> dict[str, Ta
     if isinstance(encoders, nn.ModuleList):  # Stable Diffusion's CLIP towers (transformers modules)
         kohya = KOHYA_TEXT[:1] if len(encoders) == 1 else KOHYA_TEXT[1:]
         for i, encoder in enumerate(encoders):
-            for name in _weighted(encoder):
+            for name in _weighted(encoder):  # with or without transformers' "text_model." level
                 target = Target(f"text_encoder.encoders.{i}.{name}.weight")
-                table[f"{kohya[min(i, len(kohya) - 1)]}{name.replace('.', '_')}"] = target
-                table[f"{PEFT_TEXT[min(i, 1)]}{name}"] = target
-                table[f"{PEFT_TEXT[min(i, 1)]}{name.removeprefix('text_model.')}"] = target
+                bare = name.removeprefix("text_model.")
+                for spelled in (bare, f"text_model.{bare}"):
+                    table[f"{kohya[min(i, len(kohya) - 1)]}{spelled.replace('.', '_')}"] = target
+                    table[f"{PEFT_TEXT[min(i, 1)]}{spelled}"] = target
     return table
 
 

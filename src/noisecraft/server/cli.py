@@ -72,6 +72,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "--cors-allow-origins", type=_names, default=(), metavar="ORIGIN[,ORIGIN...]",
         help="origins (https://app.example) whose web pages may call the API (default: none)",
     )  # fmt: skip
+    p.add_argument(
+        "--lora-dir", default=None, metavar="DIR",
+        help="LoRA files that prompts name as <lora:NAME:SCALE> (listed at /sdapi/v1/loras)",
+    )  # fmt: skip
     p.set_defaults(run=run_serve)
 
 
@@ -88,7 +92,11 @@ def run_serve(args: argparse.Namespace) -> None:
     check_exposure(args.host, access)  # before loading models: a refusal comes at once
     limits = Limits(**{field: getattr(args, field) for field in LIMIT_FLAGS})
     weights = weights_options(args)
-    models = ModelRegistry.load(args.models, **weights) if args.models else ModelRegistry.shipped()
+    lora_dir = args.lora_dir
+    if args.models:
+        models = ModelRegistry.load(args.models, lora_dir, **weights)
+    else:
+        models = ModelRegistry.shipped(lora_dir)
     print(f"noisecraft serve: {', '.join(models.pipelines)} on http://{args.host}:{args.port}/", flush=True)
     app = create_app(models, limits, access, args.host)
     config = uvicorn.Config(
