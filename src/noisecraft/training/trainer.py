@@ -21,7 +21,7 @@ from torch.utils.data import IterableDataset
 from ..components import save_component
 from ..model import LatentSpace, ModelSettings, write_settings
 from ..model.options import MODEL_DEFAULTS
-from .adapter import attach_adapters, export_adapter
+from .adapter import attach_adapters, export_adapter, freeze_text_from
 from .build import (
     DiffusionObjective,
     build_denoiser,
@@ -128,6 +128,8 @@ class Trainer:
             self.parent = parent_record(c.model.init)
         if c.adapter.kind == "lora":  # only the adapters train; a resumed run's come from its checkpoint
             attach_adapters(net, c.adapter)
+            if fresh:  # a resumed run's encoder comes from its checkpoint
+                freeze_text_from(trainable_text, c.model.init)
             if trainable_text is not None:
                 trainable_text.requires_grad_(False)
         objective = DiffusionObjective(build_denoiser(net, c), trainable_text, c)
