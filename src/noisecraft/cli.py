@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .cli_weights import add_weights_flags, weights_options
+from .cli_weights import add_lora_dir_flag, add_weights_flags, weights_options
 from .evaluation.cli import add_eval_parser
 from .server.cli import add_serve_parser
 
@@ -107,10 +107,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "--lora", action="append", default=[], metavar="FILE[:SCALE]",
         help="merge a LoRA file (kohya or diffusers names) into the model at SCALE (default 1); repeatable",
     )  # fmt: skip
-    p.add_argument(
-        "--lora-dir", default=None, metavar="DIR",
-        help="where <lora:NAME:SCALE> in a prompt (and --from-png's adapters) find NAME.safetensors",
-    )  # fmt: skip
+    add_lora_dir_flag(p, " (and --from-png the adapters it records)")
     p.set_defaults(run=_run_generate)
 
 

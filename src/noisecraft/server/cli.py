@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_weights import add_weights_flags, weights_options
+from ..cli_weights import add_lora_dir_flag, add_weights_flags, weights_options
 
 
 def _positive_int(text: str) -> int:
@@ -72,10 +72,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "--cors-allow-origins", type=_names, default=(), metavar="ORIGIN[,ORIGIN...]",
         help="origins (https://app.example) whose web pages may call the API (default: none)",
     )  # fmt: skip
-    p.add_argument(
-        "--lora-dir", default=None, metavar="DIR",
-        help="LoRA files that prompts name as <lora:NAME:SCALE> (listed at /sdapi/v1/loras)",
-    )  # fmt: skip
+    add_lora_dir_flag(p, " (listed at /sdapi/v1/loras)")
     p.set_defaults(run=run_serve)
 
 
