@@ -76,19 +76,19 @@ class MergedAdapters:
         self.originals: dict[str, Tensor] = {}  # parameter → its base value (only those touched)
         self.applied: list[tuple[int, float]] = []  # what the weights hold now: (id(updates), scale)
 
-    def parameter(self, target: str) -> nn.Parameter:
-        """The parameter a target names; AdapterError when the model has none of that name."""
-        root, _, name = target.partition(".")
-        module = self.roots.get(root)
-        params = dict(module.named_parameters()) if module is not None else {}
-        if name not in params:
-            raise AdapterError(f"the adapter targets {target}, which this model does not have")
-        return params[name]
+    def parameters(self) -> dict[str, nn.Parameter]:
+        """Every parameter of the roots by target name ("net.…weight"), looked up afresh (``to()`` may
+        have moved them)."""
+        roots = self.roots.items()
+        return {f"{root}.{name}": p for root, module in roots for name, p in module.named_parameters()}
 
-    def check(self, updates: Iterable[LoraUpdate]) -> None:
+    def check(self, updates: Iterable[LoraUpdate], params: dict[str, nn.Parameter] | None = None) -> None:
         """AdapterError for the first update that does not fit this model."""
+        params = self.parameters() if params is None else params
         for update in updates:
-            check_fits(update, self.parameter(update.target))
+            if update.target not in params:
+                raise AdapterError(f"the adapter targets {update.target}, which this model does not have")
+            check_fits(update, params[update.target])
 
     @torch.no_grad()
     def set(self, adapters: list[tuple[list[LoraUpdate], float]]) -> None:
@@ -96,22 +96,23 @@ class MergedAdapters:
         key = [(id(updates), scale) for updates, scale in adapters if scale != 0]
         if key == self.applied:
             return
+        params = self.parameters()
         for updates, _ in adapters:
-            self.check(updates)
+            self.check(updates, params)
         sums: dict[str, Tensor] = {}
         for updates, scale in adapters:
             if scale == 0:
                 continue
             for update in updates:
-                weight = self.parameter(update.target)
+                weight = params[update.target]
                 total = sums.setdefault(update.target, torch.zeros(weight.shape, dtype=torch.float32))
                 rows = _rows(weight, update.part)
                 total[rows] += scale * update.delta().reshape(total[rows].shape)
         for target, original in self.originals.items():  # back to the base where nothing is added now
             if target not in sums:
-                self.parameter(target).copy_(original)  # copy_ on the parameter: memos see a new version
+                params[target].copy_(original)  # copy_ on the parameter: memos see a new version
         for target, total in sums.items():
-            weight = self.parameter(target)
+            weight = params[target]
             original = self.originals.setdefault(target, weight.detach().clone())
             weight.copy_((original.float() + total.to(original.device)).to(original.dtype))
         self.applied = key
