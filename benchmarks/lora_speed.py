@@ -73,7 +73,7 @@ def main() -> None:
         f"{table}\n\nAdapter: {len(adapter.updates)} layers, rank {adapter.updates[0].rank}, "
         f"{params:,} parameters ({100 * params / base_params:.1f} % of the U-Net's {base_params:,}), "
         f"{size / 1024:.0f} KiB on disk. "
-        f"Merging took {merge * 1e3:.1f} ms (the file read and checked before), restoring {restore * 1e3:.1f} ms; "
+        f"Merging took {merge * 1e3:.1f} ms (the file read beforehand), restoring {restore * 1e3:.1f} ms; "
         f"merged vs on-the-fly outputs differ by at most {gap:.1e}."
     )
     print(body)
