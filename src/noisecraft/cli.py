@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .cli_weights import add_weights_flags, weights_options
+from .cli_weights import add_lora_dir_flag, add_weights_flags, weights_options
 from .devices import add_device_arguments
 from .evaluation.cli import add_eval_parser
 from .server.cli import add_serve_parser
@@ -120,6 +120,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_arguments(p)
+    # -- LoRA adapters (Hu et al. 2021) --
+    p.add_argument(
+        "--lora", action="append", default=[], metavar="FILE[:SCALE]",
+        help="merge a LoRA file (kohya or diffusers names) into the model at SCALE (default 1); repeatable",
+    )  # fmt: skip
+    add_lora_dir_flag(p, " (and --from-png the adapters it records)")
     p.set_defaults(run=_run_generate)
 
 
@@ -164,7 +170,8 @@ def _run_generate(args: argparse.Namespace) -> None:
                 print(f"reading the {key} {value!r} that {args.from_png} names", file=sys.stderr)
     elif not args.prompts:
         raise ValueError("give at least one prompt (or --from-png IMAGE)")
-    pipe = Pipeline.load(model, **weights_options(args)).to(placement)
+    pipe = Pipeline.load(model, **weights_options(args), loras=args.lora, lora_dir=args.lora_dir)
+    pipe.to(placement)
     if args.from_png:
         check_model_matches(pipe, png_parameters(args.from_png).get("weights"))
     for path in generate_to_files(pipe, request, args.out):

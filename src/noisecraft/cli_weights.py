@@ -29,3 +29,11 @@ def add_weights_flags(p: argparse.ArgumentParser) -> None:
 def weights_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of ``Pipeline.load`` / ``load_model`` from the parsed flags."""
     return {"vae": args.vae, "prediction": args.prediction, "config": args.config}
+
+
+def add_lora_dir_flag(p: argparse.ArgumentParser, what: str) -> None:
+    """--lora-dir: the folder of the LoRA files that ``<lora:NAME:SCALE>`` in a prompt names."""
+    p.add_argument(
+        "--lora-dir", default=None, metavar="DIR",
+        help=f"where <lora:NAME:SCALE> in a prompt finds NAME.safetensors{what}",
+    )  # fmt: skip

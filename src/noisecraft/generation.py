@@ -27,6 +27,7 @@ from .images import (
 )
 from .infotext import infotext, png_parameters
 from .model import SamplingOptions, shipped_models
+from .model.adapters import find_adapter
 from .model.settings import MAX_SIDE, MAX_STEPS
 from .pipeline import GenerationRequest, Pipeline
 
@@ -44,6 +45,7 @@ class FilesRequest:
     show_steps: bool = False
     progress: bool = True
     keep_paths: bool = False  # metadata names files by absolute path, not by name
+    loras: list[tuple[str, float]] = field(default_factory=list)  # adapters by name, in the LoRA folder
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,9 @@ def request_from_png(
             prompts=[_text(meta, "prompt", required=True)],
             negative_prompt=_text(meta, "negative_prompt"),
             options=options,
+            loras=[(str(a["name"]), float(a["scale"])) for a in meta.get("loras") or []],
         )
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"{path}: incomplete generation parameters ({err})") from None
     _check_png_size(path, options, flags, trust)
     files = _png_files(path, asked, flags, trust.allow_paths)
@@ -137,6 +140,8 @@ def _slug(text: str, limit: int = 40) -> str:
 def run(pipe: Pipeline, request: FilesRequest) -> tuple[list[Image.Image], StepRecorder | None]:
     """Read the request's files and run it through the pipeline; the files' names (or with
     ``keep_paths`` their absolute paths) go into the metadata."""
+    for name, scale in request.loras:  # the adapters a PNG was made with, found by name
+        pipe.add_lora(find_adapter(name, pipe.lora_dir), scale)
     recorder = StepRecorder() if request.show_steps else None
     progress = ProgressBar("sampling") if request.progress else None
     options = request.options.resolve(pipe.config)

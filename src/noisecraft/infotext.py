@@ -58,6 +58,7 @@ def infotext(
         "Model hash": str(meta["weights"])[:10] if meta.get("weights") else None,
         "Model": model or (model_name(str(meta["model"])) if meta.get("model") else None),
         "Denoising strength": strength,
+        "Lora hashes": ", ".join(f"{k}: {v}" for k, v in (meta.get("lora_hashes") or {}).items()) or None,
         **(extra or {}),
         "Version": f"noisecraft {__version__}",
     }

@@ -42,6 +42,7 @@ from .model import (
     sample,
     shipped_models,
 )
+from .model.adapters import Adapter, ModelAdapters, find_adapter, parse_spec, prompt_adapters
 from .noise import check_seed
 from .samplers import Callback
 
@@ -89,6 +90,9 @@ class Pipeline:
         self.placement = Placement()  # the CPU in float32 until ``to`` moves it
         self._weights_hash: str | None = None
         self.source: str | None = None  # what ``load`` was given: a shipped name or a folder
+        self.loras: list[tuple[Adapter, float]] = []  # adapters on every request (add_lora)
+        self.lora_dir: Path | None = None  # where <lora:NAME> in a prompt is looked up
+        self._adapters: ModelAdapters | None = None
 
     # -- saving and loading -----------------------------------------------------------------
 
@@ -103,17 +107,67 @@ class Pipeline:
         vae: str | os.PathLike | None = None,
         prediction: str | None = None,
         config: str | os.PathLike | None = None,
+        loras: list[str | tuple[str, float]] = (),
+        lora_dir: str | os.PathLike | None = None,
     ) -> Pipeline:
         """A shipped model by name (``shipped_models()``), a folder written by ``save``, or Stable
         Diffusion weights: a diffusers folder or a single ``.safetensors`` file (``vae``: another
         autoencoder file for it; ``prediction``: "eps" or "v", what a single file's U-Net predicts;
-        ``config``: a diffusers folder or the original .yaml, for what a single file cannot say)."""
+        ``config``: a diffusers folder or the original .yaml, for what a single file cannot say;
+        ``loras``: LoRA files, each ``"FILE[:SCALE]"`` or (file, scale), merged into the weights;
+        ``lora_dir``: the folder ``<lora:NAME:SCALE>`` in a prompt names files of)."""
         parts, origin = load_model(name_or_path, vae, prediction, config)
         pipe = cls(parts.net, parts.text_encoder, parts.settings, parts.latent)
         pipe.source = str(name_or_path) if origin.parent == SHIPPED_DIR else str(origin.resolve())
+        pipe.lora_dir = None if lora_dir is None else Path(lora_dir).expanduser()
+        for spec in loras:
+            pipe.add_lora(*((spec,) if isinstance(spec, tuple) else parse_spec(str(spec))))
         return pipe
 
     from_pretrained, save_pretrained = load, save  # diffusers' spelling of the same two methods
+    # -- LoRA adapters (Hu et al. 2021) ------------------------------------------------------------
+
+    def add_lora(self, path: str | os.PathLike, scale: float = 1.0) -> Adapter:
+        """Merge a LoRA file (kohya or diffusers/peft names) into the weights at ``scale``, for every
+        request from now on; the same file again replaces its scale. AdapterError (a ValueError) for an
+        adapter made for another model."""
+        adapter = self.adapter_set.load(path)
+        kept = [(a, s) for a, s in self.loras if a.path.resolve() != adapter.path.resolve()]
+        self.loras = [*kept, (adapter, float(scale))]
+        self._apply_adapters(self.loras)
+        return adapter
+
+    def clear_loras(self) -> None:
+        """Remove every adapter: the base weights again, exactly."""
+        self.loras = []
+        self._apply_adapters([])
+
+    @property
+    def adapter_set(self) -> ModelAdapters:
+        if self._adapters is None:
+            self._adapters = ModelAdapters(self.net, self.text_encoder)
+        return self._adapters
+
+    def _apply_adapters(self, chosen: list[tuple[Adapter, float]]) -> None:
+        if chosen or self._adapters is not None:
+            if chosen and not self.adapter_set.active:
+                _ = self.weights_hash  # the base model's, taken before any merge
+            self.adapter_set.set(chosen)
+
+    def _prompt_loras(
+        self, prompts: list[str], negative: str | None
+    ) -> tuple[list[str], str | None, list[tuple[Adapter, float]]]:
+        """Prompts without their ``<lora:…>`` tags, and the adapters to run: ``self.loras`` + tags (all
+        prompts of a request must name the same ones)."""
+        parsed = [prompt_adapters(p) for p in prompts]
+        tags = {tuple(found) for _, found in parsed}
+        if len(tags) > 1:
+            raise OptionError("prompt", "every prompt of one request must name the same <lora:…> adapters")
+        clean_negative, negative_tags = prompt_adapters(negative) if negative else (negative, [])
+        chosen = list(self.loras)
+        for name, scale in [*next(iter(tags)), *negative_tags]:
+            chosen.append((self.adapter_set.load(find_adapter(name, self.lora_dir)), scale))
+        return [p for p, _ in parsed], clean_negative, chosen
 
     @property
     def weights_hash(self) -> str:
@@ -148,7 +202,9 @@ class Pipeline:
     def run(self, request: GenerationRequest, callback: Callback | None = None) -> list[Image.Image]:
         """The images of one request, each carrying its generation parameters in ``image.info``."""
         options = request.options.resolve(self.config)
-        prompts = _expand(request.prompts, request.num_images)
+        asked = _expand(request.prompts, request.num_images)
+        prompts, negative, adapters = self._prompt_loras(asked, request.negative_prompt)
+        self._apply_adapters(adapters)
         init = keep = None
         size = self.check_size(options)
         if request.mask is not None:
@@ -156,11 +212,12 @@ class Pipeline:
         if request.init is not None:
             init = self._as_batch(request.init, len(prompts), size)
         with self.placement.context():  # autocast in half precision, an SDPA kernel if one is forced
-            x = self._sample(
-                prompts, request.negative_prompt, options, callback, init, keep, request.max_evaluations
-            )
+            x = self._sample(prompts, negative, options, callback, init, keep, request.max_evaluations)
         mode = "inpaint" if keep is not None else "img2img" if init is not None else "generate"
-        return self._finish(x, prompts, request.negative_prompt, options, mode)
+        images = self._finish(x, asked, request.negative_prompt, options, mode)
+        for image in images:
+            image.info[METADATA_KEY].update(_adapter_record(self.loras, adapters))
+        return images
 
     def generate(
         self,
@@ -226,8 +283,10 @@ class Pipeline:
     ) -> Tensor:
         """The images [B, C, H, W] in [-1, 1] before conversion to PIL; ``options`` as in ``generate``."""
         resolved = SamplingOptions(**options).resolve(self.config)
+        prompts, negative_prompt, adapters = self._prompt_loras(list(prompts), negative_prompt)
+        self._apply_adapters(adapters)
         with self.placement.context():
-            return self._sample(list(prompts), negative_prompt, resolved, callback, init, keep)
+            return self._sample(prompts, negative_prompt, resolved, callback, init, keep)
 
     def encode(self, prompts: list[str]) -> Conditioning | None:
         """The text encoder's Conditioning for ``prompts`` (None for an unconditional model)."""
@@ -374,6 +433,17 @@ class Pipeline:
                 **extra,
             }
         return images
+
+
+def _adapter_record(own: list[tuple[Adapter, float]], applied: list[tuple[Adapter, float]]) -> dict[str, Any]:
+    """PNG metadata of the adapters: those added to the pipeline (by name and scale: the prompt's own
+    tags stay in the prompt), and every applied file's short hash, as A1111 records them."""
+    record: dict[str, Any] = {}
+    if own:
+        record["loras"] = [{"name": a.name, "scale": s} for a, s in own]
+    if applied:
+        record["lora_hashes"] = {a.name: a.short_hash for a, _ in applied}
+    return record
 
 
 def _expand(prompts: str | list[str], num_images: int) -> list[str]:

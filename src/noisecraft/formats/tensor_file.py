@@ -31,7 +31,7 @@ MAX_HEADER_BYTES = 100 * 2**20  # the format's own limit
 
 
 class TensorFile:
-    """``with TensorFile(path) as f: f.keys(), f.shape(name), f.get_tensor(name)``."""
+    """``with TensorFile(path) as f: f.keys(), f.shape(name), f.get_tensor(name), f.metadata``."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -40,12 +40,12 @@ class TensorFile:
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.path}: no such file") from None
         try:
-            self.entries, self.data_start = self._read_header()
+            self.entries, self.data_start, self.metadata = self._read_header()
         except BaseException:
             self.file.close()
             raise
 
-    def _read_header(self) -> tuple[dict[str, dict[str, Any]], int]:
+    def _read_header(self) -> tuple[dict[str, dict[str, Any]], int, dict[str, str]]:
         size = os.fstat(self.file.fileno()).st_size
         raw = self.file.read(8)
         length = int.from_bytes(raw, "little") if len(raw) == 8 else -1
@@ -57,11 +57,13 @@ class TensorFile:
             raise self._bad(f"its header is not JSON ({type(err).__name__}: {err})") from None
         if not isinstance(header, dict):
             raise self._bad("its header is not a JSON object")
-        header.pop("__metadata__", None)
+        metadata = header.pop("__metadata__", None)  # the format's text fields; anything else is ignored
+        metadata = metadata if isinstance(metadata, dict) else {}
+        metadata = {k: v for k, v in metadata.items() if isinstance(v, str)}
         data_size = size - 8 - length
         for name, entry in header.items():
             self._check_entry(name, entry, data_size)
-        return header, 8 + length
+        return header, 8 + length, metadata
 
     def _check_entry(self, name: str, entry: Any, data_size: int) -> None:
         try:

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from ..images import METADATA_KEY
 from ..infotext import PARAMETERS_KEY, infotext, parse_infotext
+from ..model.adapters import ADAPTER_SUFFIX, list_adapters
 from ..model.schedule import SCHEDULES
 from . import state as st
 from .schemas import A1111PngInfo, A1111PngInfoRequest, A1111Scheduler, A1111Vae
@@ -62,9 +63,14 @@ async def sd_vae(request: Request) -> list[dict[str, str]]:
 
 
 @router.get("/loras")
-async def loras() -> list[dict[str, Any]]:
-    """No LoRA adapters are loaded."""
-    return []
+async def loras(request: Request) -> list[dict[str, Any]]:
+    """The LoRA files in ``--lora-dir`` that prompts may name as ``<lora:NAME:SCALE>`` (file names,
+    never the server's paths)."""
+    folder = st.get_state(request).models.lora_dir
+    return [
+        {"name": name, "alias": name, "path": f"{name}{ADAPTER_SUFFIX}", "metadata": {}}
+        for name in list_adapters(folder)
+    ]
 
 
 @router.get("/cmd-flags")

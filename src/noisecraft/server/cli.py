@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_weights import add_weights_flags, weights_options
+from ..cli_weights import add_lora_dir_flag, add_weights_flags, weights_options
 from ..devices import add_device_arguments, placement_from_args
 
 
@@ -74,6 +74,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         help="origins (https://app.example) whose web pages may call the API (default: none)",
     )  # fmt: skip
     add_device_arguments(p)
+    add_lora_dir_flag(p, " (listed at /sdapi/v1/loras)")
     p.set_defaults(run=run_serve)
 
 
@@ -91,7 +92,11 @@ def run_serve(args: argparse.Namespace) -> None:
     check_exposure(args.host, access)  # before loading models: a refusal comes at once
     limits = Limits(**{field: getattr(args, field) for field in LIMIT_FLAGS})
     weights = weights_options(args)
-    models = ModelRegistry.load(args.models, **weights) if args.models else ModelRegistry.shipped()
+    lora_dir = args.lora_dir
+    if args.models:
+        models = ModelRegistry.load(args.models, lora_dir, **weights)
+    else:
+        models = ModelRegistry.shipped(lora_dir)
     for pipe in models.pipelines.values():
         pipe.to(placement)
     names = ", ".join(models.pipelines)

@@ -22,11 +22,13 @@ class ModelRegistry:
         self.pipelines = dict(pipelines)
         self.sources = sources or {name: name for name in pipelines}
         self.default = next(iter(self.pipelines))
+        self.lora_dir = next((p.lora_dir for p in self.pipelines.values() if p.lora_dir is not None), None)
 
     @classmethod
-    def load(cls, specs: list[str], **weights: Any) -> ModelRegistry:
+    def load(cls, specs: list[str], lora_dir: str | None = None, **weights: Any) -> ModelRegistry:
         """Load shipped names or saved folders; a folder is known by its folder name. ``weights``:
-        how to read Stable Diffusion weights (``Pipeline.load``'s vae, prediction, config)."""
+        how to read Stable Diffusion weights (``Pipeline.load``'s vae, prediction, config);
+        ``lora_dir``: the folder of the LoRA files prompts name (``<lora:NAME:SCALE>``)."""
         pipelines: dict[str, Pipeline] = {}
         sources: dict[str, str] = {}
         for spec in specs:
@@ -36,15 +38,16 @@ class ModelRegistry:
             suffix = 2
             while name in pipelines:  # two folders with one name: keep both, numbered
                 name, suffix = f"{base}-{suffix}", suffix + 1
-            pipelines[name], sources[name] = Pipeline.load(spec, **weights), str(spec)
+            pipelines[name] = Pipeline.load(spec, lora_dir=lora_dir, **weights)
+            sources[name] = str(spec)
         return cls(pipelines, sources)
 
     @classmethod
-    def shipped(cls) -> ModelRegistry:
+    def shipped(cls, lora_dir: str | None = None) -> ModelRegistry:
         names = shipped_models()
         if not names:
             raise ValueError("no shipped model is installed: pass --model FOLDER")
-        return cls.load(names)
+        return cls.load(names, lora_dir)
 
     def title(self, name: str) -> str:
         """A1111's title: ``name [hash]``."""

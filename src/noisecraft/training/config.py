@@ -155,6 +155,17 @@ class CheckpointConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """Train low-rank adapters (LoRA, Hu et al. 2021) on a frozen model.init instead of the model."""
+
+    kind: Literal["none", "lora"] = "none"
+    rank: int = 4  # r: A is [r, in], B is [out, r]
+    alpha: float = 0.0  # the update is scaled by alpha / rank; 0: alpha = rank (scale 1)
+    targets: tuple[str, ...] = ("attention",)  # attention (q/k/v/out), mlp (transformer MLPs), conv
+    format: Literal["kohya", "diffusers"] = "kohya"  # the tensor names of the saved file
+
+
+@dataclass
 class LogConfig:
     every: int = 10  # metrics line every this many steps
     tensorboard: bool = True
@@ -179,6 +190,7 @@ class TrainConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -405,6 +417,7 @@ def check_ranges(c: TrainConfig) -> None:
     if not all(0.0 <= b < 1.0 for b in c.optim.betas):
         raise ValueError(f"optim.betas must be in [0, 1), got {list(c.optim.betas)}")
     c.sampling.options()
+    _check_adapter(c)
     if not c.sampling.prompts or not c.sampling.seeds:
         raise ValueError("sampling.prompts and sampling.seeds must not be empty")
 
@@ -426,6 +439,16 @@ def check_distill(c: TrainConfig) -> None:
         raise ValueError("schedule: need grid_steps >= 2, 0 < sigma_min < sigma_max and rho > 0")
     if not (0.0 <= d.target_decay < 1.0 and d.huber_c >= 0 and math.isfinite(d.guidance)):
         raise ValueError("distill: need 0 <= target_decay < 1, huber_c >= 0 and a finite guidance")
+
+
+def _check_adapter(c: TrainConfig) -> None:
+    a = c.adapter
+    if a.kind == "none":
+        return
+    if a.rank < 1 or a.alpha < 0 or not a.targets:
+        raise ValueError("adapter.rank must be ≥ 1, adapter.alpha ≥ 0 and adapter.targets not empty")
+    if not c.model.init:
+        raise ValueError("adapter.kind = 'lora' trains adapters on a frozen model: set model.init to it")
 
 
 def resume_conflicts(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:

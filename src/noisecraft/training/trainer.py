@@ -22,6 +22,7 @@ from ..components import save_component
 from ..devices import resolve_dtype
 from ..model import LatentSpace, ModelSettings, write_settings
 from ..model.options import MODEL_DEFAULTS
+from .adapter import attach_adapters, export_adapter, freeze_text_from
 from .build import (
     DiffusionObjective,
     build_denoiser,
@@ -139,6 +140,12 @@ class Trainer:
         if c.model.init and fresh:  # before the EMA copy is taken, so the average starts from it too
             init_from(net, c.model.init, c.model.init_new)
             self.parent = parent_record(c.model.init)
+        if c.adapter.kind == "lora":  # only the adapters train; a resumed run's come from its checkpoint
+            attach_adapters(net, c.adapter)
+            if fresh:  # a resumed run's encoder comes from its checkpoint
+                freeze_text_from(trainable_text, c.model.init)
+            if trainable_text is not None:
+                trainable_text.requires_grad_(False)
         if c.distill.teacher:
             uncond = self.frozen_text([""]) if self.frozen_text is not None else None
             objective = ConsistencyObjective(build_denoiser(net, c), teacher, uncond, c)
@@ -230,6 +237,8 @@ class Trainer:
         """Save the averaged network (and a trained text encoder) as components, plus training.json."""
         folder = Path(folder) if folder is not None else self.out / "model"
         model = self.averaged
+        if self.config.adapter.kind != "none":
+            return self._export_adapter(folder)
         save_component(model.denoiser.net, folder / "net")
         if model.text_encoder is not None:
             save_component(model.text_encoder, folder / "text_encoder")
@@ -255,6 +264,19 @@ class Trainer:
                 save_component(self.latent.autoencoder, folder / "autoencoder")
             write_settings(model_settings(self.config, self.out.name, image_shape), folder)
         return folder
+
+    def _export_adapter(self, folder: Path) -> Path:
+        """An adapter run's result: ``folder/<run name>.safetensors`` (the adapter alone) + training.json."""
+        c = self.config
+        record = {
+            "kind": c.adapter.kind, "base_model": c.model.init, "rank": c.adapter.rank,
+            "alpha": c.adapter.alpha or float(c.adapter.rank), "targets": list(c.adapter.targets),
+            "step": self.state.step, "images_seen": self.state.step * c.optim.batch_size,
+            "train_seconds": round(self.state.train_seconds, 1),
+        }  # fmt: skip
+        path = export_adapter(self.averaged.denoiser.net, c.adapter, folder, self.out.name, record)
+        (folder / "training.json").write_text(json.dumps({**record, "config": to_dict(c)}, indent=1) + "\n")
+        return path
 
     def _image_shape(self, net: torch.nn.Module) -> tuple[int, int, int] | None:
         """(C, H, W) of the images the model makes; None for points or non-square images (no pipeline)."""

@@ -1,0 +1,46 @@
+"""Adapter training (LoRA, Hu et al. 2021): wrap a frozen network's layers in trainable low-rank
+branches, and export only those branches as a file other tools read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..components import load_component
+from ..model.adapters import save_adapter
+from ..nets.lora import attach, lora_layers, target_modules
+from .build import init_folder
+from .config import AdapterConfig
+
+
+def attach_adapters(net: nn.Module, adapter: AdapterConfig) -> int:
+    """Freeze ``net`` and wrap the layers ``adapter.targets`` names; returns the adapter's parameters."""
+    names = target_modules(net, adapter.targets)
+    if not names:
+        raise ValueError(f"adapter.targets {list(adapter.targets)}: this network has no such layers")
+    attach(net, names, adapter.rank, adapter.alpha or float(adapter.rank))
+    return sum(p.numel() for _, layer in lora_layers(net) for p in (layer.down.weight, layer.up.weight))
+
+
+def freeze_text_from(text_encoder: nn.Module | None, source: str) -> None:
+    """A trainable text encoder takes the frozen base model's weights (``model.init``'s text_encoder/)
+    and stops training: the adapter is made for the base model as it will run."""
+    if text_encoder is None:
+        return
+    folder = init_folder(source) / "text_encoder"
+    if folder.is_dir():
+        saved = load_component(folder)
+        try:
+            text_encoder.load_state_dict(saved.state_dict())
+        except RuntimeError as err:
+            raise ValueError(f"model.init: {folder} does not fit text.encoder ({err})") from None
+    text_encoder.requires_grad_(False)
+
+
+def export_adapter(
+    net: nn.Module, adapter: AdapterConfig, folder: Path, name: str, record: dict[str, Any]
+) -> Path:
+    """Write ``folder/NAME.safetensors``: the adapter alone, named as ``adapter.format`` says."""
+    return save_adapter(folder / f"{name}.safetensors", net, adapter.format, record)
