@@ -176,8 +176,11 @@ def test_cli_lora_flags_metadata_and_from_png(tmp_path, tiny_pipeline_dir, capsy
         first = image.convert("RGB").tobytes()
     again = tmp_path / "again"
     assert (
-        main(["generate", "--from-png", str(png), "--lora-dir", str(loras), "--quiet", "--out", str(again)])
-        == 0
+        main([
+            "generate", "--from-png", str(png), "--model", str(tiny_pipeline_dir), "--lora-dir", str(loras),
+            "--quiet", "--out", str(again),
+        ])  # fmt: skip
+        == 0  # a PNG names its model folder only by name: --model says where it is
     )
     with Image.open(next(again.glob("*.png"))) as image:
         assert image.convert("RGB").tobytes() == first
