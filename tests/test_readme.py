@@ -3,7 +3,8 @@
 A command line whose comment carries a tag is not run here, and shows as skipped with its tag:
 ``[slow]`` (minutes to hours), ``[your weights]`` (files of your own, e.g. Stable Diffusion),
 ``[server]`` (runs until stopped). Every other command runs, in README order, in one temporary
-folder, where ``.venv/bin/noisecraft`` is this interpreter's noisecraft; any other tag fails.
+folder (with the repository's ``docs/`` linked in), where ``.venv/bin/noisecraft`` is this
+interpreter's noisecraft; any other tag fails.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def test_marked_command(command):
     """Not run: the README marks it (listed so that every skipped command shows in the report)."""
 
 
-COMMAND_TIMEOUT = 600  # seconds; the README's untagged commands take well under a minute each
+COMMAND_TIMEOUT = 240  # seconds; the README's untagged commands take well under a minute each
 
 
 def test_every_unmarked_command_runs_as_written(tmp_path):
@@ -73,6 +74,7 @@ def test_every_unmarked_command_runs_as_written(tmp_path):
     program = bin_dir / "noisecraft"
     program.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m noisecraft "$@"\n')
     program.chmod(program.stat().st_mode | stat.S_IEXEC)
+    (tmp_path / "docs").symlink_to(ROOT / "docs")  # the commands' repository-relative files
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     ran = []
     for command, tags in COMMANDS:
