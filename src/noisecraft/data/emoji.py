@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont, features
 from torch.utils.data import Dataset
 
 from .common import item_generator, to_tensor
+from .emoji_captions import EmojiCaptioner
 
 DEFAULT_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 FONT_SIZE = 109  # the only size the font's bitmap strike supports
@@ -34,6 +35,7 @@ INSTALL_HINT = (
 )
 SKIN_TONES = {chr(c) for c in range(0x1F3FB, 0x1F400)}
 REGIONAL_INDICATORS = {chr(c) for c in range(0x1F1E6, 0x1F200)}
+PHRASINGS = ("names", "typed")
 TAG_LETTERS = {chr(c) for c in range(0xE0020, 0xE0080)}  # subdivision flags: England, Scotland, Wales
 
 
@@ -120,6 +122,8 @@ class EmojiDataset(Dataset):
 
     With ``caption_variants`` the caption is drawn from the main name and its variants by
     (seed, index, epoch) — call ``set_epoch`` each epoch; otherwise it is always the main name.
+    ``phrasing="typed"`` draws instead from the phrasings people type (``emoji_captions``: names,
+    aliases, CLDR short names and keywords, articles, templates such as "a picture of …").
     """
 
     def __init__(
@@ -129,12 +133,16 @@ class EmojiDataset(Dataset):
         seed: int = 0,
         caption_variants: bool = True,
         flags: bool = True,
+        phrasing: str = "names",
     ):
         if size < 1:
             raise ValueError(f"need size ≥ 1, got {size}")
+        if phrasing not in PHRASINGS:
+            raise ValueError(f"unknown phrasing {phrasing!r}; valid: {', '.join(PHRASINGS)}")
         self.font_path = str(font_path or DEFAULT_FONT)
         self.entries = emoji_entries(load_font(self.font_path), flags=flags)
         self.size, self.seed, self.caption_variants, self.epoch = size, seed, caption_variants, 0
+        self.captioner = EmojiCaptioner(self.entries) if phrasing == "typed" else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -145,6 +153,8 @@ class EmojiDataset(Dataset):
     def caption(self, index: int) -> str:
         """Emoji i's caption in this epoch: its name, or with variants one of its names drawn by
         (seed, index, epoch)."""
+        if self.captioner is not None:
+            return self.captioner.caption(index, self.seed, self.epoch)
         entry = self.entries[index]
         names = (entry.name, *entry.variants)
         choice = 0
@@ -168,6 +178,9 @@ class EmojiDataset(Dataset):
 
     @property
     def captions(self) -> list[str]:
+        """The names (typed phrasings are too many to list: a frozen encoder embeds them on first use)."""
+        if self.captioner is not None:
+            return sorted({n for names in self.captioner.names for n in names})
         names = {
             n for e in self.entries for n in ((e.name, *e.variants) if self.caption_variants else (e.name,))
         }

@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import IterableDataset
 from tqdm.auto import tqdm
 
+from ..data.emoji_captions import paraphrases
 from ..likelihood import PRIOR_SIGMA_MAX, image_bits_per_dim
 from ..model import SamplingOptions
 from ..noise import check_seed
@@ -142,14 +143,7 @@ def _adherence(pipeline, dataset: str, data, indices, generated, num, seed, prog
         labels = data.labels[torch.tensor(indices)]
         return {"class_accuracy": class_accuracy(generated, labels, load_domain_classifier("mnist"))}
     if dataset == "emoji":
-        gallery = torch.stack(
-            [
-                data[i][0]
-                for i in tqdm(range(len(data)), desc="emoji gallery", disable=not progress, leave=False)
-            ]
-        )
-        top = retrieval_accuracy(generated, torch.tensor(indices), gallery, ks=(1, 5))
-        return {"retrieval_top1": top[1], "retrieval_top5": top[5]}
+        return _emoji_retrieval(pipeline, data, indices, generated, seed, progress, **sample)
     captions = heldout_shapes_captions(num, pipeline.config.image_size)
     images = generate_images(
         pipeline, captions, seed=seed, desc="generate held-out", progress=progress, **sample
@@ -159,6 +153,23 @@ def _adherence(pipeline, dataset: str, data, indices, generated, num, seed, prog
         "oracle_prompts": "heldout",
         "oracle_facts": shapes_fact_accuracy(images, captions),
     }
+
+
+def _emoji_retrieval(pipeline, data, indices, generated, seed: int, progress: bool, **sample) -> dict:
+    """Retrieval of the prompted emoji: for the names of the sampled items (``generated``), and for
+    the held-out paraphrases (``data.emoji_captions.paraphrases``), one image each from seed + i."""
+    bar = tqdm(range(len(data)), desc="emoji gallery", disable=not progress, leave=False)
+    gallery = torch.stack([data[i][0] for i in bar])  # [N, 3, H, W]
+    top = retrieval_accuracy(generated, torch.tensor(indices), gallery, ks=(1, 5))
+    prompts, targets = paraphrases(data.entries)
+    images = generate_images(
+        pipeline, prompts, seed=seed, desc="generate paraphrases", progress=progress, **sample
+    )
+    typed = retrieval_accuracy(images, torch.tensor(targets), gallery, ks=(1, 5))
+    return {
+        "retrieval_top1": top[1], "retrieval_top5": top[5],
+        "paraphrase_top1": typed[1], "paraphrase_top5": typed[5], "paraphrase_num": len(prompts),
+    }  # fmt: skip
 
 
 def _bits_per_dim(pipeline: Pipeline, dataset: str, options, num: int, seed: int, progress: bool) -> dict:
