@@ -67,32 +67,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     )
     add_weights_flags(p)
     p.add_argument("--negative", default=None, help="negative prompt: what the image should not be")
-    # Sampling options: each flag's dest is a SamplingOptions field, which checks its value.
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
-    p.add_argument(
-        "--sampler", default=None,
-        help="a name from `noisecraft samplers`, or its A1111 name ('Euler a'); default: the model's",
-    )  # fmt: skip
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    p.add_argument(
-        "--guidance-rescale", type=float, default=None, metavar="PHI",
-        help="guidance rescale φ in [0, 1] (Lin et al. 2023; default: 0, off)",
-    )  # fmt: skip
-    p.add_argument(
-        "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-        help="guide only where LO < σ ≤ HI (Kynkäänniemi et al. 2024; default: every σ)",
-    )  # fmt: skip
-    p.add_argument(
-        "--schedule",
-        default=None,
-        help="σ spacing: karras, exponential, polyexponential, sgm_uniform, beta; for DDPM/SD models also "
-        "uniform, leading, trailing; or A1111's names ('SGM Uniform') (default: the model's)",
-    )
-    p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
-    p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
-    p.add_argument(
-        "--seed", type=int, default=None, help="seed of the first image; image i uses seed + i; -1: random"
-    )
+    _add_sampling_flags(p)
     p.add_argument("--num", type=_positive_int, default=1, help="images per prompt (default: 1)")
     p.add_argument("--out", default="outputs/generate", help="output folder (default: %(default)s)")
     p.add_argument("--init", metavar="IMAGE", help="image-to-image: start from this picture (SDEdit)")
@@ -127,6 +102,35 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     add_lora_dir_flag(p, " (and --from-png the adapters it records)")
     p.set_defaults(run=_run_generate)
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """Sampling options: each flag's dest is a SamplingOptions field, which checks its value."""
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
+    p.add_argument(
+        "--sampler", default=None,
+        help="a name from `noisecraft samplers`, or its A1111 name ('Euler a'); default: the model's",
+    )  # fmt: skip
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument(
+        "--guidance-rescale", type=float, default=None, metavar="PHI",
+        help="guidance rescale φ in [0, 1] (Lin et al. 2023; default: 0, off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+        help="guide only where LO < σ ≤ HI (Kynkäänniemi et al. 2024; default: every σ)",
+    )  # fmt: skip
+    p.add_argument(
+        "--schedule",
+        default=None,
+        help="σ spacing: karras, exponential, polyexponential, sgm_uniform, beta; for DDPM/SD models also "
+        "uniform, leading, trailing; or A1111's names ('SGM Uniform') (default: the model's)",
+    )
+    p.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
+    p.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed of the first image; image i uses seed + i; -1: random"
+    )
 
 
 def _run_generate(args: argparse.Namespace) -> None:
