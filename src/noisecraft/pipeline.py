@@ -29,12 +29,14 @@ from .conditioning import Conditioning
 from .images import METADATA_KEY, from_pil, to_pil
 from .model import (
     SETTINGS_FILE,
+    ControlSpec,
     SHIPPED_DIR,
     LatentSpace,
     ModelParts,
     ModelSettings,
     OptionError,
     SamplingOptions,
+    build_controls,
     encode_prompts,
     load_model,
     sample,
@@ -63,6 +65,7 @@ class GenerationRequest:
     init: Image.Image | Tensor | None = None  # PIL, or [C, H, W] / [B, C, H, W] in [-1, 1]
     mask: Image.Image | Tensor | None = None  # white (1) = repaint; needs init
     max_evaluations: int | None = None  # network evaluations allowed (a server's limit); None: no limit
+    controls: tuple[ControlSpec, ...] = ()  # control maps with their branches, scales and windows
 
     def __post_init__(self) -> None:
         if self.mask is not None and self.init is None:
@@ -86,6 +89,8 @@ class Pipeline:
         self.denoiser = config.denoiser(net)
         self._weights_hash: str | None = None
         self.source: str | None = None  # what ``load`` was given: a shipped name or a folder
+        self.origin: Path | None = None  # the model's folder (a file for single-file weights)
+        self._branches: dict[str, nn.Module] = {}  # control branches loaded, by source
 
     # -- saving and loading -----------------------------------------------------------------
 
@@ -108,6 +113,7 @@ class Pipeline:
         parts, origin = load_model(name_or_path, vae, prediction, config)
         pipe = cls(parts.net, parts.text_encoder, parts.settings, parts.latent)
         pipe.source = str(name_or_path) if origin.parent == SHIPPED_DIR else str(origin.resolve())
+        pipe.origin = origin
         return pipe
 
     @property
@@ -135,11 +141,23 @@ class Pipeline:
             keep = 1 - self._as_mask(request.mask, len(prompts), size)  # [B, 1, H, W], 1 where kept
         if request.init is not None:
             init = self._as_batch(request.init, len(prompts), size)
+        controls = self.controls(request.controls, options)
         x = self._sample(
-            prompts, request.negative_prompt, options, callback, init, keep, request.max_evaluations
+            prompts, request.negative_prompt, options, callback, init, keep, request.max_evaluations, controls
         )
         mode = "inpaint" if keep is not None else "img2img" if init is not None else "generate"
-        return self._finish(x, prompts, request.negative_prompt, options, mode)
+        images = self._finish(x, prompts, request.negative_prompt, options, mode)
+        for image in images if request.controls else ():
+            image.info[METADATA_KEY]["controls"] = [spec.metadata() for spec in request.controls]
+        return images
+
+    def controls(self, specs: tuple[ControlSpec, ...], options: SamplingOptions) -> list:
+        """The request's controls, branches loaded and maps made at the size the branches need."""
+        if not specs:
+            return []
+        shape = self.latent.sample_shape((self.config.channels, options.height, options.width))
+        folder = self.origin if self.origin is not None and self.origin.is_dir() else None
+        return build_controls(tuple(specs), self.net, folder, tuple(shape[-2:]), self._branches)
 
     def generate(
         self,
@@ -228,6 +246,7 @@ class Pipeline:
         init: Tensor | None,
         keep: Tensor | None,
         max_evaluations: int | None = None,
+        controls: list | None = None,
     ) -> Tensor:
         """Pixels [B, C, H, W] from resolved options; init [B, C, H, W] and keep [B, 1, H, W] in pixels."""
         check_seed(options.seed, len(prompts))
@@ -244,7 +263,7 @@ class Pipeline:
         out = sample(
             self.denoiser, shape, options, seeds, cond, uncond,
             callback=self._pixel_steps(callback), init=latent_init, keep=latent_keep,
-            max_evaluations=max_evaluations,
+            max_evaluations=max_evaluations, controls=controls or (),
         )  # fmt: skip
         images = self.latent.decode(out)
         if keep is not None and not self.latent.is_identity:  # the kept pixels exactly, not re-decoded

@@ -6,6 +6,7 @@ sampling function every caller uses.
     training → model, {losses, nets, data}
 """
 
+from .control import ControlSpec, build_controls, load_control_branch
 from .folder import (
     SETTINGS_FILE,
     SHIPPED_DIR,
@@ -24,6 +25,9 @@ from .sampling import encode_prompts, sample
 from .settings import ModelSettings, build_denoiser
 
 __all__ = [
+    "ControlSpec",
+    "build_controls",
+    "load_control_branch",
     "SETTINGS_FILE",
     "SHIPPED_DIR",
     "LatentSpace",

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..conditioning import Conditioning
 from ..denoisers import Denoiser, FixedBatch
-from ..guidance import ClassifierFreeGuidance
+from ..guidance import ClassifierFreeGuidance, Control, ControlWindow
 from ..noise import SeededNoise
 from ..samplers import Callback, get_sampler
 from ..text.tokenizer import check_prompts
@@ -100,6 +100,7 @@ def sample(
     dtype: torch.dtype = torch.float32,
     rows: int = BATCH_ROWS,
     max_evaluations: int | None = None,
+    controls: Sequence[Control] = (),
 ) -> Tensor:
     """len(seeds) samples of one example ``shape``, [B, *shape], sample i drawn from seed i alone.
 
@@ -108,7 +109,8 @@ def sample(
     inpainting instead, and the known part of ``init`` is kept exactly. The starting noise is drawn
     on the CPU in float32 and then moved to ``device`` and ``dtype``. The denoiser runs on chunks of
     ``rows`` samples (``FixedBatch``). ``max_evaluations`` bounds the sampler's calls of the (guided)
-    denoiser, whatever the sampler: one more raises EvaluationLimit (a ValueError).
+    denoiser, whatever the sampler: one more raises EvaluationLimit (a ValueError). ``controls``: control
+    branches with their maps, scales and windows (fractions of the ``steps`` steps; guidance.ControlWindow).
     """
     unresolved = [key for key in MODEL_DEFAULTS if getattr(options, key) is None]
     if unresolved:
@@ -122,7 +124,10 @@ def sample(
         return init
     o = options
     table = getattr(denoiser, "sigma_table", None)  # a discrete model's σ per timestep, if any
-    sigmas = schedule_sigmas(o.schedule, steps, o.sigma_min, o.sigma_max, o.rho, dtype, table)[start:]
+    sigmas = schedule_sigmas(o.schedule, steps, o.sigma_min, o.sigma_max, o.rho, dtype, table)
+    if controls:
+        denoiser = ControlWindow(denoiser, controls, sigmas)
+    sigmas = sigmas[start:]
     x = x * sigmas[0] if start == 0 else init + x * sigmas[0]
     denoiser = guided(denoiser, options, cond, uncond, rows)
     if keep is not None:
