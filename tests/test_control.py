@@ -80,7 +80,9 @@ def test_sigma_window_follows_the_fraction_of_steps():
         calls.append([h.scale for h in cond.control])
         return x
 
-    window = ControlWindow(denoiser, [Control(torch.nn.Identity(), torch.zeros(1, 3, 2, 2), 0.7, (0.2, 0.6))], sigmas)
+    window = ControlWindow(
+        denoiser, [Control(torch.nn.Identity(), torch.zeros(1, 3, 2, 2), 0.7, (0.2, 0.6))], sigmas
+    )
     for s in sigmas[:-1]:
         window(torch.zeros(1, 3, 2, 2), s, _cond(1))
     assert calls == [[], [0.7], [0.7], [0.7], []]
@@ -129,8 +131,8 @@ def test_maps_are_resized_and_bad_maps_refused():
 
 
 def test_layout_map_colours_each_shape_by_kind():
-    scene = Scene((Shape("red", "square", "large", 0.3, 0.5, 0.2), Shape("blue", "circle", "small", 0.75, 0.5, 0.12)),
-                  "white")  # fmt: skip
+    square = Shape("red", "square", "large", 0.3, 0.5, 0.2)
+    scene = Scene((square, Shape("blue", "circle", "small", 0.75, 0.5, 0.12)), "white")
     m = layout_map(scene, 32)
     assert m[:, 16, 9].tolist() == [c / 255 for c in KIND_COLOURS["square"]]
     assert m[:, 16, 24].tolist() == [c / 255 for c in KIND_COLOURS["circle"]]

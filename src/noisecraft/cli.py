@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .cli_control import add_control_flags, control_requests
 from .cli_weights import add_weights_flags, weights_options
 from .evaluation.cli import add_eval_parser
 from .server.cli import add_serve_parser
@@ -102,6 +103,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--show-steps", action="store_true", help="also save a step strip and a GIF per image")
     p.add_argument("--from-png", metavar="PNG", help="regenerate an image from the parameters it carries")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_control_flags(p)
     p.set_defaults(run=_run_generate)
 
 
@@ -121,12 +123,13 @@ def _run_generate(args: argparse.Namespace) -> None:
         mask=args.mask,
         show_steps=args.show_steps,
         progress=not args.quiet,
+        controls=control_requests(args),
     )
     model = args.model or "emoji"
     if args.seed == RANDOM_SEED and not args.from_png:
         print(f"noisecraft generate: seed -1 drew seed {request.options.seed}", file=sys.stderr)
     if args.from_png:
-        request, png_model = request_from_png(args.from_png, request)
+        request, png_model = request_from_png(args.from_png, request)  # its controls too, unless given
         model = args.model or png_model
     elif not args.prompts:
         raise ValueError("give at least one prompt (or --from-png IMAGE)")

@@ -31,7 +31,8 @@ class ControlMapError(ValueError):
 
 
 def read_map(source: str | Path | bytes | Image.Image) -> Image.Image:
-    """An RGB image from a path, bytes or a PIL image; ControlMapError for a non-image or an alpha-only map."""
+    """An RGB image from a path, bytes or a PIL image; ControlMapError for a non-image or an alpha-only
+    map."""
     if isinstance(source, Image.Image):
         image = source
     else:
@@ -40,7 +41,8 @@ def read_map(source: str | Path | bytes | Image.Image) -> Image.Image:
             image = Image.open(io.BytesIO(data))
             image.load()
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as err:
-            raise ControlMapError(f"control map {_name(source)} is not a readable image ({err})") from None
+            why = "an unknown format" if isinstance(err, UnidentifiedImageError) else err
+            raise ControlMapError(f"control map {_name(source)} is not a readable image ({why})") from None
     if image.mode in ("LA", "RGBA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = np.asarray(image.convert("RGBA"))
         if rgba[..., :3].max() == rgba[..., :3].min() and rgba[..., 3].min() < rgba[..., 3].max():

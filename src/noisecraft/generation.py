@@ -15,9 +15,10 @@ from typing import Any
 from PIL import Image
 
 from .callbacks import ProgressBar, StepRecorder, chain
+from .control_maps import read_map
 from .images import METADATA_KEY, load_image, make_grid, save_gif, save_png, upscale
 from .infotext import infotext, png_parameters
-from .model import SamplingOptions
+from .model import ControlSpec, SamplingOptions
 from .pipeline import GenerationRequest, Pipeline
 
 
@@ -33,6 +34,8 @@ class FilesRequest:
     mask: str | None = None  # inpainting mask file: white = repaint
     show_steps: bool = False
     progress: bool = True
+    # one dict per control: map (a file), and optionally type, model, scale, window (model.ControlSpec)
+    controls: list[dict[str, Any]] = field(default_factory=list)
 
 
 def request_from_png(
@@ -47,13 +50,36 @@ def request_from_png(
             options=SamplingOptions.from_metadata(meta),
             init=_text(meta, "init"),
             mask=_text(meta, "mask"),
+            controls=_controls(meta),
         )
         model = _text(meta, "model") or ""
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: incomplete generation parameters ({err})") from None
     if overrides is not None:
         request = replace(request, show_steps=overrides.show_steps, progress=overrides.progress)
+        if overrides.controls:
+            request = replace(request, controls=overrides.controls)
     return request, model
+
+
+def _controls(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The controls a PNG records (their maps as files): TypeError for anything but a list of objects."""
+    controls = meta.get("controls") or []
+    if not isinstance(controls, list) or not all(isinstance(c, dict) and isinstance(c.get("map"), str)
+                                                  for c in controls):  # fmt: skip
+        raise TypeError(f"controls must be a list of objects with a map file, got {controls!r}")
+    keys = ("map", "type", "model", "scale", "window")
+    return [{k: c[k] for k in keys if c.get(k) is not None} for c in controls]
+
+
+def _control_specs(controls: list[dict[str, Any]]) -> tuple[ControlSpec, ...]:
+    """ControlSpecs of the request's controls (the maps read now: a bad file fails before sampling)."""
+    specs = []
+    for c in controls:
+        window = tuple(c.get("window", (0.0, 1.0)))
+        specs.append(ControlSpec(read_map(c["map"]), c.get("type", "layout"), c.get("model"),
+                                 c.get("scale", 1.0), window))  # fmt: skip
+    return tuple(specs)
 
 
 def _text(meta: dict[str, Any], key: str, required: bool = False) -> str | None:
@@ -77,12 +103,17 @@ def run(pipe: Pipeline, request: FilesRequest) -> tuple[list[Image.Image], StepR
     init = None if request.init is None else load_image(request.init, pipe.config.channels, size)
     mask = None if request.mask is None else (load_image(request.mask, 1) > 0).float()
     r = request
-    job = GenerationRequest(r.prompts, r.negative_prompt, r.num, r.options, init, mask)
+    controls = _control_specs(r.controls)
+    job = GenerationRequest(r.prompts, r.negative_prompt, r.num, r.options, init, mask, controls=controls)
     images = pipe.run(job, chain(progress, recorder))
     for image in images:
         for key in ("init", "mask"):
             if getattr(request, key) is not None:
                 image.info[METADATA_KEY][key] = str(Path(getattr(request, key)).resolve())
+        for recorded, given in zip(image.info[METADATA_KEY].get("controls", []), r.controls):
+            recorded["map"] = str(Path(given["map"]).resolve())
+            if given.get("model") and Path(given["model"]).exists():  # a path: absolute, for --from-png
+                recorded["model"] = str(Path(given["model"]).resolve())
     return images, recorder
 
 

@@ -29,8 +29,8 @@ from .conditioning import Conditioning
 from .images import METADATA_KEY, from_pil, to_pil
 from .model import (
     SETTINGS_FILE,
-    ControlSpec,
     SHIPPED_DIR,
+    ControlSpec,
     LatentSpace,
     ModelParts,
     ModelSettings,
@@ -219,11 +219,13 @@ class Pipeline:
         callback: Callback | None = None,
         init: Tensor | None = None,
         keep: Tensor | None = None,
+        controls: tuple[ControlSpec, ...] = (),
         **options: Any,
     ) -> Tensor:
         """The images [B, C, H, W] in [-1, 1] before conversion to PIL; ``options`` as in ``generate``."""
         resolved = SamplingOptions(**options).resolve(self.config)
-        return self._sample(list(prompts), negative_prompt, resolved, callback, init, keep)
+        made = self.controls(tuple(controls), resolved)
+        return self._sample(list(prompts), negative_prompt, resolved, callback, init, keep, None, made)
 
     def encode(self, prompts: list[str]) -> Conditioning | None:
         """The text encoder's Conditioning for ``prompts`` (None for an unconditional model)."""

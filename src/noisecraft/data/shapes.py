@@ -216,7 +216,7 @@ def layout_map(scene: Scene, size: int = 32) -> torch.Tensor:
 
 
 def layout_caption(scene: Scene) -> str:
-    """A caption naming colours and kinds only, nothing of where or how big: 'a red circle and a blue star'."""
+    """A caption naming colours and kinds only, not where or how big: 'a red circle and a blue star'."""
     return " and ".join(f"a {s.colour} {s.kind}" for s in scene.shapes)
 
 

@@ -34,7 +34,9 @@ class ControlSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in CONTROL_TYPES:
-            raise OptionError("control_type", f"unknown control type {self.kind!r}; valid: {', '.join(CONTROL_TYPES)}")
+            raise OptionError(
+                "control_type", f"unknown control type {self.kind!r}; valid: {', '.join(CONTROL_TYPES)}"
+            )
         try:
             scale, window = float(self.scale), tuple(float(w) for w in self.window)
         except (TypeError, ValueError):
@@ -83,7 +85,11 @@ def check_fits(branch: ControlNet, net: nn.Module, name: str) -> None:
     """ValueError unless the branch's residuals fit ``net``'s skips (same encoder widths and text width)."""
     cfg, theirs = branch.config, getattr(net, "config", None)
     keys = ("channels", "channel_mult", "blocks_per_level", "text_dim")
-    if theirs is None or not hasattr(net, "encode") or any(getattr(cfg, k) != getattr(theirs, k, None) for k in keys):
+    if (
+        theirs is None
+        or not hasattr(net, "encode")
+        or any(getattr(cfg, k) != getattr(theirs, k, None) for k in keys)
+    ):
         raise ValueError(
             f"control model {name} is for another network (its encoder: "
             + ", ".join(f"{k}={getattr(cfg, k)}" for k in keys)
@@ -92,7 +98,11 @@ def check_fits(branch: ControlNet, net: nn.Module, name: str) -> None:
 
 
 def build_controls(
-    specs: tuple[ControlSpec, ...], net: nn.Module, model_folder: Path | None, size: tuple[int, int], cache: dict
+    specs: tuple[ControlSpec, ...],
+    net: nn.Module,
+    model_folder: Path | None,
+    size: tuple[int, int],
+    cache: dict,
 ) -> list[Control]:
     """Controls ready to sample with: branches loaded (once per source, kept in ``cache``) and maps made at
     the branch's map size for an input of ``size`` (H, W) cells."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import Tensor, nn
 
 from ..components import register_component
@@ -85,7 +84,11 @@ class ControlNet(UNet):
     ) -> Residuals:
         x, emb, tokens, mask = self.prepare(x_in, c_noise, cond)
         factor, (height, width) = self.config.hint_factor, x.shape[-2:]
-        if hint.ndim != 4 or tuple(hint.shape[1:]) != (self.config.hint_channels, factor * height, factor * width):
+        if hint.ndim != 4 or tuple(hint.shape[1:]) != (
+            self.config.hint_channels,
+            factor * height,
+            factor * width,
+        ):
             raise ValueError(
                 f"ControlNet: the map must be [B, {self.config.hint_channels}, {factor * height}, "
                 f"{factor * width}] for this input, got {list(hint.shape)}"

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..components import save_component
 from ..conditioning import Conditioning, ControlHint
-from ..data.shapes import COLOURS, KINDS, ShapesDataset, Scene, Shape, layout_caption, layout_map, render
+from ..data.shapes import COLOURS, KINDS, Scene, Shape, ShapesDataset, layout_caption, layout_map, render
 from ..losses import denoising_loss
 from ..model import load_model
 from ..nets.control import ControlNet
@@ -114,7 +114,9 @@ def train_control(config: ControlTrainConfig, out: str | Path, resume: bool = Fa
     found = latest_checkpoint(out / "checkpoints") if resume else None
     if found is not None:
         _, tensors, meta = found
-        branch.load_state_dict({k[len("branch/") :]: v for k, v in tensors.items() if k.startswith("branch/")})
+        branch.load_state_dict(
+            {k[len("branch/") :]: v for k, v in tensors.items() if k.startswith("branch/")}
+        )
         optim.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
         restore_rng(tensors, g)
         step = int(meta["step"])
@@ -136,7 +138,12 @@ def train_control(config: ControlTrainConfig, out: str | Path, resume: bool = Fa
         optim.step()
         step += 1
         if step % config.log_every == 0:
-            record = {"step": step, "loss": loss.item(), "grad_norm": grad.item(), "seconds": time.time() - started}
+            record = {
+                "step": step,
+                "loss": loss.item(),
+                "grad_norm": grad.item(),
+                "seconds": time.time() - started,
+            }
             with log.open("a") as f:
                 f.write(json.dumps(record) + "\n")
         if step % config.checkpoint_every == 0 or step == config.steps:
@@ -150,7 +157,9 @@ def _save(out: Path, step: int, branch: ControlNet, optim, g: torch.Generator, c
     record = {"optimizer": meta, "config": asdict(config)}
     save_checkpoint(out / "checkpoints", step, tensors, record, config.checkpoint_keep)
     save_component(branch, out / "model")
-    (out / "model" / "training.json").write_text(json.dumps({"step": step, **record["config"]}, indent=1) + "\n")
+    (out / "model" / "training.json").write_text(
+        json.dumps({"step": step, **record["config"]}, indent=1) + "\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
