@@ -171,6 +171,17 @@ class A1111PngInfo(BaseModel):
 # -- native (/v1) --------------------------------------------------------------------------------
 
 
+class ControlItem(BaseModel):
+    """One control of ``POST /v1/generate``: a map steering the layout (ControlNet)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(..., description="base64 map image; resized to the size the control needs")
+    type: str = Field("layout", description="layout | edges | scribble | canny | segment (see the README)")
+    scale: float = Field(1.0, description="strength; 0: the image without the control, bit for bit")
+    window: tuple[float, float] = Field((0.0, 1.0), description="[start, end] as fractions of the steps")
+
+
 class GenerateRequest(BaseModel):
     """``POST /v1/generate``: text to image, image to image (init_image) or inpainting (+ mask)."""
 
@@ -200,6 +211,9 @@ class GenerateRequest(BaseModel):
     init_image: str | None = Field(None, description="base64 image to start from (SDEdit)")
     strength: float | None = Field(None, description="init_image: 0 keeps it, 1 ignores it; default 0.6")
     mask: str | None = Field(None, description="base64 image, with init_image: white is repainted")
+    controls: list[ControlItem] = Field(
+        default_factory=list, description="maps steering the layout with the model's own control branch"
+    )
 
 
 class ModelInfo(BaseModel):
