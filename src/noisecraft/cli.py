@@ -176,6 +176,22 @@ def _run_train(args: argparse.Namespace) -> None:
         raise SystemExit(f"noisecraft train: error: {err}") from None
 
 
+def _add_train_control(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-control", help="train a control branch (ControlNet) for a frozen model")
+    p.add_argument("recipe", help="a control recipe, e.g. configs/control_shapes.toml")
+    p.add_argument("--out", required=True, help="run folder: checkpoints/, model/ (the branch), log.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--steps", type=_positive_int, default=None, help="total steps (overrides the recipe's)")
+    p.set_defaults(run=_run_train_control)
+
+
+def _run_train_control(args: argparse.Namespace) -> None:
+    from .training.control import read_config, train_control
+
+    config = read_config(args.recipe, {"steps": args.steps} if args.steps else None)
+    print(train_control(config, args.out, args.resume))
+
+
 def _add_ship(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ship", help="package a trained model (fp16) with a MODEL_CARD.md")
     p.add_argument("model", help="the model/ folder of a `noisecraft train` run")
@@ -222,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain(sub)
     _add_samplers(sub)
     _add_train(sub)
+    _add_train_control(sub)
     _add_ship(sub)
     _add_convert(sub)
     add_serve_parser(sub)

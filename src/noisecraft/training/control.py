@@ -1,7 +1,7 @@
 """Train a control branch (ControlNet, Zhang et al. 2023) for a frozen model on the shapes dataset, whose
 every scene comes with its layout map; only the branch's weights change.
 
-    noisecraft train-control configs/control_shapes.toml --out runs/control [--resume]
+    noisecraft train-control configs/control_shapes.toml --out runs/control_shapes [--resume]
 
 Checkpoints (branch, optimizer, RNG: safetensors + JSON, never pickle) every ``checkpoint_every`` steps;
 ``--resume`` continues from the newest. The branch is exported to ``<out>/model`` (a component folder
@@ -161,24 +161,3 @@ def _save(out: Path, step: int, branch: ControlNet, optim, g: torch.Generator, c
         json.dumps({"step": step, **record["config"]}, indent=1) + "\n"
     )
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``noisecraft train-control RECIPE --out DIR [--resume] [--steps N]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="noisecraft train-control", description=__doc__.splitlines()[0])
-    parser.add_argument("recipe", help="a control recipe (.toml), e.g. configs/control_shapes.toml")
-    parser.add_argument("--out", required=True, help="run folder: checkpoints/, model/, log.jsonl")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    parser.add_argument("--steps", type=int, help="override the recipe's step count")
-    args = parser.parse_args(argv)
-    try:
-        config = read_config(args.recipe, {"steps": args.steps} if args.steps else None)
-        print(train_control(config, args.out, args.resume))
-    except ValueError as err:
-        parser.exit(2, f"noisecraft train-control: error: {err}\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
