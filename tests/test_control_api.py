@@ -54,7 +54,9 @@ def _b64(image: Image.Image) -> str:
 
 def _run(pipe, scale: float, window=(0.0, 1.0)):
     spec = ControlSpec(_map(), "layout", None, scale, window)
-    return pipe.run(GenerationRequest("a red circle", options=SamplingOptions(steps=3, seed=4), controls=(spec,)))[0]
+    return pipe.run(
+        GenerationRequest("a red circle", options=SamplingOptions(steps=3, seed=4), controls=(spec,))
+    )[0]
 
 
 def test_cli_control_metadata_and_from_png(model_dir, tmp_path, capsys):
