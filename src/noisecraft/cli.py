@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .cli_control import add_control_flags, control_requests
 from .cli_weights import add_lora_dir_flag, add_weights_flags, weights_options
 from .devices import add_device_arguments
 from .evaluation.cli import add_eval_parser
@@ -131,6 +132,18 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed", type=int, default=None, help="seed of the first image; image i uses seed + i; -1: random"
     )
+    p.add_argument("--num", type=_positive_int, default=1, help="images per prompt (default: 1)")
+    p.add_argument("--out", default="outputs/generate", help="output folder (default: %(default)s)")
+    p.add_argument("--init", metavar="IMAGE", help="image-to-image: start from this picture (SDEdit)")
+    p.add_argument(
+        "--strength", type=float, default=None, help="--init: 0 keeps it, 1 ignores it (default: 0.6)"
+    )
+    p.add_argument("--mask", metavar="MASK", help="inpainting (with --init): repaint where the mask is white")
+    p.add_argument("--show-steps", action="store_true", help="also save a step strip and a GIF per image")
+    p.add_argument("--from-png", metavar="PNG", help="regenerate an image from the parameters it carries")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_control_flags(p)
+    p.set_defaults(run=_run_generate)
 
 
 def _run_generate(args: argparse.Namespace) -> None:
@@ -159,13 +172,14 @@ def _run_generate(args: argparse.Namespace) -> None:
         show_steps=args.show_steps,
         progress=not args.quiet,
         keep_paths=args.keep_paths,
+        controls=control_requests(args),
     )
     model = args.model or "emoji"
     if args.seed == RANDOM_SEED and not args.from_png:
         print(f"noisecraft generate: seed -1 drew seed {request.options.seed}", file=sys.stderr)
     if args.from_png:
         given = {k: v for k, v in vars(args).items() if v is not None}
-        given.update(progress=not args.quiet)
+        given.update(progress=not args.quiet, **({"controls": request.controls} if request.controls else {}))
         trust = PngTrust(args.allow_paths, Limits().max_steps, Limits().max_pixels)
         request, model = request_from_png(args.from_png, given, trust)
         for key in ("model", "init", "mask") if args.allow_paths else ():
@@ -250,6 +264,22 @@ def _run_distill(args: argparse.Namespace) -> None:
     _run_training(config, args.out, args.resume, "distill")
 
 
+def _add_train_control(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-control", help="train a control branch (ControlNet) for a frozen model")
+    p.add_argument("recipe", help="a control recipe, e.g. configs/control_shapes.toml")
+    p.add_argument("--out", required=True, help="run folder: checkpoints/, model/ (the branch), log.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--steps", type=_positive_int, default=None, help="total steps (overrides the recipe's)")
+    p.set_defaults(run=_run_train_control)
+
+
+def _run_train_control(args: argparse.Namespace) -> None:
+    from .training.control import read_config, train_control
+
+    config = read_config(args.recipe, {"steps": args.steps} if args.steps else None)
+    print(train_control(config, args.out, args.resume))
+
+
 def _add_ship(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ship", help="package a trained model (fp16) with a MODEL_CARD.md")
     p.add_argument("model", help="the model/ folder of a `noisecraft train` run")
@@ -331,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_samplers(sub)
     _add_train(sub)
     _add_distill(sub)
+    _add_train_control(sub)
     _add_ship(sub)
     _add_convert(sub)
     _add_info(sub)

@@ -15,6 +15,7 @@ from typing import Any
 from PIL import Image
 
 from .callbacks import ProgressBar, StepRecorder, chain
+from .control_maps import read_map
 from .images import (
     METADATA_KEY,
     load_image,
@@ -26,7 +27,7 @@ from .images import (
     upscale,
 )
 from .infotext import infotext, png_parameters
-from .model import SamplingOptions, shipped_models
+from .model import ControlSpec, SamplingOptions, shipped_models
 from .model.adapters import find_adapter
 from .model.settings import MAX_SIDE, MAX_STEPS
 from .pipeline import GenerationRequest, Pipeline
@@ -46,6 +47,8 @@ class FilesRequest:
     progress: bool = True
     keep_paths: bool = False  # metadata names files by absolute path, not by name
     loras: list[tuple[str, float]] = field(default_factory=list)  # adapters by name, in the LoRA folder
+    # one dict per control: map (a file), and optionally type, model, scale, window (model.ControlSpec)
+    controls: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -72,17 +75,23 @@ def request_from_png(
             negative_prompt=_text(meta, "negative_prompt"),
             options=options,
             loras=[(str(a["name"]), float(a["scale"])) for a in meta.get("loras") or []],
+            controls=_controls(meta),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"{path}: incomplete generation parameters ({err})") from None
     _check_png_size(path, options, flags, trust)
+    if request.controls and not flags.get("controls") and not trust.allow_paths:
+        maps = ", ".join(repr(c["map"]) for c in request.controls)
+        raise ValueError(
+            f"{path} asks to read local files (control maps {maps}): pass --control, or --allow-paths"
+        )
     files = _png_files(path, asked, flags, trust.allow_paths)
     model = files.pop("model")
     request = replace(request, **{k: v for k, v in flags.items() if k in FILES_FLAGS}, **files)
     return request, model
 
 
-FILES_FLAGS = ("num", "show_steps", "progress", "keep_paths")  # what the user adds to a PNG's request
+FILES_FLAGS = ("num", "show_steps", "progress", "keep_paths", "controls")  # what the user adds to a PNG
 
 
 def _check_png_size(
@@ -125,6 +134,26 @@ def _png_files(
 FILE_KINDS = {"model": "model", "init": "init image", "mask": "mask"}
 
 
+def _controls(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The controls a PNG records (their maps as files): TypeError for anything but a list of objects."""
+    controls = meta.get("controls") or []
+    if not isinstance(controls, list) or not all(isinstance(c, dict) and isinstance(c.get("map"), str)
+                                                  for c in controls):  # fmt: skip
+        raise TypeError(f"controls must be a list of objects with a map file, got {controls!r}")
+    keys = ("map", "type", "model", "scale", "window")
+    return [{k: c[k] for k in keys if c.get(k) is not None} for c in controls]
+
+
+def _control_specs(controls: list[dict[str, Any]]) -> tuple[ControlSpec, ...]:
+    """ControlSpecs of the request's controls (the maps read now: a bad file fails before sampling)."""
+    specs = []
+    for c in controls:
+        window = tuple(c.get("window", (0.0, 1.0)))
+        specs.append(ControlSpec(read_map(c["map"]), c.get("type", "layout"), c.get("model"),
+                                 c.get("scale", 1.0), window))  # fmt: skip
+    return tuple(specs)
+
+
 def _text(meta: dict[str, Any], key: str, required: bool = False) -> str | None:
     """An optional text field of PNG metadata; TypeError when it holds anything but a string."""
     value = meta[key] if required else meta.get(key)
@@ -149,7 +178,8 @@ def run(pipe: Pipeline, request: FilesRequest) -> tuple[list[Image.Image], StepR
     init = None if request.init is None else load_image(request.init, pipe.config.channels, size)
     mask = None if request.mask is None else open_image(request.mask)  # any size: the pipeline fits it
     r = request
-    job = GenerationRequest(r.prompts, r.negative_prompt, r.num, r.options, init, mask)
+    controls = _control_specs(r.controls)
+    job = GenerationRequest(r.prompts, r.negative_prompt, r.num, r.options, init, mask, controls=controls)
     images = pipe.run(job, chain(progress, recorder))
     for image in images:
         meta = image.info[METADATA_KEY]
@@ -158,6 +188,10 @@ def run(pipe: Pipeline, request: FilesRequest) -> tuple[list[Image.Image], StepR
                 meta[key] = path_field(getattr(request, key), request.keep_paths)
         if request.keep_paths and pipe.source and Path(pipe.source).is_absolute():
             meta["model"] = pipe.source
+        for recorded, given in zip(meta.get("controls", []), r.controls):  # names unless keep_paths
+            recorded["map"] = path_field(given["map"], request.keep_paths)
+            if given.get("model") and Path(given["model"]).exists():
+                recorded["model"] = path_field(given["model"], request.keep_paths)
     return images, recorder
 
 

@@ -8,11 +8,13 @@ Conditioning as ``uncond`` instead of the empty prompt's.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .conditioning import Conditioning
+from .conditioning import Conditioning, ControlHint
 from .denoisers import Denoiser, sigma_vector
 
 
@@ -122,3 +124,51 @@ def drop_conditioning(
         torch.where(drop[:, None], empty.mask, kept.mask),
         torch.where(drop[:, None], empty.pooled, kept.pooled),
     )
+
+
+@dataclass(frozen=True)
+class Control:
+    """One control of a generation: a branch, its map [1, C, H, W] in [0, 1], a scale, and a window
+    (start, end) as fractions of the sampling steps (A1111's guidance start/end)."""
+
+    branch: nn.Module
+    image: Tensor
+    scale: float = 1.0
+    window: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.window
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"a control's window must satisfy 0 <= start <= end <= 1, got ({lo}, {hi})")
+        if not torch.isfinite(torch.tensor(float(self.scale))):
+            raise ValueError(f"a control's scale must be finite, got {self.scale}")
+
+
+def sigma_window(window: tuple[float, float], sigmas: Tensor) -> tuple[float, float]:
+    """(σ_lo, σ_hi) of the steps i with start ≤ i/steps ≤ end, for a schedule of steps + 1 values."""
+    steps = len(sigmas) - 1
+    first = min(steps - 1, int(torch.tensor(window[0] * steps).ceil()))
+    last = max(first, min(steps - 1, int(torch.tensor(window[1] * steps).floor())))
+    if window[1] * steps < first:  # the window holds no step
+        return (float("inf"), float("inf"))
+    return float(sigmas[last]), float(sigmas[first])
+
+
+class ControlWindow:
+    """A Denoiser that runs ``denoiser`` with the controls whose σ window holds each sample's σ."""
+
+    def __init__(self, denoiser: Denoiser, controls: Sequence[Control], sigmas: Tensor):
+        self.denoiser = denoiser
+        self.controls = [(c, sigma_window(c.window, sigmas)) for c in controls if c.scale != 0]
+
+    def __call__(self, x: Tensor, sigma: Tensor | float, cond: Conditioning | None = None) -> Tensor:
+        if cond is None or not self.controls:
+            return self.denoiser(x, sigma, cond)
+        sigma = sigma_vector(sigma, x)  # [B]
+        hints = []
+        for control, (lo, hi) in self.controls:
+            inside = (sigma >= lo * (1 - 1e-6)) & (sigma <= hi * (1 + 1e-6))  # [B]
+            if inside.any():
+                scale = control.scale if bool(inside.all()) else inside.to(x.dtype) * control.scale
+                hints.append(ControlHint(control.branch, control.image, scale))
+        return self.denoiser(x, sigma, cond.with_control(tuple(hints)) if hints else cond)

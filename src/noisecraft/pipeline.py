@@ -32,11 +32,13 @@ from .model import (
     MAX_IMAGES,
     SETTINGS_FILE,
     SHIPPED_DIR,
+    ControlSpec,
     LatentSpace,
     ModelParts,
     ModelSettings,
     OptionError,
     SamplingOptions,
+    build_controls,
     encode_prompts,
     load_model,
     sample,
@@ -66,6 +68,7 @@ class GenerationRequest:
     init: Image.Image | Tensor | None = None  # PIL, or [C, H, W] / [B, C, H, W] in [-1, 1]
     mask: Image.Image | Tensor | None = None  # white (1) = repaint; needs init
     max_evaluations: int | None = None  # network evaluations allowed (a server's limit); None: no limit
+    controls: tuple[ControlSpec, ...] = ()  # control maps with their branches, scales and windows
 
     def __post_init__(self) -> None:
         if self.mask is not None and self.init is None:
@@ -93,6 +96,8 @@ class Pipeline:
         self.loras: list[tuple[Adapter, float]] = []  # adapters on every request (add_lora)
         self.lora_dir: Path | None = None  # where <lora:NAME> in a prompt is looked up
         self._adapters: ModelAdapters | None = None
+        self.origin: Path | None = None  # the model's folder (a file for single-file weights)
+        self._branches: dict[str, nn.Module] = {}  # control branches loaded, by source
 
     # -- saving and loading -----------------------------------------------------------------
 
@@ -122,6 +127,7 @@ class Pipeline:
         pipe.lora_dir = None if lora_dir is None else Path(lora_dir).expanduser()
         for spec in loras:
             pipe.add_lora(*((spec,) if isinstance(spec, tuple) else parse_spec(str(spec))))
+        pipe.origin = origin
         return pipe
 
     from_pretrained, save_pretrained = load, save  # diffusers' spelling of the same two methods
@@ -211,13 +217,26 @@ class Pipeline:
             keep = 1 - self._as_mask(request.mask, len(prompts), size)  # [B, 1, H, W], 1 where kept
         if request.init is not None:
             init = self._as_batch(request.init, len(prompts), size)
+        controls = self.controls(request.controls, options)
         with self.placement.context():  # autocast in half precision, an SDPA kernel if one is forced
-            x = self._sample(prompts, negative, options, callback, init, keep, request.max_evaluations)
+            x = self._sample(
+                prompts, negative, options, callback, init, keep, request.max_evaluations, controls
+            )
         mode = "inpaint" if keep is not None else "img2img" if init is not None else "generate"
         images = self._finish(x, asked, request.negative_prompt, options, mode)
         for image in images:
             image.info[METADATA_KEY].update(_adapter_record(self.loras, adapters))
+            if request.controls:
+                image.info[METADATA_KEY]["controls"] = [spec.metadata() for spec in request.controls]
         return images
+
+    def controls(self, specs: tuple[ControlSpec, ...], options: SamplingOptions) -> list:
+        """The request's controls, branches loaded and maps made at the size the branches need."""
+        if not specs:
+            return []
+        shape = self.latent.sample_shape((self.config.channels, options.height, options.width))
+        folder = self.origin if self.origin is not None and self.origin.is_dir() else None
+        return build_controls(tuple(specs), self.net, folder, tuple(shape[-2:]), self._branches)
 
     def generate(
         self,
@@ -279,14 +298,16 @@ class Pipeline:
         callback: Callback | None = None,
         init: Tensor | None = None,
         keep: Tensor | None = None,
+        controls: tuple[ControlSpec, ...] = (),
         **options: Any,
     ) -> Tensor:
         """The images [B, C, H, W] in [-1, 1] before conversion to PIL; ``options`` as in ``generate``."""
         resolved = SamplingOptions(**options).resolve(self.config)
         prompts, negative_prompt, adapters = self._prompt_loras(list(prompts), negative_prompt)
         self._apply_adapters(adapters)
+        made = self.controls(tuple(controls), resolved)
         with self.placement.context():
-            return self._sample(prompts, negative_prompt, resolved, callback, init, keep)
+            return self._sample(prompts, negative_prompt, resolved, callback, init, keep, None, made)
 
     def encode(self, prompts: list[str]) -> Conditioning | None:
         """The text encoder's Conditioning for ``prompts`` (None for an unconditional model)."""
@@ -309,6 +330,7 @@ class Pipeline:
         init: Tensor | None,
         keep: Tensor | None,
         max_evaluations: int | None = None,
+        controls: list | None = None,
     ) -> Tensor:
         """Pixels [B, C, H, W] from resolved options; init [B, C, H, W] and keep [B, 1, H, W] in pixels;
         run inside ``self.placement.context()``."""
@@ -328,7 +350,7 @@ class Pipeline:
         out = sample(
             self.denoiser, shape, options, seeds, cond, uncond,
             callback=self._pixel_steps(callback), init=latent_init, keep=latent_keep,
-            max_evaluations=max_evaluations,
+            max_evaluations=max_evaluations, controls=controls or (),
             device=self.placement.device, dtype=self.placement.state_dtype,
         )  # fmt: skip
         images = self.latent.decode(out, options.tile)

@@ -197,6 +197,29 @@ def render(scene: Scene, size: int = 32) -> torch.Tensor:
     return torch.from_numpy(img).permute(2, 0, 1).float() * 2 - 1  # [3, H, W]
 
 
+# Layout maps (the control training data): each shape's region in its kind's colour, on black.
+KIND_COLOURS: dict[str, tuple[int, int, int]] = {
+    "circle": (255, 0, 0),
+    "square": (0, 255, 0),
+    "triangle": (0, 0, 255),
+    "star": (255, 255, 0),
+}
+
+
+def layout_map(scene: Scene, size: int = 32) -> torch.Tensor:
+    """The scene's layout, [3, size, size] in [0, 1]: black, each shape's coverage in ``KIND_COLOURS``."""
+    img = np.zeros((size, size, 3))
+    for s in scene.shapes:
+        alpha = coverage(s.kind, s.x, s.y, s.r, size)[..., None]  # [H, W, 1]
+        img = img * (1 - alpha) + alpha * (np.asarray(KIND_COLOURS[s.kind]) / 255)
+    return torch.from_numpy(img).permute(2, 0, 1).float()  # [3, H, W]
+
+
+def layout_caption(scene: Scene) -> str:
+    """A caption naming colours and kinds only, not where or how big: 'a red circle and a blue star'."""
+    return " and ".join(f"a {s.colour} {s.kind}" for s in scene.shapes)
+
+
 # ---------------------------------------------------------------------------------------------
 # Sampling scenes and captions (every draw from one torch.Generator)
 
@@ -328,6 +351,10 @@ class ShapesDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         scene, caption = self.scene_and_caption(index)
         return render(scene, self.size), caption
+
+    def layout(self, index: int) -> torch.Tensor:
+        """Item ``index``'s layout map [3, size, size] in [0, 1] (``layout_map``)."""
+        return layout_map(self.scene(index), self.size)
 
     def cache_params(self) -> dict[str, object]:
         """What decides every item besides the length (``noisecraft.data.cache``); ``version`` counts

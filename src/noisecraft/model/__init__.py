@@ -6,6 +6,7 @@ sampling function every caller uses.
     training → model, {losses, nets, data}
 """
 
+from .control import ControlSpec, build_controls, load_control_branch
 from .folder import (
     SETTINGS_FILE,
     SHIPPED_DIR,
@@ -24,7 +25,10 @@ from .sampling import encode_prompts, sample
 from .settings import MAX_IMAGES, ModelSettings, build_denoiser
 
 __all__ = [
+    "ControlSpec",
     "MAX_IMAGES",
+    "build_controls",
+    "load_control_branch",
     "SETTINGS_FILE",
     "SHIPPED_DIR",
     "LatentSpace",

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..conditioning import Conditioning
 from ..denoisers import Denoiser, FixedBatch
-from ..guidance import ClassifierFreeGuidance
+from ..guidance import ClassifierFreeGuidance, Control, ControlWindow
 from ..noise import SeededNoise
 from ..samplers import Callback, get_sampler
 from ..text.tokenizer import check_prompts
@@ -120,6 +120,7 @@ def sample(
     dtype: torch.dtype = torch.float32,
     rows: int = BATCH_ROWS,
     max_evaluations: int | None = None,
+    controls: Sequence[Control] = (),
 ) -> Tensor:
     """len(seeds) samples of one example ``shape``, [B, *shape], sample i drawn from seed i alone.
 
@@ -130,7 +131,8 @@ def sample(
     schedule is built in float64 on the CPU), so a seed starts from the same noise on every device.
     The denoiser runs on chunks of ``rows`` samples (``FixedBatch``). ``max_evaluations`` bounds the
     sampler's calls of the (guided) denoiser, whatever the sampler: one more raises EvaluationLimit
-    (a ValueError).
+    (a ValueError). ``controls``: control branches with their maps, scales and windows (fractions of
+    the ``steps`` steps; guidance.ControlWindow).
     """
     unresolved = [key for key in MODEL_DEFAULTS if getattr(options, key) is None]
     if unresolved:
@@ -145,7 +147,10 @@ def sample(
         return init
     o = options
     table = getattr(denoiser, "sigma_table", None)  # a discrete model's σ per timestep, if any
-    sigmas = schedule_sigmas(o.schedule, steps, o.sigma_min, o.sigma_max, o.rho, dtype, table)[start:]
+    sigmas = schedule_sigmas(o.schedule, steps, o.sigma_min, o.sigma_max, o.rho, dtype, table)
+    if controls:
+        denoiser = ControlWindow(denoiser, controls, sigmas)
+    sigmas = sigmas[start:]
     x = x * sigmas[0] if start == 0 else init + x * sigmas[0]
     denoiser = CheckFinite(guided(denoiser, options, cond, uncond, rows))
     if keep is not None:

@@ -304,7 +304,13 @@ class UNet(nn.Module):
 
     def __init__(self, config: UNetConfig):
         super().__init__()
-        self.config = cfg = config
+        self.config = config
+        skips = self._build_encoder(config)
+        self._build_decoder(config, skips)
+
+    def _build_encoder(self, cfg: UNetConfig) -> list[int]:
+        """The embeddings, conv_in, the down path and the middle (a control branch copies these);
+        returns the width of every skip."""
         emb_dim = 4 * cfg.channels
         self.noise_embed = NoiseEmbedding(cfg.channels, cfg.noise_embedding, cfg.noise_scale)
         self.embed_mlp = nn.Sequential(
@@ -341,7 +347,11 @@ class UNet(nn.Module):
                 UNetBlock(c, c, emb_dim, cfg, False, last),
             ]
         )
-        self.up = nn.ModuleList()
+        return skips
+
+    def _build_decoder(self, cfg: UNetConfig, skips: list[int]) -> None:
+        emb_dim, widths = 4 * cfg.channels, [cfg.channels * m for m in cfg.channel_mult]
+        self.up, c = nn.ModuleList(), widths[-1]
         for level in reversed(range(len(widths))):
             for _ in range(cfg.blocks_per_level + 1):  # one more block: it takes the level's input skip
                 self.up.append(
@@ -353,13 +363,15 @@ class UNet(nn.Module):
         self.norm_out = group_norm(c, cfg.norm_groups, cfg.norm_eps)
         self.conv_out = zero_init(nn.Conv2d(c, cfg.outputs, 3, padding=1))
 
-    def forward(self, x_in: Tensor, c_noise: Tensor | float, cond: Conditioning | None = None) -> Tensor:
-        """The raw output for noisy input x_in [B, C, H, W] at noise input c_noise [B]."""
+    def prepare(
+        self, x_in: Tensor, c_noise: Tensor | float, cond: Conditioning | None
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """(input [B, in_channels, H, W], embedding [B, E] after SiLU, tokens [B, L, D], mask [B, L])."""
         if cond is not None and cond.image is not None:  # an inpainting net's mask and masked-image latents
             x_in = torch.cat([x_in, cond.image.to(x_in)], dim=1)  # [B, in_channels, H, W]
-        batch = check_image(x_in, self.config.in_channels, self.config.downsampling, "UNet")
+        batch = check_image(x_in, self.config.in_channels, self.config.downsampling, type(self).__name__)
         tokens, mask, pooled = unpack_conditioning(
-            cond, batch, self.config.text_dim, "UNet", self.config.pooled_width
+            cond, batch, self.config.text_dim, type(self).__name__, self.config.pooled_width
         )
         if tokens is not None and self.text_refiner is not None:
             tokens = self.text_refiner(tokens, mask)  # [B, L, D]
@@ -372,14 +384,42 @@ class UNet(nn.Module):
         nhwc = channels_last_for(self.config.channels) if self.nhwc_on_cpu is None else self.nhwc_on_cpu
         if nhwc and uses_onednn(x_in):
             x_in = x_in.contiguous(memory_format=torch.channels_last)
+        return x_in, emb, tokens, mask
 
-        h = self.conv_in(x_in)
+    def encode(
+        self, h: Tensor, emb: Tensor, tokens: Tensor | None, mask: Tensor | None
+    ) -> tuple[Tensor, list[Tensor]]:
+        """conv_in's output h through the down path and the middle: (middle output, skips)."""
         skips = [h]
         for block in self.down:
             h = block(h, emb, tokens, mask) if isinstance(block, UNetBlock) else block(h)
             skips.append(h)
         for block in self.mid:
             h = block(h, emb, tokens, mask)
+        return h, skips
+
+    def forward(
+        self,
+        x_in: Tensor,
+        c_noise: Tensor | float,
+        cond: Conditioning | None = None,
+        residuals: tuple[list[Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """The raw output for noisy input x_in [B, C, H, W] at noise input c_noise [B].
+
+        ``residuals`` (a control branch's: one per skip, and one for the middle) are added to the skips
+        and the middle's output; without them, the controls ``cond.control`` names are run for them.
+        """
+        if residuals is None and cond is not None and cond.control:
+            from .control import control_residuals  # the branch imports this module
+
+            residuals = control_residuals(cond, x_in, c_noise)
+        x_in, emb, tokens, mask = self.prepare(x_in, c_noise, cond)
+        h, skips = self.encode(self.conv_in(x_in), emb, tokens, mask)
+        if residuals is not None:
+            extra, mid = residuals
+            skips = [s + r for s, r in zip(skips, extra, strict=True)]
+            h = h + mid
         for block in self.up:
             if isinstance(block, UNetBlock):
                 h = block(torch.cat([h, skips.pop()], dim=1), emb, tokens, mask)

@@ -25,6 +25,7 @@ from ..pipeline import GenerationRequest, Pipeline
 from ..samplers import SAMPLERS
 from ..samplers.names import A1111_SAMPLERS, sampler_label
 from . import state as st
+from .control import a1111_units, check_controls, control_specs, open_maps
 from .imaging import encode_png, fit_output, model_mask, png_text
 from .jobs import Job, job_events
 from .schemas import (
@@ -172,8 +173,7 @@ async def _job(body: A1111Txt2Img, state: st.ServerState, request: Request) -> J
     texts = {"prompt": body.prompt, "negative_prompt": body.negative_prompt}
     if body.script_name:
         raise st.reject("script_name", f"no script {body.script_name!r}: this server has no scripts")
-    if body.alwayson_scripts:
-        raise st.reject("alwayson_scripts", f"no scripts here: {', '.join(map(str, body.alwayson_scripts))}")
+    units = a1111_units(body.alwayson_scripts) if body.alwayson_scripts else []
     checkpoint = (body.override_settings or {}).get("sd_model_checkpoint")
     checkpoint = checkpoint or state.default_model(st.caller(request))
     name, pipe = state.models.get(st.resolve_model(state, checkpoint, "override_settings"))
@@ -196,15 +196,20 @@ async def _job(body: A1111Txt2Img, state: st.ServerState, request: Request) -> J
     st.check_common(limits, texts, options.steps, body.batch_size * body.n_iter, field)
     size = (options.width, options.height)
     opened = await _open_images(body, state) if img2img else {}
+    maps = await open_maps(state, units) if units else []
     async with state.admission.admit(
-        [i for images in opened.values() for i in images], st.caller(request)
+        [i for images in opened.values() for i in images] + maps, st.caller(request)
     ) as submit:
         init, mask = await state.admission.run(_decode_images, body, opened, pipe.config.channels, size)
+        c = await state.admission.run(control_specs, units, maps)  # the controls
+        check_controls(pipe, c, options, "alwayson_scripts")
         negative, count, most = body.negative_prompt or None, body.batch_size, limits.max_evaluations
         batches = [
-            partial(pipe.run, GenerationRequest(body.prompt, negative, count, seeded, init, mask, most))
+            partial(pipe.run, GenerationRequest(body.prompt, negative, count, seeded, init, mask, most, c))
             for seeded in (replace(options, seed=options.seed + k * count) for k in range(body.n_iter))
         ]
+        if units:  # a queued job keeps no megabytes of base64
+            body = body.model_copy(update={"alwayson_scripts": {}})
         if img2img and not body.include_init_images:  # a queued job keeps no megabytes of base64
             body = body.model_copy(update={"init_images": [], "mask": None})
         finish = partial(_response, body, name, pipe, options, (width, height))

@@ -29,6 +29,7 @@ from ..model.schedule import schedules_for
 from ..pipeline import GenerationRequest
 from ..samplers import SAMPLERS
 from . import state as st
+from .control import check_controls, control_specs, native_units, open_maps
 from .imaging import encode_png, model_mask, png_text
 from .jobs import Job, events_until_end
 from .schemas import GenerateRequest, ModelInfo, ServerStatus
@@ -105,8 +106,12 @@ async def _job(body: GenerateRequest, state: st.ServerState, request: Request) -
     size = (resolved.width, resolved.height)
     sent = {"init_image": body.init_image, "mask": body.mask}
     opened = await st.open_images(state, {k: [v] for k, v in sent.items() if v is not None})
-    async with state.admission.admit([i for (i,) in opened.values()], st.caller(request)) as submit:
+    units = native_units([c.model_dump() for c in body.controls])
+    maps = await open_maps(state, units) if units else []
+    async with state.admission.admit([i for (i,) in opened.values()] + maps, st.caller(request)) as submit:
         init, mask = await state.admission.run(_decode, opened, pipe.config.channels, size)
+        controls = await state.admission.run(control_specs, units, maps)
+        check_controls(pipe, controls, options, "controls")
         job = st.checked(
             lambda: GenerationRequest(
                 body.prompt,
@@ -116,6 +121,7 @@ async def _job(body: GenerateRequest, state: st.ServerState, request: Request) -
                 init,
                 mask,
                 limits.max_evaluations,
+                controls,
             ),
             {"init": "init_image"},
         )

@@ -171,6 +171,17 @@ class A1111PngInfo(BaseModel):
 # -- native (/v1) --------------------------------------------------------------------------------
 
 
+class ControlItem(BaseModel):
+    """One control of ``POST /v1/generate``: a map steering the layout (ControlNet)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(..., description="base64 map image; resized to the size the control needs")
+    type: str = Field("layout", description="layout | edges | scribble | canny | segment (see the README)")
+    scale: float = Field(1.0, description="strength; 0: the image without the control, bit for bit")
+    window: tuple[float, float] = Field((0.0, 1.0), description="[start, end] as fractions of the steps")
+
+
 class GenerateRequest(BaseModel):
     """``POST /v1/generate``: text to image, image to image (init_image) or inpainting (+ mask)."""
 
@@ -202,6 +213,9 @@ class GenerateRequest(BaseModel):
     mask: str | None = Field(None, description="base64 image, with init_image: white is repainted")
     tile: bool | None = Field(
         None, description="latent models: decode (and encode) in overlapping tiles; null: above 1024² pixels"
+    )
+    controls: list[ControlItem] = Field(
+        default_factory=list, description="maps steering the layout with the model's own control branch"
     )
 
 

@@ -1,0 +1,135 @@
+"""Controls everywhere a user is: the CLI (with PNG metadata and --from-png), the native API and A1111's
+``alwayson_scripts.controlnet`` units; bad maps are one line / a 422 naming the field."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_pipeline
+from PIL import Image
+from server_helpers import pixels, serve
+
+from noisecraft.cli import main
+from noisecraft.components import save_component
+from noisecraft.images import METADATA_KEY
+from noisecraft.model import ControlSpec, SamplingOptions
+from noisecraft.nets.control import ControlNet
+from noisecraft.pipeline import GenerationRequest, Pipeline
+from noisecraft.server.app import create_app
+from noisecraft.server.limits import Limits
+from noisecraft.server.models import ModelRegistry
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The tiny pipeline with a control/ of its own whose zero convolutions are random (so it matters)."""
+    pipe = make_tiny_pipeline()
+    folder = pipe.save(tmp_path_factory.mktemp("ctl") / "tiny")
+    branch = ControlNet.from_unet(pipe.net, hint_widths=(4,), hint_stride=1)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in branch.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.2)
+    save_component(branch, folder / "control")
+    return folder
+
+
+def _map() -> Image.Image:
+    image = Image.new("RGB", (16, 16))  # twice the model's size: resized
+    image.paste((255, 0, 0), (0, 0, 8, 16))
+    return image
+
+
+def _b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _run(pipe, scale: float, window=(0.0, 1.0)):
+    spec = ControlSpec(_map(), "layout", None, scale, window)
+    return pipe.run(
+        GenerationRequest("a red circle", options=SamplingOptions(steps=3, seed=4), controls=(spec,))
+    )[0]
+
+
+def test_cli_control_metadata_and_from_png(model_dir, tmp_path, capsys):
+    pipe = Pipeline.load(model_dir)
+    _map().save(tmp_path / "map.png")
+    assert (
+        main(
+            [
+                "generate",
+                "a red circle",
+                "--model",
+                str(model_dir),
+                "--steps",
+                "3",
+                "--seed",
+                "4",
+                "--quiet",
+                "--control",
+                str(tmp_path / "map.png"),
+                "--control-scale",
+                "0.5",
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 0
+    )
+    (path,) = capsys.readouterr().out.split()
+    made = Image.open(path)
+    assert np.array_equal(pixels(made), pixels(_run(pipe, 0.5)))
+    recorded = json.loads(made.info[METADATA_KEY])["controls"]
+    assert recorded == [{"map": str(tmp_path / "map.png"), "model": None, "scale": 0.5, "type": "layout",
+                         "window": [0.0, 1.0]}]  # fmt: skip
+    assert main(["generate", "--from-png", path, "--quiet", "--out", str(tmp_path / "b")]) == 0
+    assert np.array_equal(pixels(Image.open(capsys.readouterr().out.split()[0])), pixels(made))
+    plain = pipe.run(GenerationRequest("a red circle", options=SamplingOptions(steps=3, seed=4)))[0]
+    assert np.array_equal(pixels(_run(pipe, 0.0)), pixels(plain))  # scale 0: the base model, bit for bit
+    assert not np.array_equal(pixels(made), pixels(plain))
+    (tmp_path / "bad.png").write_bytes(b"no image")
+    for extra in (["--control", str(tmp_path / "bad.png")], ["--control-scale", "2"]):
+        assert main(["generate", "x", "--model", str(model_dir), "--quiet", *extra]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_native_and_a1111_controls_give_the_pipelines_image(model_dir):
+    pipe = Pipeline.load(model_dir)
+    want = pixels(_run(pipe, 0.8, (0.0, 0.5)))
+    limits = Limits(queue_size=2, max_batch=4, max_steps=100, max_pixels=1024 * 1024, max_prompt_chars=200)
+    unit = {"input_image": _b64(_map()), "module": "none", "model": "None", "weight": 0.8,
+            "guidance_start": 0.0, "guidance_end": 0.5}  # fmt: skip
+    body = {"prompt": "a red circle", "steps": 3, "seed": 4, "cfg_scale": 2.0, "width": 8, "height": 8,
+            "sampler_name": "euler", "alwayson_scripts": {"controlnet": {"args": [unit]}}}  # fmt: skip
+    with (
+        serve(create_app(ModelRegistry({"tiny": pipe}), limits)) as url,
+        httpx.Client(base_url=url, timeout=60) as c,
+    ):
+        answer = c.post("/sdapi/v1/txt2img", json=body)
+        assert answer.status_code == 200, answer.text
+        got = Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0])))
+        assert np.array_equal(pixels(got), want)
+        native = {"prompt": "a red circle", "steps": 3, "seed": 4,
+                  "controls": [{"image": _b64(_map()), "scale": 0.8, "window": [0.0, 0.5]}]}  # fmt: skip
+        events = c.post("/v1/generate", json=native).text
+        done = json.loads(events.split("event: done\ndata: ")[1].split("\n")[0])
+        image = Image.open(io.BytesIO(base64.b64decode(done["images"][0]["image"].split(",")[1])))
+        assert np.array_equal(pixels(image), want)
+        bad = [({**unit, "input_image": "bm90IGFuIGltYWdl"}, "args[0]"),
+               ({**unit, "model": "/etc/x"}, "model"),
+               ({**unit, "module": "depth_midas"}, "module")]  # fmt: skip
+        for broken, field in bad:
+            answer = c.post(
+                "/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [broken]}}}
+            )
+            assert answer.status_code == 422 and field in answer.text
+        answer = c.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"adetailer": {"args": []}}})
+        assert answer.status_code == 422
