@@ -88,9 +88,10 @@ def test_cli_control_metadata_and_from_png(model_dir, tmp_path, capsys):
     made = Image.open(path)
     assert np.array_equal(pixels(made), pixels(_run(pipe, 0.5)))
     recorded = json.loads(made.info[METADATA_KEY])["controls"]
-    assert recorded == [{"map": str(tmp_path / "map.png"), "model": None, "scale": 0.5, "type": "layout",
-                         "window": [0.0, 1.0]}]  # fmt: skip
-    assert main(["generate", "--from-png", path, "--quiet", "--out", str(tmp_path / "b")]) == 0
+    assert recorded == [{"map": "map.png", "model": None, "scale": 0.5, "type": "layout",
+                         "window": [0.0, 1.0]}]  # fmt: skip  (a name, not a path: --keep-paths records paths)
+    again = ["--model", str(model_dir), "--control", str(tmp_path / "map.png"), "--control-scale", "0.5"]
+    assert main(["generate", "--from-png", path, *again, "--quiet", "--out", str(tmp_path / "b")]) == 0
     assert np.array_equal(pixels(Image.open(capsys.readouterr().out.split()[0])), pixels(made))
     plain = pipe.run(GenerationRequest("a red circle", options=SamplingOptions(steps=3, seed=4)))[0]
     assert np.array_equal(pixels(_run(pipe, 0.0)), pixels(plain))  # scale 0: the base model, bit for bit

@@ -102,6 +102,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         help="merge a LoRA file (kohya or diffusers names) into the model at SCALE (default 1); repeatable",
     )  # fmt: skip
     add_lora_dir_flag(p, " (and --from-png the adapters it records)")
+    add_control_flags(p)
     p.set_defaults(run=_run_generate)
 
 
@@ -132,18 +133,6 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed", type=int, default=None, help="seed of the first image; image i uses seed + i; -1: random"
     )
-    p.add_argument("--num", type=_positive_int, default=1, help="images per prompt (default: 1)")
-    p.add_argument("--out", default="outputs/generate", help="output folder (default: %(default)s)")
-    p.add_argument("--init", metavar="IMAGE", help="image-to-image: start from this picture (SDEdit)")
-    p.add_argument(
-        "--strength", type=float, default=None, help="--init: 0 keeps it, 1 ignores it (default: 0.6)"
-    )
-    p.add_argument("--mask", metavar="MASK", help="inpainting (with --init): repaint where the mask is white")
-    p.add_argument("--show-steps", action="store_true", help="also save a step strip and a GIF per image")
-    p.add_argument("--from-png", metavar="PNG", help="regenerate an image from the parameters it carries")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_control_flags(p)
-    p.set_defaults(run=_run_generate)
 
 
 def _run_generate(args: argparse.Namespace) -> None:
