@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from training_helpers import cli, final_tensors, tiny_config
 
@@ -28,9 +29,13 @@ def test_two_processes_match_one(tmp_path):
     steps = 6
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     command = cli(tmp_path / "ddp", *DDP, steps=steps)
-    result = subprocess.run(
-        [*launcher, *command[1:]], capture_output=True, text=True, timeout=240
-    )  # command[1:] drops the interpreter: torchrun runs ``-m noisecraft train ...`` itself
+    try:  # command[1:] drops the interpreter: torchrun runs ``-m noisecraft train ...`` itself
+        result = subprocess.run([*launcher, *command[1:]], capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired as err:  # say where it stopped (seen once: after the last step)
+        metrics = tmp_path / "ddp" / "metrics.jsonl"
+        logged = metrics.read_text().count("\n") if metrics.exists() else 0
+        output = (err.stderr or b"")[-3000:]
+        pytest.fail(f"torchrun still running after 240 s, {logged} steps logged; stderr: {output!r}")
     assert result.returncode == 0, result.stderr[-3000:]
     train(tiny_config(*DDP, f"steps={steps}"), tmp_path / "single")
 
