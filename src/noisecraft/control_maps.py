@@ -7,13 +7,14 @@ black for edges and scribbles, as ControlNet's canny and scribble models read th
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from scipy import ndimage
+
+from .images import open_image
 
 CONTROL_TYPES = ("layout", "edges", "scribble", "canny", "segment")
 # What each type does with the given image: used as is, or computed from a reference picture.
@@ -36,13 +37,10 @@ def read_map(source: str | Path | bytes | Image.Image) -> Image.Image:
     if isinstance(source, Image.Image):
         image = source
     else:
-        try:
-            data = source if isinstance(source, bytes) else Path(source).read_bytes()
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as err:
-            why = "an unknown format" if isinstance(err, UnidentifiedImageError) else err
-            raise ControlMapError(f"control map {_name(source)} is not a readable image ({why})") from None
+        try:  # the one reader of a user's image: PNG, JPEG or WebP, a regular file, bounded pixels
+            image = open_image(source, f"control map {_name(source)}")
+        except (ValueError, OSError) as err:
+            raise ControlMapError(str(err)) from None
     if image.mode in ("LA", "RGBA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = np.asarray(image.convert("RGBA"))
         if rgba[..., :3].max() == rgba[..., :3].min() and rgba[..., 3].min() < rgba[..., 3].max():
