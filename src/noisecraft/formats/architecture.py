@@ -63,7 +63,8 @@ def _read_text(path: Path) -> str:
         raise CheckpointError(f"{path}: not UTF-8 text") from None
 
 
-def _json_object(path: Path) -> dict[str, Any] | None:
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A config file's JSON object (None when the file is absent); CheckpointError when unusable."""
     if not path.exists():
         return None
     try:
@@ -76,12 +77,12 @@ def _json_object(path: Path) -> dict[str, Any] | None:
 
 
 def _from_diffusers_folder(folder: Path) -> ArchitectureHints:
-    unet = _json_object(folder / "unet" / "config.json")
+    unet = read_json_object(folder / "unet" / "config.json")
     if unet is None:
         raise CheckpointError(f"--config {folder}: no unet/config.json (not a diffusers model folder)")
-    scheduler = _json_object(folder / "scheduler" / "scheduler_config.json") or {}
-    vae = _json_object(folder / "vae" / "config.json") or {}
-    texts = [_json_object(folder / part / "config.json") for part in ("text_encoder", "text_encoder_2")]
+    scheduler = read_json_object(folder / "scheduler" / "scheduler_config.json") or {}
+    vae = read_json_object(folder / "vae" / "config.json") or {}
+    texts = [read_json_object(folder / part / "config.json") for part in ("text_encoder", "text_encoder_2")]
     return ArchitectureHints(
         prediction=scheduler.get("prediction_type"),
         unet=unet,

@@ -11,7 +11,6 @@ SDXL refiner (one text encoder, aesthetic-score conditioning) is refused with a 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from ..nets.autoencoder import AutoencoderKL
 from ..nets.unet import UNet
 from ..schedules import vp_alphas_cumprod, vp_sigmas
 from ..text.clip import SDTextEncoder
-from .architecture import ArchitectureHints, beside, read_hints
+from .architecture import ArchitectureHints, beside, read_hints, read_json_object
 from .keys import CheckpointError, convert
 from .open_clip import PREFIX as OPEN_CLIP_PREFIX
 from .open_clip import SDXL_PREFIX as SDXL_OPEN_CLIP_PREFIX
@@ -173,14 +172,10 @@ def _weights(folder: Path) -> Path:
 
 
 def _json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing (not a complete diffusers folder)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise CheckpointError(f"{path}: not valid JSON ({type(err).__name__}: {err})") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+    """A diffusers folder's config file, which must be there."""
+    value = read_json_object(path)
+    if value is None:
+        raise CheckpointError(f"{path}: missing (not a complete diffusers folder)")
     return value
 
 
