@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/sd_speed_memory.py [--threads 2] [--repeats 3]
     .venv/bin/python benchmarks/sd_speed_memory.py --unet-only [--kernels SPEC ...] [--int8]
+        [--deep-cache N ...]
 
 Random weights at SD 1.5's shapes (nothing is downloaded) are written once, as an original-layout
 fp16 single file, under outputs/bench/sd15/. Reported, with the machine and its ISA:
@@ -19,7 +20,9 @@ fp16 single file, under outputs/bench/sd15/. Reported, with the machine and its 
 
 --unet-only times just the guided U-Net step (no file, no loading, no decode), with one more
 variant of ours per ``--kernels`` choice (nets/kernels.py) and, with ``--int8``, ours with int8
-linears (nets/quantize.py; its relative error against the fp32 output is reported). Every row names
+linears (nets/quantize.py; its relative error against the fp32 output is reported), and with
+``--deep-cache N`` ours reusing deep features (nets/feature_cache.py; the mean step of a cycle of N
+calls: one full, N − 1 shallow). Every row names
 the ISA PyTorch ran (AVX2 may be emulated: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
 MKL_ENABLE_INSTRUCTIONS=AVX2).
 """
@@ -96,7 +99,12 @@ def unet_only(args: argparse.Namespace) -> None:
     int8 = quantize_int8(copy.deepcopy(ours, shared)) if args.int8 else None
     if int8 is not None:
         variants["ours int8"] = under(None, int8)
+    calls = {name: 1 for name in variants}
+    for interval in args.deep_cache:
+        variants[f"ours deep_cache={interval}"] = deep_cache_cycle(ours, interval, x, t, cond)
+        calls[f"ours deep_cache={interval}"] = interval
     variants["diffusers"] = lambda: theirs(x, t, encoder_hidden_states=context)
+    calls["diffusers"] = 1
     with torch.no_grad():
         set_cpu_kernels(None)
         reference = ours(x, t, cond)
@@ -111,8 +119,8 @@ def unet_only(args: argparse.Namespace) -> None:
     base = timing["diffusers"].median
     fastest = min(timing["diffusers"].seconds)
     rows = [
-        [isa(), name, f"{tm.median:.2f}", tm.spread, f"{base / tm.median:.3f}×",
-         f"{fastest / min(tm.seconds):.3f}×"]
+        [isa(), name, f"{tm.median / calls[name]:.2f}", tm.spread, f"{base * calls[name] / tm.median:.3f}×",
+         f"{fastest * calls[name] / min(tm.seconds):.3f}×"]
         for name, tm in timing.items()
     ]  # fmt: skip
     header = [
@@ -124,8 +132,14 @@ def unet_only(args: argparse.Namespace) -> None:
         "by min",
     ]
     table = markdown_table(header, rows)
+    cycles = (
+        "; deep_cache=N rows: the mean step of a cycle of N calls (1 full, N − 1 on kept features; "
+        "min–max is per cycle)"
+        if args.deep_cache
+        else ""
+    )
     body = (
-        f"{table}\n\nours = the table's kernels for {isa()} ({cpu_kernels().spec()}); "
+        f"{table}\n\nours = the table's kernels for {isa()} ({cpu_kernels().spec()}){cycles}; "
         + "; ".join(notes)
         + "."
     )
@@ -156,6 +170,20 @@ def load_in_fresh_process(path: Path, threads: int) -> dict[str, float]:
     return in_fresh_process(body, threads)
 
 
+def deep_cache_cycle(net, interval: int, x, t, cond):
+    """One DeepCache cycle on ``net``: a full call and ``interval`` − 1 calls on its kept features."""
+    from noisecraft.nets.feature_cache import FeatureCache
+
+    def cycle() -> None:
+        net.feature_cache = cache = FeatureCache(interval)
+        for _ in range(interval):
+            cache.next_call()
+            net(x, t, cond)
+        net.feature_cache = None
+
+    return cycle
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--unet-only", action="store_true", help="time the guided U-Net step only")
@@ -163,6 +191,10 @@ def main() -> None:
         "--kernels", nargs="*", default=[], metavar="SPEC", help="with --unet-only: more variants"
     )
     parser.add_argument("--int8", action="store_true", help="with --unet-only: also ours with int8 linears")
+    parser.add_argument(
+        "--deep-cache", type=int, nargs="*", default=[], metavar="N",
+        help="with --unet-only: also ours with DeepCache at these intervals (mean step of a cycle)",
+    )  # fmt: skip
     add_common_arguments(parser)
     args = parser.parse_args()
     setup(args)

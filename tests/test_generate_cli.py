@@ -215,6 +215,8 @@ def bomb_png(width: int, height: int) -> bytes:
         (["--guidance-rescale", "2"], "guidance rescale must be in [0, 1], got 2.0"),
         (["--guidance-interval", "5", "1"], "must satisfy 0 <= lo < hi, got (5.0, 1.0)"),
         (["--guidance-interval", "1"], "expected 2 arguments"),
+        (["--deep-cache", "0"], "deep_cache: must be a positive integer, got 0"),
+        (["--deep-cache", "20"], "deep_cache: must be at most 10, got 20"),
         (["--init", "NOT_AN_IMAGE"], "not a readable image"),
         (["--init", "BOMB"], "not a readable image"),
         (["--init", "EPS"], "not a readable image"),  # Pillow may not hand it to Ghostscript

@@ -119,6 +119,11 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
         help="guidance rescale φ in [0, 1] (Lin et al. 2023; default: 0, off)",
     )  # fmt: skip
     p.add_argument(
+        "--deep-cache", type=int, default=None, metavar="N",
+        help="U-Nets: run the whole network every N-th step and only its outer blocks between, on the "
+        "deep features kept (DeepCache, Ma et al. 2023); faster, slightly different (default: 1, off)",
+    )  # fmt: skip
+    p.add_argument(
         "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
         help="guide only where LO < σ ≤ HI (Kynkäänniemi et al. 2024; default: every σ)",
     )  # fmt: skip

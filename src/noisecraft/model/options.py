@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..guidance import check_guidance_options
+from ..nets.feature_cache import MAX_INTERVAL
 from ..noise import check_seed, pick_seed
 from ..samplers import SAMPLERS
 from ..samplers.names import canonical_sampler
@@ -53,6 +54,7 @@ class SamplingOptions:
     seed: int = 0  # image i of a request uses seed + i; -1 draws a random one (stored as drawn)
     strength: float = 0.6  # image-to-image: 0 keeps the init image, 1 ignores it (SDEdit)
     tile: bool | None = None  # latent models: autoencode in tiles (None: above 1024² pixels)
+    deep_cache: int = 1  # U-Nets: run in full every N-th call, reuse deep features between (DeepCache)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -168,6 +170,13 @@ def _flag(value: Any) -> bool:
     return value
 
 
+def _deep_cache(value: Any) -> int:
+    value = _positive_int(value)
+    if value > MAX_INTERVAL:
+        raise ValueError(f"must be at most {MAX_INTERVAL}, got {value}")
+    return value
+
+
 def _strength(value: Any) -> float:
     if not 0.0 <= _finite(value) <= 1.0:
         raise ValueError(f"must be in [0, 1], got {value}")
@@ -189,4 +198,5 @@ _CHECKS = {
     "height": _bounded(_positive_int, "height"),
     "strength": _strength,
     "tile": _flag,
+    "deep_cache": _deep_cache,
 }

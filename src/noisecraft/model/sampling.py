@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ..conditioning import Conditioning
 from ..denoisers import Denoiser, FixedBatch
 from ..guidance import ClassifierFreeGuidance, Control, ControlWindow
+from ..nets.feature_cache import StepCounter, reuse_features
 from ..noise import SeededNoise
 from ..samplers import Callback, get_sampler
 from ..text.tokenizer import check_prompts
@@ -146,19 +147,23 @@ def sample(
     if start == steps:  # strength 0: nothing to do
         return init
     o = options
+    net_denoiser = denoiser  # the model's own, whose U-Net a deep_cache applies to
     table = getattr(denoiser, "sigma_table", None)  # a discrete model's σ per timestep, if any
     sigmas = schedule_sigmas(o.schedule, steps, o.sigma_min, o.sigma_max, o.rho, dtype, table)
     if controls:
         denoiser = ControlWindow(denoiser, controls, sigmas)
     sigmas = sigmas[start:]
     x = x * sigmas[0] if start == 0 else init + x * sigmas[0]
-    denoiser = CheckFinite(guided(denoiser, options, cond, uncond, rows))
-    if keep is not None:
-        denoiser = KeepKnown(denoiser, init, keep)
-        x = x + keep * init
-    if max_evaluations is not None:
-        denoiser = EvaluationBudget(denoiser, max_evaluations, options.sampler)
-    out = sample_fn(denoiser, x, sigmas, cond, generator=noise, callback=callback)
+    with reuse_features(net_denoiser, options.deep_cache) as cache:
+        denoiser = CheckFinite(guided(denoiser, options, cond, uncond, rows))
+        if keep is not None:
+            denoiser = KeepKnown(denoiser, init, keep)
+            x = x + keep * init
+        if max_evaluations is not None:
+            denoiser = EvaluationBudget(denoiser, max_evaluations, options.sampler)
+        if cache is not None:
+            denoiser = StepCounter(denoiser, cache)
+        out = sample_fn(denoiser, x, sigmas, cond, generator=noise, callback=callback)
     if not torch.isfinite(out).all():
         raise NonFiniteError(f"the {options.sampler} sampler ended in NaN or infinity")
     return out if keep is None else keep * init + (1 - keep) * out

@@ -10,6 +10,7 @@ projection start at zero (ADM), so a fresh network outputs exactly 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,9 @@ from .layers import (
     zero_init,
 )
 from .unet_text import MicroConditioning, TextLayout, TokenRefiner
+
+if TYPE_CHECKING:
+    from .feature_cache import FeatureCache
 
 
 @dataclass
@@ -301,6 +305,7 @@ class UNet(nn.Module):
     # oneDNN's convolutions and TokenLinear's can run faster on them, and the transformers' tokens are
     # then a view of the feature map (benchmarks/unet_variants.py). True / False force a layout.
     nhwc_on_cpu: bool | None = None
+    feature_cache: FeatureCache | None = None  # set while sampling with deep_cache (feature_cache.py)
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -387,16 +392,26 @@ class UNet(nn.Module):
         return x_in, emb, tokens, mask
 
     def encode(
-        self, h: Tensor, emb: Tensor, tokens: Tensor | None, mask: Tensor | None
+        self, h: Tensor, emb: Tensor, tokens: Tensor | None, mask: Tensor | None, depth: int | None = None
     ) -> tuple[Tensor, list[Tensor]]:
-        """conv_in's output h through the down path and the middle: (middle output, skips)."""
+        """conv_in's output h through the down path and the middle: (middle output, skips); with
+        ``depth``, through the first ``depth`` down blocks only (no middle)."""
         skips = [h]
-        for block in self.down:
+        for block in self.down[:depth]:
             h = block(h, emb, tokens, mask) if isinstance(block, UNetBlock) else block(h)
             skips.append(h)
-        for block in self.mid:
+        for block in self.mid if depth is None else ():
             h = block(h, emb, tokens, mask)
         return h, skips
+
+    def up_blocks(self) -> int:
+        """The number of decoder blocks (each takes one skip)."""
+        return sum(isinstance(block, UNetBlock) for block in self.up)
+
+    def _shallow_start(self, branch: int) -> int:
+        """The index in ``self.up`` of the ``branch``-th decoder block from the end."""
+        blocks = [i for i, block in enumerate(self.up) if isinstance(block, UNetBlock)]
+        return blocks[-branch]
 
     def forward(
         self,
@@ -415,12 +430,24 @@ class UNet(nn.Module):
 
             residuals = control_residuals(cond, x_in, c_noise)
         x_in, emb, tokens, mask = self.prepare(x_in, c_noise, cond)
-        h, skips = self.encode(self.conv_in(x_in), emb, tokens, mask)
+        cache, start, deep = self.feature_cache, 0, None
+        if cache is not None:
+            slot, deep = cache.take(x_in)
+            start = self._shallow_start(cache.branch)
+        if deep is None:
+            h, skips = self.encode(self.conv_in(x_in), emb, tokens, mask)
+        else:  # DeepCache: the deep features of the last full run, fresh shallow skips
+            h, skips = deep, self.encode(self.conv_in(x_in), emb, tokens, mask, cache.branch - 1)[1]
         if residuals is not None:
             extra, mid = residuals
+            extra = extra if deep is None else extra[: len(skips)]  # all, or the shallow path's
             skips = [s + r for s, r in zip(skips, extra, strict=True)]
-            h = h + mid
-        for block in self.up:
+            h = h if deep is not None else h + mid
+        for i, block in enumerate(self.up):
+            if deep is not None and i < start:
+                continue
+            if cache is not None and deep is None and i == start:
+                cache.keep(slot, h)
             if isinstance(block, UNetBlock):
                 h = block(torch.cat([h, skips.pop()], dim=1), emb, tokens, mask)
             else:

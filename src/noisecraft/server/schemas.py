@@ -206,6 +206,10 @@ class GenerateRequest(BaseModel):
     guidance_interval: tuple[float, float] | None = Field(
         None, description="[lo, hi]: guide only where lo < σ ≤ hi (Kynkäänniemi et al. 2024); null: every σ"
     )
+    deep_cache: int | None = Field(
+        None, description="U-Nets: full network every N-th step, outer blocks on kept deep features between "
+        "(DeepCache, Ma et al. 2023); null or 1: off",
+    )
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="image i uses seed + i; -1: random")
     num_images: int = Field(1, ge=1, description="images drawn in one batch")
     init_image: str | None = Field(None, description="base64 image to start from (SDEdit)")
