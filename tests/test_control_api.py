@@ -10,16 +10,13 @@ import json
 import httpx
 import numpy as np
 import pytest
-import torch
-from conftest import make_tiny_pipeline
+from conftest import save_tiny_control_model
 from PIL import Image
 from server_helpers import pixels, serve
 
 from noisecraft.cli import main
-from noisecraft.components import save_component
 from noisecraft.images import METADATA_KEY
 from noisecraft.model import ControlSpec, SamplingOptions
-from noisecraft.nets.control import ControlNet
 from noisecraft.pipeline import GenerationRequest, Pipeline
 from noisecraft.server.app import create_app
 from noisecraft.server.limits import Limits
@@ -28,16 +25,7 @@ from noisecraft.server.models import ModelRegistry
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """The tiny pipeline with a control/ of its own whose zero convolutions are random (so it matters)."""
-    pipe = make_tiny_pipeline()
-    folder = pipe.save(tmp_path_factory.mktemp("ctl") / "tiny")
-    branch = ControlNet.from_unet(pipe.net, hint_widths=(4,), hint_stride=1)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in branch.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.2)
-    save_component(branch, folder / "control")
-    return folder
+    return save_tiny_control_model(tmp_path_factory.mktemp("ctl") / "tiny")
 
 
 def _map() -> Image.Image:
@@ -114,6 +102,7 @@ def test_native_and_a1111_controls_give_the_pipelines_image(model_dir):
         serve(create_app(ModelRegistry({"tiny": pipe}), limits)) as url,
         httpx.Client(base_url=url, timeout=60) as c,
     ):
+        assert [m["control"] for m in c.get("/v1/models").json()] == [True]  # the page shows its panel
         answer = c.post("/sdapi/v1/txt2img", json=body)
         assert answer.status_code == 200, answer.text
         got = Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0])))
