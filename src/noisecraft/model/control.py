@@ -19,6 +19,8 @@ from ..nets.control import ControlNet
 from .options import OptionError
 
 DEFAULT_CONTROL = "control"  # a model folder's own control branch lives in this sub-folder
+# What a client or an A1111 infotext may call the model's own branch (A1111 writes "None" for no model).
+OWN_CONTROL_NAMES = ("", "none", "control", "default")
 
 
 @dataclass(frozen=True)
