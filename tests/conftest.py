@@ -90,6 +90,23 @@ def tiny_pipeline_dir(tmp_path_factory):
     return make_tiny_pipeline().save(tmp_path_factory.mktemp("models") / "tiny")
 
 
+def save_tiny_control_model(folder):
+    """The tiny pipeline saved to ``folder`` with a ``control/`` of its own whose zero convolutions are
+    random (so the control changes the image); the folder."""
+    from noisecraft.components import save_component
+    from noisecraft.nets.control import ControlNet
+
+    pipe = make_tiny_pipeline()
+    folder = pipe.save(folder)
+    branch = ControlNet.from_unet(pipe.net, hint_widths=(4,), hint_stride=1)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in branch.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.2)
+    save_component(branch, folder / "control")
+    return folder
+
+
 class ODEMap(torch.nn.Module):
     """The consistency function of a denoiser's probability-flow ODE, f(x, σ) = x(σ_min) on the path
     through (x, σ), solved with ``steps`` Heun steps on a Karras grid (Song et al. 2023's f*)."""

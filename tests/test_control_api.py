@@ -10,16 +10,13 @@ import json
 import httpx
 import numpy as np
 import pytest
-import torch
-from conftest import make_tiny_pipeline
-from PIL import Image
+from conftest import save_tiny_control_model
+from PIL import Image, PngImagePlugin
 from server_helpers import pixels, serve
 
 from noisecraft.cli import main
-from noisecraft.components import save_component
 from noisecraft.images import METADATA_KEY
 from noisecraft.model import ControlSpec, SamplingOptions
-from noisecraft.nets.control import ControlNet
 from noisecraft.pipeline import GenerationRequest, Pipeline
 from noisecraft.server.app import create_app
 from noisecraft.server.limits import Limits
@@ -28,16 +25,7 @@ from noisecraft.server.models import ModelRegistry
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """The tiny pipeline with a control/ of its own whose zero convolutions are random (so it matters)."""
-    pipe = make_tiny_pipeline()
-    folder = pipe.save(tmp_path_factory.mktemp("ctl") / "tiny")
-    branch = ControlNet.from_unet(pipe.net, hint_widths=(4,), hint_stride=1)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in branch.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.2)
-    save_component(branch, folder / "control")
-    return folder
+    return save_tiny_control_model(tmp_path_factory.mktemp("ctl") / "tiny")
 
 
 def _map() -> Image.Image:
@@ -102,6 +90,40 @@ def test_cli_control_metadata_and_from_png(model_dir, tmp_path, capsys):
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+def test_from_png_keeps_a_controls_settings_from_our_json_or_a1111_text(model_dir, tmp_path, capsys):
+    """--from-png with only --control MAP: the PNG's type, scale and window, from noisecraft's JSON or from
+    A1111's ControlNet line alone; a PNG naming no map file asks for --control."""
+    _map().save(tmp_path / "map.png")
+    first = ["--model", str(model_dir), "--steps", "3", "--seed", "6", "--quiet"]
+    first += ["--control", str(tmp_path / "map.png")]
+    settings = ["--control-type", "segment", "--control-scale", "0.7", "--control-window", "0", "0.5"]
+    assert main(["generate", "a red circle", *first, *settings, "--out", str(tmp_path / "a")]) == 0
+    (path,) = capsys.readouterr().out.split()
+    text = Image.open(path).info["parameters"]
+    assert 'ControlNet 0: "Module: segment, Model: control, Weight: 0.7, Resize Mode: Just Resize, ' in text
+    only_a1111 = tmp_path / "a1111.png"
+    no_map = tmp_path / "no-map.png"
+    for file, parameters in ((only_a1111, text), (no_map, text.replace(", Control map 0: map.png", ""))):
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", parameters)
+        Image.new("RGB", (8, 8)).save(file, pnginfo=info)
+    again = ["--model", str(model_dir), "--control", str(tmp_path / "map.png"), "--quiet"]
+    for i, source in enumerate((path, only_a1111)):
+        assert main(["generate", "--from-png", str(source), *again, "--out", str(tmp_path / f"b{i}")]) == 0
+        again_made = Image.open(capsys.readouterr().out.split()[0])
+        assert np.array_equal(pixels(again_made), pixels(Image.open(path)))
+    assert main(["generate", "--from-png", str(only_a1111), *again, "--control-scale", "0", "--out",
+                 str(tmp_path / "c")]) == 0  # fmt: skip  (a flag given wins: scale 0 is the model alone)
+    options = SamplingOptions(steps=3, seed=6)
+    plain = Pipeline.load(model_dir).run(GenerationRequest("a red circle", options=options))
+    assert np.array_equal(pixels(Image.open(capsys.readouterr().out.split()[0])), pixels(plain[0]))
+    refused = ((only_a1111, "control maps 'map.png'"), (no_map, "names no file for its 1 control"))
+    for source, message in refused:
+        assert main(["generate", "--from-png", str(source), "--model", str(model_dir), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+
+
 def test_native_and_a1111_controls_give_the_pipelines_image(model_dir):
     pipe = Pipeline.load(model_dir)
     want = pixels(_run(pipe, 0.8, (0.0, 0.5)))
@@ -114,10 +136,15 @@ def test_native_and_a1111_controls_give_the_pipelines_image(model_dir):
         serve(create_app(ModelRegistry({"tiny": pipe}), limits)) as url,
         httpx.Client(base_url=url, timeout=60) as c,
     ):
+        assert [m["control"] for m in c.get("/v1/models").json()] == [True]  # the page shows its panel
         answer = c.post("/sdapi/v1/txt2img", json=body)
         assert answer.status_code == 200, answer.text
         got = Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0])))
         assert np.array_equal(pixels(got), want)
+        unit_text = ('ControlNet 0: "Module: none, Model: control, Weight: 0.8, Resize Mode: Just Resize, '
+                     'Guidance Start: 0.0, Guidance End: 0.5", Native size')  # fmt: skip
+        assert unit_text in json.loads(answer.json()["info"])["infotexts"][0]
+        assert unit_text in got.info["parameters"]
         native = {"prompt": "a red circle", "steps": 3, "seed": 4,
                   "controls": [{"image": _b64(_map()), "scale": 0.8, "window": [0.0, 0.5]}]}  # fmt: skip
         events = c.post("/v1/generate", json=native).text

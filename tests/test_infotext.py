@@ -112,3 +112,67 @@ def test_from_png_without_any_parameters_is_one_clear_error(tmp_path, capsys):
     write_png(bare, {"Comment": "hello"})
     assert main(["generate", "--from-png", str(bare)]) == 2
     assert "neither noisecraft's nor A1111's" in capsys.readouterr().err
+
+
+# Two units as the sd-webui-controlnet extension (1.1.4xx) writes them after A1111's own fields.
+CONTROLNET_TEXT = (
+    "a house\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 2, Size: 512x512, Model: v1-5, "
+    'ControlNet 0: "Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 0.6, '
+    "Resize Mode: Crop and Resize, Low Vram: False, Processor Res: 512, Threshold A: 100, Threshold B: 200, "
+    'Guidance Start: 0.1, Guidance End: 0.8, Pixel Perfect: False, Control Mode: Balanced", '
+    'ControlNet 1: "Module: invert (from white bg & black line), Model: None, Weight: 1, '
+    'Resize Mode: Crop and Resize, Guidance Start: 0, Guidance End: 1, Control Mode: Balanced", '
+    "Version: v1.9.4"
+)
+
+
+def test_controlnet_units_become_our_controls() -> None:
+    fields = parse_infotext(CONTROLNET_TEXT)
+    assert fields["ControlNet 0"].startswith("Module: canny, Model: control_v11p_sd15_canny [d14c016b], ")
+    assert fields["Version"] == "v1.9.4"  # the quoted units end where their quotes do
+    assert metadata_from_infotext(CONTROLNET_TEXT)["controls"] == [
+        {"type": "canny", "model": "control_v11p_sd15_canny", "scale": 0.6, "window": [0.1, 0.8]},
+        {"type": "scribble", "scale": 1.0, "window": [0.0, 1.0]},  # Model: None → the model's own branch
+    ]
+    depth = CONTROLNET_TEXT.replace("Module: canny", "Module: depth_midas")
+    with pytest.raises(ValueError, match="ControlNet 0: no control here makes the preprocessor 'depth_mi"):
+        metadata_from_infotext(depth)
+    with pytest.raises(ValueError, match="ControlNet 1: a weight"):
+        metadata_from_infotext(CONTROLNET_TEXT.replace("Weight: 1,", "Weight: lots,"))
+
+
+def test_our_controls_round_trip_through_a1111_text() -> None:
+    controls = [
+        {"type": "canny", "model": "/home/someone/cn, canny.safetensors", "scale": 0.8, "window": [0.0, 0.6],
+         "map": "photo, 1.png"},
+        {"type": "segment", "model": None, "scale": 1.5, "window": [0.25, 1.0], "map": "seg.png"},
+        {"type": "scribble", "model": None, "scale": -0.5, "window": [0.0, 1.0], "map": "s.png"},
+        {"type": "edges", "model": None, "scale": 1.0, "window": [0.0, 1.0]},  # no map named (a server's)
+    ]  # fmt: skip
+    meta = {"prompt": "p", "steps": 3, "sampler": "euler", "schedule": "karras", "guidance": 2.0, "seed": 1,
+            "size": [8, 8], "controls": controls}  # fmt: skip
+    text = infotext(meta)
+    assert (
+        'ControlNet 0: "Module: canny, Model: cn  canny, Weight: 0.8, Resize Mode: Just Resize, '
+        'Guidance Start: 0.0, Guidance End: 0.6", Control map 0: "photo, 1.png", '
+        'ControlNet 1: "Module: segment'
+    ) in text and "/home" not in text and "Control map 3" not in text
+    back = metadata_from_infotext(text)["controls"]
+    want = [{"type": "canny", "model": "cn  canny", "scale": 0.8, "window": [0.0, 0.6],
+             "map": "photo, 1.png"},
+            {"type": "segment", "scale": 1.5, "window": [0.25, 1.0], "map": "seg.png"},
+            {"type": "scribble", "scale": -0.5, "window": [0.0, 1.0], "map": "s.png"},
+            {"type": "layout", "scale": 1.0, "window": [0.0, 1.0]}]  # fmt: skip (edges: layout's map)
+    assert back == want
+
+
+def test_hostile_controlnet_fields_parse_in_linear_time() -> None:
+    started = time.perf_counter()
+    lines = ('ControlNet 0: "' + "Module: none, " * 60_000 + '", a: b, c: d',
+             "ControlNet 7: Weight, " * 40_000 + "a: b, c: d",
+             'ControlNet 1: "Module: none, Weight: 2, Guidance Start: ' + "0" * 200_000 + '", a: b, c: d',
+             "".join(f"ControlNet {i}: Module: none, " for i in range(1000)) + "a: b")  # fmt: skip
+    for line in lines:
+        meta = metadata_from_infotext("p\n" + line)
+        assert len(meta.get("controls", [])) <= 100  # unit numbers have at most two digits
+    assert time.perf_counter() - started < 5

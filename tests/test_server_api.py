@@ -254,12 +254,13 @@ def test_generate_streams_every_step_then_the_images(pipe, client):
 def test_models_samplers_docs_and_page(client):
     models = client.get("/v1/models").json()
     assert models[0]["name"] == "tiny" and models[0]["default"] and models[0]["image_size"] == 8
+    assert models[0]["control"] is False  # no control/ folder: the page hides its control panel
     assert "dpmpp_2m" in client.get("/v1/samplers").json()
     spec = client.get("/openapi.json").json()
     assert {"/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/v1/generate", "/sdapi/v1/progress"} <= set(
         spec["paths"]
     )
-    for path in ("/", "/static/app.js", "/static/style.css"):
+    for path in ("/", "/static/app.js", "/static/control.js", "/static/style.css"):
         assert client.get(path).status_code == 200, path
     pages = [file.read_text() for file in STATIC.iterdir() if file.suffix in (".html", ".js", ".css")]
     pages += [client.get(path).text for path in ("/docs", "/redoc")]

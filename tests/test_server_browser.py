@@ -1,17 +1,21 @@
 """The web page in a real browser: Debian's headless Chromium, driven by Playwright, generates an image,
-watches the preview change at every step, then inpaints with the brush. Screenshots go to
-outputs/test-artifacts/."""
+watches the preview change at every step, inpaints with the brush and draws a control map. Screenshots go
+to outputs/test-artifacts/."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_tiny_pipeline
+from conftest import make_tiny_pipeline, save_tiny_control_model
+from PIL import Image
 from server_helpers import decode_png, pixels, serve
 
+from noisecraft.model import ControlSpec, SamplingOptions
+from noisecraft.pipeline import GenerationRequest, Pipeline
 from noisecraft.server.app import create_app
 from noisecraft.server.limits import Limits
 from noisecraft.server.models import ModelRegistry
@@ -34,8 +38,14 @@ WATCH_PREVIEW = """() => {
 
 
 @pytest.fixture(scope="module")
-def url():
-    models = ModelRegistry({"tiny": make_tiny_pipeline()})
+def control_pipe(tmp_path_factory) -> Pipeline:
+    """The tiny model with a control branch of its own (the page shows its control panel)."""
+    return Pipeline.load(save_tiny_control_model(tmp_path_factory.mktemp("browser") / "ctl"))
+
+
+@pytest.fixture(scope="module")
+def url(control_pipe):
+    models = ModelRegistry({"tiny": make_tiny_pipeline(), "ctl": control_pipe})
     with serve(create_app(models, Limits(max_steps=200))) as base:
         yield base
 
@@ -76,6 +86,7 @@ def _stream_end(request) -> bool:
 
 def test_generate_shows_every_step_then_the_image(page):
     page.wait_for_selector("#model option[value=tiny]", state="attached")
+    assert page.is_hidden("#control-panel")  # this model has no control branch
     assert not page.evaluate(BROKEN_PREVIEW)  # before the first run: an empty box, not a broken image
     assert (
         page.input_value("#sampler") == "euler" and page.input_value("#steps") == "4"
@@ -161,6 +172,78 @@ def test_guidance_options_reach_the_pipeline(page):
     assert np.array_equal(pixels(decode_png(href)), pixels(want))
 
 
+def _stroke(page, colour: str, size: str, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """Drag across the control canvas with the mouse, from and to fractions of its box."""
+    page.click(f"#control-colours [aria-label={colour}]")
+    page.select_option("#control-size", size)
+    page.locator("#control-canvas").scroll_into_view_if_needed()
+    box = page.locator("#control-canvas").bounding_box()
+    page.mouse.move(box["x"] + start[0] * box["width"], box["y"] + start[1] * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + end[0] * box["width"], box["y"] + end[1] * box["height"], steps=10)
+    page.mouse.up()
+
+
+def _submit(page) -> dict:
+    """Press Generate; the request body the server got, once its image is in the gallery."""
+    count = page.locator("#gallery figure").count()
+    with page.expect_request("**/v1/generate") as sent:
+        page.click("#generate")
+    page.wait_for_function(f"document.querySelectorAll('#gallery figure').length == {count + 1}")
+    return json.loads(sent.value.post_data)
+
+
+def test_a_drawn_control_map_steers_the_image(page, control_pipe, tmp_path):
+    page.wait_for_selector("#model option[value=ctl]", state="attached")
+    page.check("input[value=txt2img]")
+    page.select_option("#model", "ctl")
+    assert page.is_visible("#control-panel") and not page.is_checked("#control-on")
+    if page.is_visible("#rescale"):  # the guidance test's settings: back to the model's
+        page.fill("#rescale", "0")
+        page.fill("#interval-lo", "")
+    page.fill("#prompt", "a red circle")
+    page.fill("#steps", "3")
+    page.fill("#seed", "4")
+    _stroke(page, "red", "40", (0.1, 0.5), (0.9, 0.5))
+    _stroke(page, "green", "16", (0.5, 0.1), (0.5, 0.9))
+    page.click("#control-undo")  # the green stroke is gone, the red one stays
+    page.fill("#control-scale", "0.8")
+    page.fill("#control-end", "0.5")
+    body = _submit(page)
+    (item,) = body["controls"]
+    assert (item["type"], item["scale"], item["window"]) == ("layout", 0.8, [0, 0.5])
+    drawn = decode_png(item["image"])
+    sent = pixels(drawn)  # [256, 256, 3]: the canvas, red stroke on black
+    assert sent.shape == (256, 256, 3)
+    assert (sent[128, 40:216] == (255, 0, 0)).all()
+    assert (sent[:60] == 0).all() and (sent[200:] == 0).all()  # black away from the stroke
+    assert not (sent[..., 1] > 0).any()  # no green left after undo
+    card = page.inner_text("#gallery figure >> nth=0")
+    assert "layout × 0.8, steps 0 – 0.5" in card
+    options = SamplingOptions(steps=3, seed=4, sampler="euler", schedule="karras", guidance=2.0)
+    spec = ControlSpec(drawn, "layout", None, 0.8, (0.0, 0.5))
+    (want,) = control_pipe.run(GenerationRequest("a red circle", options=options, controls=(spec,)))
+    got = decode_png(page.get_attribute("#gallery figure >> nth=0 >> a[download]", "href"))
+    assert np.array_equal(pixels(got), pixels(want))
+    (plain,) = control_pipe.run(GenerationRequest("a red circle", options=options))
+    assert not np.array_equal(pixels(got), pixels(plain))  # the map mattered
+    page.screenshot(path=str(ARTIFACTS / "server-page-control.png"), full_page=True)
+
+    upload = Image.new("RGB", (16, 12), "black")
+    upload.paste((0, 0, 255), (4, 0, 12, 12))
+    upload.save(tmp_path / "map.png")
+    page.set_input_files("#control-file", str(tmp_path / "map.png"))
+    page.select_option("#control-type", "segment")
+    page.wait_for_function("document.getElementById('control-undo').disabled")  # the file replaced strokes
+    (item,) = _submit(page)["controls"]
+    assert item["type"] == "segment"
+    assert np.array_equal(pixels(decode_png(item["image"])), pixels(upload))  # the file, not the canvas
+    page.uncheck("#control-on")
+    assert "controls" not in _submit(page)  # switched off: nothing sent
+    page.select_option("#model", "tiny")
+    assert page.is_hidden("#control-panel")
+
+
 def test_a_phone_sized_page_fits_and_a_batch_is_in_seed_order(page):
     page.set_viewport_size({"width": 320, "height": 700})
     try:
@@ -179,7 +262,9 @@ def test_a_phone_sized_page_fits_and_a_batch_is_in_seed_order(page):
         page.fill("#num", "1")
         if not page.is_visible("#rescale"):
             page.click("#guidance-options summary")
-        page.check("input[value=inpaint]")  # the widest state: start image, brush and mask editor shown
+        page.select_option("#model", "ctl")
+        page.check("input[value=inpaint]")  # the widest state: mask editor and control editor shown
+        assert page.is_visible("#control-canvas") and page.is_visible("#control-colours")
         assert page.evaluate(OVERFLOWING) == []
         assert page.evaluate("document.documentElement.scrollWidth") == 320
         page.screenshot(path=str(ARTIFACTS / "server-page-320px.png"), full_page=True)

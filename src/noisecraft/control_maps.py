@@ -26,6 +26,25 @@ CONTROL_TYPE_HELP = {
     "segment": "a reference picture: its colours quantised into flat regions",
 }
 
+# sd-webui-controlnet preprocessor ("module") names → our control types, looked up by the name's first word
+# ("scribble_pidinet" → scribble, "invert (from white bg & black line)" → scribble); our own names too.
+A1111_MODULES = {"none": "layout", "canny": "canny", "scribble": "scribble", "invert": "scribble",
+                 "seg": "segment", "segmentation": "segment", "segment": "segment", "edges": "edges",
+                 "layout": "layout"}  # fmt: skip
+# Our types → the module an A1111 infotext names: layout and edges make the same map (no preprocessor);
+# a scribble is A1111's inverted drawing; segment has no A1111 counterpart, so it keeps our name.
+TYPE_MODULES = {"layout": "none", "edges": "none", "scribble": "invert (from white bg & black line)",
+                "canny": "canny", "segment": "segment"}  # fmt: skip
+
+
+def module_type(module: str) -> str | None:
+    """Our control type for an sd-webui-controlnet preprocessor name; None for one we cannot make."""
+    name = module.strip().lower() or "none"
+    if name in A1111_MODULES:
+        return A1111_MODULES[name]
+    first = name.replace("(", " ").replace("_", " ").split(maxsplit=1)
+    return A1111_MODULES.get(first[0]) if first else None
+
 
 class ControlMapError(ValueError):
     """A control map that cannot be used: not an image, or only an alpha channel."""

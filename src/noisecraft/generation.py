@@ -80,18 +80,40 @@ def request_from_png(
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"{path}: incomplete generation parameters ({err})") from None
     _check_png_size(path, options, flags, trust)
-    if request.controls and not flags.get("controls") and not trust.allow_paths:
-        maps = ", ".join(repr(c["map"]) for c in request.controls)
-        raise ValueError(
-            f"{path} asks to read local files (control maps {maps}): pass --control, or --allow-paths"
-        )
+    controls = _png_controls(path, request.controls, flags.get("controls") or [], trust.allow_paths)
     files = _png_files(path, asked, flags, trust.allow_paths)
     model = files.pop("model")
     request = replace(request, **{k: v for k, v in flags.items() if k in FILES_FLAGS}, **files)
-    return request, model
+    return replace(request, controls=controls), model
 
 
-FILES_FLAGS = ("num", "show_steps", "progress", "keep_paths", "controls")  # what the user adds to a PNG
+FILES_FLAGS = ("num", "show_steps", "progress", "keep_paths")  # what the user adds to a PNG
+
+
+def _png_controls(
+    path: str | Path, recorded: list[dict[str, Any]], given: list[dict[str, Any]], allow_paths: bool
+) -> list[dict[str, Any]]:
+    """The controls to run: the user's --control maps take the places of the PNG's, in order, each keeping
+    the PNG's type, model, scale and window unless a --control-* flag gives one (a different number of maps:
+    the user's alone); ValueError when the PNG's maps or control models are files it may not read."""
+    if given:
+        if len(given) != len(recorded):
+            return given
+        models = [c["model"] for c, mine in zip(recorded, given) if "model" in c and "model" not in mine]
+        if models and not allow_paths:
+            raise ValueError(
+                f"{path} asks to read local files (control models {', '.join(map(repr, models))}): "
+                "pass --control-model, or --allow-paths"
+            )
+        return [{**theirs, **mine} for theirs, mine in zip(recorded, given)]
+    if any("map" not in c for c in recorded):
+        raise ValueError(f"{path} names no file for its {len(recorded)} control map(s): pass --control MAP")
+    if recorded and not allow_paths:
+        maps = ", ".join(repr(c["map"]) for c in recorded)
+        raise ValueError(
+            f"{path} asks to read local files (control maps {maps}): pass --control, or --allow-paths"
+        )
+    return recorded
 
 
 def _check_png_size(
@@ -135,9 +157,10 @@ FILE_KINDS = {"model": "model", "init": "init image", "mask": "mask"}
 
 
 def _controls(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """The controls a PNG records (their maps as files): TypeError for anything but a list of objects."""
+    """The controls a PNG records (their maps as files, where it names them): TypeError for anything but a
+    list of objects whose map, if any, is a file name."""
     controls = meta.get("controls") or []
-    if not isinstance(controls, list) or not all(isinstance(c, dict) and isinstance(c.get("map"), str)
+    if not isinstance(controls, list) or not all(isinstance(c, dict) and isinstance(c.get("map", ""), str)
                                                   for c in controls):  # fmt: skip
         raise TypeError(f"controls must be a list of objects with a map file, got {controls!r}")
     keys = ("map", "type", "model", "scale", "window")

@@ -6,7 +6,7 @@ sampling function every caller uses.
     training → model, {losses, nets, data}
 """
 
-from .control import ControlSpec, build_controls, load_control_branch
+from .control import ControlSpec, build_controls, load_control_branch, own_control
 from .folder import (
     SETTINGS_FILE,
     SHIPPED_DIR,
@@ -29,6 +29,7 @@ __all__ = [
     "MAX_IMAGES",
     "build_controls",
     "load_control_branch",
+    "own_control",
     "SETTINGS_FILE",
     "SHIPPED_DIR",
     "LatentSpace",

@@ -19,6 +19,8 @@ from ..nets.control import ControlNet
 from .options import OptionError
 
 DEFAULT_CONTROL = "control"  # a model folder's own control branch lives in this sub-folder
+# What a client or an A1111 infotext may call the model's own branch (A1111 writes "None" for no model).
+OWN_CONTROL_NAMES = ("", "none", "control", "default")
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,13 @@ def check_fits(branch: ControlNet, net: nn.Module, name: str) -> None:
         )
 
 
+def own_control(model_folder: Path | None) -> Path | None:
+    """The model folder's own control branch (its ``control/`` sub-folder), or None when it has none."""
+    if model_folder is None or not (model_folder / DEFAULT_CONTROL).is_dir():
+        return None
+    return model_folder / DEFAULT_CONTROL
+
+
 def build_controls(
     specs: tuple[ControlSpec, ...],
     net: nn.Module,
@@ -108,9 +117,10 @@ def build_controls(
     the branch's map size for an input of ``size`` (H, W) cells."""
     controls = []
     for spec in specs:
-        source = spec.model or (str(model_folder / DEFAULT_CONTROL) if model_folder is not None else None)
-        if source is None or (spec.model is None and not Path(source).is_dir()):
+        own = own_control(model_folder) if spec.model is None else None
+        if spec.model is None and own is None:
             raise OptionError("control_model", "this model has no control of its own: give a control model")
+        source = spec.model or str(own)
         if source not in cache:
             cache[source] = load_control_branch(source, net)
         branch = cache[source]

@@ -18,7 +18,7 @@ from fastapi import APIRouter, HTTPException, Request
 from PIL import Image
 
 from .. import __version__
-from ..images import from_pil, to_pil
+from ..images import METADATA_KEY, from_pil, to_pil
 from ..infotext import infotext
 from ..model import SamplingOptions
 from ..pipeline import GenerationRequest, Pipeline
@@ -221,7 +221,8 @@ async def _job(body: A1111Txt2Img, state: st.ServerState, request: Request) -> J
 def _response(body, name: str, pipe: Pipeline, options: SamplingOptions, size, images, interrupted):
     """A1111's answer: PNGs stretched to width×height carrying their infotext, the request, and info."""
     width, height = size
-    info = _info(body, name, pipe, options, len(images), size, interrupted)
+    controls = images[0].info.get(METADATA_KEY, {}).get("controls") if images else None
+    info = _info(body, name, pipe, options, len(images), size, interrupted, controls)
     encoded = [
         encode_png(fit_output(image, width, height), png_text(image, text))
         for image, text in zip(images, info["infotexts"])
@@ -266,8 +267,11 @@ def _decode_images(
     return init, (mask[0] if mask else None)
 
 
-def _info(body, name: str, pipe: Pipeline, options: SamplingOptions, count: int, size, interrupted) -> dict:
-    """A1111's ``info``: the settings and seeds each image was made with, and one infotext per image."""
+def _info(
+    body, name: str, pipe: Pipeline, options: SamplingOptions, count: int, size, interrupted, controls=None
+) -> dict:
+    """A1111's ``info``: the settings and seeds each image was made with, and one infotext per image
+    (with a ``ControlNet N`` field per control, as the sd-webui-controlnet extension writes)."""
     width, height = size
     sampler, seed, steps = options.sampler, options.seed, options.steps
     seeds = [seed + i for i in range(count)]
@@ -279,6 +283,7 @@ def _info(body, name: str, pipe: Pipeline, options: SamplingOptions, count: int,
     label, model_hash = sampler_label(sampler), pipe.weights_hash[:10]
     texts = {"prompt": body.prompt, "negative_prompt": body.negative_prompt}
     recorded = {**texts, **options.metadata(keep_strength=strength is not None), "weights": pipe.weights_hash}
+    recorded["controls"] = controls or []
     infotexts = [
         infotext({**recorded, "seed": s}, name, size, {"Native size": extra["Native size"]}) for s in seeds
     ]

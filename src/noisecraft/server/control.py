@@ -11,14 +11,10 @@ from typing import Any
 
 from PIL import Image
 
-from ..control_maps import CONTROL_TYPES, ControlMapError, read_map
+from ..control_maps import A1111_MODULES, CONTROL_TYPES, ControlMapError, module_type, read_map
 from ..model import ControlSpec, OptionError
+from ..model.control import OWN_CONTROL_NAMES
 from . import state as st
-
-OWN_CONTROL = ("", "none", "control", "default")
-# sd-webui-controlnet preprocessor ("module") names → our control types.
-A1111_MODULES = {"none": "layout", "canny": "canny", "scribble": "scribble", "invert": "scribble",
-                 "seg": "segment", "segmentation": "segment", "edges": "edges"}  # fmt: skip
 
 
 def a1111_units(scripts: dict[str, Any]) -> list[dict[str, Any]]:
@@ -41,8 +37,8 @@ def a1111_units(scripts: dict[str, Any]) -> list[dict[str, Any]]:
         image = unit.get("image", unit.get("input_image"))
         if isinstance(image, dict):  # newer extension versions: {"image": b64, "mask": b64}
             image = image.get("image")
-        module = str(unit.get("module") or "none").lower()
-        kind = A1111_MODULES.get(module.split("_")[0] if module not in A1111_MODULES else module)
+        module = str(unit.get("module") or "none")
+        kind = module_type(module)
         if kind is None:
             known = ", ".join(A1111_MODULES)
             raise st.reject(f"{field}.module", f"unknown preprocessor {module!r}; here: {known}")
@@ -71,7 +67,7 @@ def control_specs(units: list[dict[str, Any]], images: list[Image.Image]) -> tup
     specs = []
     for unit, image in zip(units, images):
         field, model = unit["field"], unit.get("model")
-        if model is not None and str(model).strip().lower() not in OWN_CONTROL:
+        if model is not None and str(model).strip().lower() not in OWN_CONTROL_NAMES:
             raise st.reject(f"{field}.model", f"unknown control model {model!r}; here: 'control'")
         if unit.get("type", "layout") not in CONTROL_TYPES:
             raise st.reject(f"{field}.type", f"unknown control type; valid: {', '.join(CONTROL_TYPES)}")

@@ -25,6 +25,7 @@ from PIL import Image
 from sse_starlette import EventSourceResponse
 
 from ..images import METADATA_KEY, from_pil
+from ..model import own_control
 from ..model.schedule import schedules_for
 from ..pipeline import GenerationRequest
 from ..samplers import SAMPLERS
@@ -65,7 +66,7 @@ async def models(request: Request) -> list[ModelInfo]:
                 schedule=c.schedule, schedules=schedules_for(hasattr(pipe.denoiser, "sigma_table")),
                 guidance=c.guidance, sigma_max=c.sigma_max, weights=pipe.weights_hash,
                 default=name == registry.default,
-                text_conditioned=pipe.text_encoder is not None,
+                text_conditioned=pipe.text_encoder is not None, control=own_control(pipe.origin) is not None,
             )
         )  # fmt: skip
     return out

@@ -235,6 +235,7 @@ class ModelInfo(BaseModel):
     sigma_max: float = Field(description="the σ sampling starts from")
     weights: str = Field(description="first 16 hex digits of SHA-256 over the weights")
     text_conditioned: bool
+    control: bool = Field(description="has a control branch of its own: requests may send ``controls``")
     default: bool
 
 

@@ -26,6 +26,7 @@ function applyModelDefaults() {
   $("schedule").value = model.schedule;
   $("steps").value = model.steps;
   $("guidance").value = model.guidance;
+  showControl(model);
 }
 
 async function getJSON(url) {
@@ -64,6 +65,8 @@ function requestBody() {
     if (mode() === "img2img") body.strength = number("strength");
     else body.mask = maskDataURL();
   }
+  const controls = controlItems();
+  if (controls.length) body.controls = controls;
   return body;
 }
 
@@ -175,6 +178,7 @@ function galleryCard(image, model) {
   if (p.guidance_interval !== undefined) rows.push(["interval σ", p.guidance_interval.join(" – ")]);
   if (p.strength !== undefined) rows.push(["strength", p.strength]);
   if (p.inpaint) rows.push(["inpainted", "yes"]);
+  for (const c of p.controls || []) rows.push(["control", `${c.type} × ${c.scale}, steps ${c.window.join(" – ")}`]);
   for (const [key, value] of rows) {
     if (value === null || value === undefined || value === "") continue;
     list.append(Object.assign(document.createElement("dt"), { textContent: key }));
@@ -282,6 +286,7 @@ function init() {
   mask.addEventListener("pointermove", paint);
   for (const name of ["pointerup", "pointercancel"]) mask.addEventListener(name, () => { brush.down = false; brush.last = null; });
   showMode();
+  initControl();
   loadChoices().catch((err) => setStatus(`could not load models: ${err.message}`, true));
 }
 
