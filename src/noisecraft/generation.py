@@ -63,12 +63,15 @@ class PngTrust:
 
 
 def request_from_png(
-    path: str | Path, flags: dict[str, Any] | None = None, trust: PngTrust = PngTrust()
+    path: str | Path,
+    flags: dict[str, Any] | None = None,
+    trust: PngTrust = PngTrust(),
+    meta: dict[str, Any] | None = None,
 ) -> tuple[FilesRequest, str]:
     """The request (and model) that made a PNG (ours, or A1111's parameters), read back from its
     metadata and checked like the command line; ``flags`` (FilesRequest fields, option fields,
-    ``model``) given by the user win."""
-    meta, flags = png_parameters(path), dict(flags or {})
+    ``model``) given by the user win. ``meta``: the parameters already read (a WAV's, ``wav_parameters``)."""
+    meta, flags = png_parameters(path) if meta is None else meta, dict(flags or {})
     try:
         options = SamplingOptions.from_metadata({**meta, **flags})  # the option fields of both
         asked = {key: _text(meta, key) for key in ("model", "init", "mask")}
@@ -280,7 +283,7 @@ def check_model_matches(pipe: Pipeline, png_meta_weights: str | None) -> None:
     our hash, or its first 10 digits as A1111's "Model hash" carries it)."""
     if png_meta_weights and not pipe.weights_hash.startswith(str(png_meta_weights)):
         warnings.warn(
-            f"the PNG was made with weights {png_meta_weights}, this model has {pipe.weights_hash}: "
-            "the image will differ",
+            f"the file was made with weights {png_meta_weights}, this model has {pipe.weights_hash}: "
+            "the output will differ",
             stacklevel=2,
         )

@@ -232,6 +232,8 @@ class ModelInfo(BaseModel):
     weights: str = Field(description="first 16 hex digits of SHA-256 over the weights")
     text_conditioned: bool
     default: bool
+    modality: str = Field("image", description='what it makes: "image", or "audio" (WAVs of spectrograms)')
+    sample_rate: int | None = Field(None, description="audio models: the WAVs' sample rate (Hz)")
 
 
 class ServerStatus(BaseModel):
