@@ -87,8 +87,8 @@ def make_tiny_pipeline():
 
 
 def make_tiny_sound_pipeline():
-    """An untrained text-to-sound Pipeline: 16×16 spectrograms (16 mel bands × 16 frames of 16 samples
-    at 2 kHz: 0.128 s), 8 Griffin-Lim iterations; not the tones data's format, so a test sees it used."""
+    """An untrained text-to-sound Pipeline: 16×16 spectrograms (16 mel bands × 16 frames of 64 samples
+    at 8 kHz: 0.128 s), 8 Griffin-Lim iterations; not the tones data's format, so a test sees it used."""
     from noisecraft.audio import SpectrogramFormat
     from noisecraft.pipeline import Pipeline, PipelineConfig
 
@@ -101,7 +101,7 @@ def make_tiny_sound_pipeline():
         for p in net.parameters():
             if not p.any():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    audio = SpectrogramFormat(sample_rate=2000, n_fft=64, hop=16, n_mels=16, f_min=20.0, griffin_lim_iters=8)
+    audio = SpectrogramFormat(sample_rate=8000, n_fft=128, hop=64, n_mels=16, f_min=20.0, griffin_lim_iters=8)
     config = PipelineConfig(name="tiny-sound", image_size=16, channels=1, steps=4, sampler="euler",
                             guidance=2.0, sigma_max=10.0, audio=audio)  # fmt: skip
     return Pipeline(net, image.text_encoder, config)

@@ -41,9 +41,9 @@ def test_audio_setting_round_trips_and_is_checked(tmp_path):
     write_settings(ModelSettings(), tmp_path / "b")  # a picture model's file has no audio entry
     assert "audio" not in json.loads((tmp_path / "b" / "pipeline.json").read_text())
     assert read_settings(tmp_path / "b").modality == "image"
-    bad = {"hop": 0, "sample_rate": True, "n_fft": 10**9, "db_floor": 10.0, "nope": 1}
+    bad = [("hop", 0), ("sample_rate", 4000), ("sample_rate", True), ("n_fft", 10**9), ("db_floor", 10.0)]
     good = json.loads((tmp_path / "a" / "pipeline.json").read_text())
-    for key, value in bad.items():
+    for key, value in [*bad, ("nope", 1)]:
         values = json.loads(json.dumps(good))
         values["audio"][key] = value
         (tmp_path / "a" / "pipeline.json").write_text(json.dumps(values))
@@ -60,15 +60,15 @@ def test_export_records_the_datasets_own_format():
 
 
 def test_a_non_default_format_is_used():
-    fmt = SpectrogramFormat(sample_rate=2000, n_fft=64, hop=16, n_mels=16, f_min=20.0)
-    t = torch.arange(512) / 2000
-    image = waveform_to_image(torch.sin(2 * torch.pi * 250 * t)[None], fmt)  # [1, 1, 16, 32]
+    fmt = SpectrogramFormat(sample_rate=16000, n_fft=256, hop=16, n_mels=16, f_min=20.0)
+    t = torch.arange(512) / 16000
+    image = waveform_to_image(torch.sin(2 * torch.pi * 1000 * t)[None], fmt)  # [1, 1, 16, 32]
     assert image.shape == (1, 1, 16, 32)
-    loud = image[0, 0, :, 8:24].mean(1)  # the loudest row is the band whose centre is nearest 250 Hz
+    loud = image[0, 0, :, 8:24].mean(1)  # the loudest row is the band whose centre is nearest 1 kHz
     centres = band_frequencies(16, fmt)  # lowest first; row 0 is the highest
-    assert int(loud.argmax()) == 15 - int((centres - 250).abs().argmin())
+    assert int(loud.argmax()) == 15 - int((centres - 1000).abs().argmin())
     wave_back = clip_waveform(to_pil(image)[0], seed=0, fmt=fmt)
-    assert wave_back.shape == (512,)
+    assert wave_back.shape == (512,)  # 32 frames of 16 samples
 
 
 def test_wav_bytes_are_a_standard_wav_with_our_parameters():
@@ -130,8 +130,8 @@ def test_generate_writes_wavs_pictures_and_reproduces_them(tiny_sound_dir, tmp_p
     assert first.read_bytes() == (tmp_path / "b" / first.name).read_bytes()  # same seed, same bytes
     second = (tmp_path / "a" / "001-a-loud-drum-hit-s5.wav").read_bytes()
     assert second != first.read_bytes()
-    with wave.open(str(first)) as w:  # the model's own format: 16 frames × 16 samples at 2 kHz
-        assert (w.getframerate(), w.getnframes()) == (2000, 256)
+    with wave.open(str(first)) as w:  # the model's own format: 16 frames × 64 samples at 8 kHz
+        assert (w.getframerate(), w.getnframes()) == (8000, 1024)
     meta = wav_parameters(first)
     assert meta["prompt"] == "a loud drum hit" and meta["seed"] == 4
     picture = tmp_path / "a" / "000-a-loud-drum-hit-s4.png"
@@ -183,7 +183,7 @@ def test_native_api_returns_wavs_and_coloured_previews():
     models = ModelRegistry({"tiny": make_tiny_pipeline(), "sound": sound})
     with serve(create_app(models, Limits())) as url, httpx.Client(base_url=url, timeout=30) as client:
         info = {m["name"]: m for m in client.get("/v1/models").json()}
-        assert info["sound"]["modality"] == "audio" and info["sound"]["sample_rate"] == 2000
+        assert info["sound"]["modality"] == "audio" and info["sound"]["sample_rate"] == 8000
         assert info["tiny"]["modality"] == "image" and info["tiny"]["sample_rate"] is None
         body = {"prompt": "a soft beep", "model": "sound", "seed": 9, "steps": 3}
         with client.stream("POST", "/v1/generate", json=body) as response:
@@ -193,7 +193,7 @@ def test_native_api_returns_wavs_and_coloured_previews():
     (out,) = events[-1][1]["images"]
     assert out["media_type"] == "audio/wav" and out["audio"].startswith("data:audio/wav;base64,")
     wav = parse_wav(base64.b64decode(out["audio"].partition(",")[2]))
-    assert wav.metadata["seed"] == 9 and wav.sample_rate == 2000
+    assert wav.metadata["seed"] == 9 and wav.sample_rate == 8000
     (image,) = sound.generate("a soft beep", seed=9, steps=3)  # the same clip, heard the same way
     expected = (clip_waveform(image, 9, sound.config.audio).clamp(-1, 1) * 32767).round().short().numpy()
     assert np.array_equal(wav.samples, expected)

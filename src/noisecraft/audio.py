@@ -54,7 +54,7 @@ class SpectrogramFormat:
                 )
         c = self
         ranges = {  # field -> (ok, the range it must lie in)
-            "sample_rate": (1000 <= c.sample_rate <= 192_000, "[1000, 192000] Hz"),
+            "sample_rate": (8000 <= c.sample_rate <= 192_000, "[8000, 192000] Hz"),  # what every player takes
             "n_fft": (16 <= c.n_fft <= 8192, "[16, 8192]"),
             "hop": (1 <= c.hop <= c.n_fft, f"[1, n_fft = {c.n_fft}]"),
             "n_mels": (1 <= c.n_mels <= c.n_fft // 2, f"[1, n_fft / 2 = {c.n_fft // 2}]"),
