@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -82,6 +84,33 @@ def make_tiny_pipeline():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     config = PipelineConfig(name="tiny", image_size=8, steps=4, sampler="euler", guidance=2.0, sigma_max=10.0)
     return Pipeline(net, encoder, config)
+
+
+def make_tiny_sound_pipeline():
+    """An untrained text-to-sound Pipeline: 16×16 spectrograms (16 mel bands × 16 frames of 64 samples
+    at 8 kHz: 0.128 s), 8 Griffin-Lim iterations; not the tones data's format, so a test sees it used."""
+    from noisecraft.audio import SpectrogramFormat
+    from noisecraft.pipeline import Pipeline, PipelineConfig
+
+    image = make_tiny_pipeline()
+    torch.manual_seed(0)
+    shape = {"image_size": 16, "in_channels": 1, "attention_resolutions": (8,)}
+    net = type(image.net)(dataclasses.replace(image.net.config, **shape))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    audio = SpectrogramFormat(sample_rate=8000, n_fft=128, hop=64, n_mels=16, f_min=20.0, griffin_lim_iters=8)
+    config = PipelineConfig(name="tiny-sound", image_size=16, channels=1, steps=4, sampler="euler",
+                            guidance=2.0, sigma_max=10.0, audio=audio)  # fmt: skip
+    return Pipeline(net, image.text_encoder, config)
+
+
+@pytest.fixture(scope="session")
+def tiny_sound_dir(tmp_path_factory):
+    """A tiny sound model saved to a folder."""
+    return make_tiny_sound_pipeline().save(tmp_path_factory.mktemp("models") / "tiny-sound")
 
 
 @pytest.fixture(scope="session")

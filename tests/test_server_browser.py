@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_tiny_pipeline, save_tiny_control_model
+from conftest import make_tiny_pipeline, make_tiny_sound_pipeline, save_tiny_control_model
 from PIL import Image
 from server_helpers import decode_png, pixels, serve
 
@@ -45,7 +45,9 @@ def control_pipe(tmp_path_factory) -> Pipeline:
 
 @pytest.fixture(scope="module")
 def url(control_pipe):
-    models = ModelRegistry({"tiny": make_tiny_pipeline(), "ctl": control_pipe})
+    models = ModelRegistry(
+        {"tiny": make_tiny_pipeline(), "ctl": control_pipe, "sound": make_tiny_sound_pipeline()}
+    )
     with serve(create_app(models, Limits(max_steps=200))) as base:
         yield base
 
@@ -270,6 +272,42 @@ def test_a_phone_sized_page_fits_and_a_batch_is_in_seed_order(page):
         page.screenshot(path=str(ARTIFACTS / "server-page-320px.png"), full_page=True)
     finally:
         page.set_viewport_size({"width": 1200, "height": 900})
+
+
+# Share of the preview's pixels whose red and blue differ: a coloured spectrogram, not a grey blob.
+PREVIEW_COLOUR = """() => { const p = document.getElementById('preview');
+  const c = Object.assign(document.createElement('canvas'), {width: p.naturalWidth, height: p.naturalHeight});
+  const ctx = c.getContext('2d'); ctx.drawImage(p, 0, 0);
+  const d = ctx.getImageData(0, 0, c.width, c.height).data; let n = 0;
+  for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - d[i + 2]) > 40) n++;
+  return n / (d.length / 4); }"""
+
+
+def test_a_sound_model_plays_its_clip_and_previews_spectrograms(page):
+    page.wait_for_selector("#model option[value=sound]", state="attached")
+    assert "sound, 8 kHz" in page.inner_text("#model option[value=sound]")
+    page.select_option("#model", "sound")
+    page.check("input[value=txt2img]")
+    page.fill("#prompt", "three loud drum hits")
+    page.fill("#steps", "5")
+    page.fill("#seed", "11")
+    page.evaluate(WATCH_PREVIEW)
+    before = int(page.get_attribute("#preview", "data-updates"))
+    page.click("#generate")
+    page.wait_for_selector("#gallery figure.sound audio")
+    assert int(page.get_attribute("#preview", "data-updates")) == before + 5  # one update per step
+    assert "spectrogram" in page.inner_text("#step-info")
+    assert page.evaluate("document.getElementById('preview').naturalWidth") == 16
+    assert page.evaluate(PREVIEW_COLOUR) > 0.05
+    card = "#gallery figure.sound >> nth=0"
+    assert page.get_attribute(f"{card} >> audio", "src").startswith("data:audio/wav;base64,")
+    page.wait_for_function("document.querySelector('#gallery figure.sound audio').readyState >= 1")
+    duration = page.evaluate("document.querySelector('#gallery figure.sound audio').duration")
+    assert abs(duration - 0.128) < 1e-3  # 16 frames × 64 samples at 8 kHz: the browser decoded the WAV
+    assert page.get_attribute(f"{card} >> a[download]", "download") == "noisecraft-11.wav"
+    assert page.locator(f"{card} >> button").count() == 0  # a sound is no start image
+    page.screenshot(path=str(ARTIFACTS / "server-page-sound.png"), full_page=True)
+    page.select_option("#model", "tiny")
 
 
 def test_docs_render_swagger_ui_and_redoc_offline(page, url):

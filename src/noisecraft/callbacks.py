@@ -54,8 +54,14 @@ def chosen_steps(total: int, count: int) -> list[int]:
 class StepRecorder:
     """Keeps, for chosen steps, the current sample x and the predicted clean image x̂0 of each image."""
 
-    def __init__(self, every: int | None = None, count: int = 8):
+    def __init__(
+        self,
+        every: int | None = None,
+        count: int = 8,
+        paint: Callable[[Image.Image], Image.Image] | None = None,
+    ):
         self.every, self.count = every, count
+        self.paint = paint or (lambda image: image)  # how a frame is drawn (spectrograms: coloured)
         self.frames: list[tuple[Step, list[Image.Image], list[Image.Image]]] = []
         self.all_denoised: list[list[Image.Image]] = []  # every step's x̂0, for the animation
 
@@ -71,8 +77,8 @@ class StepRecorder:
         """Two rows — the sample x_σ and the predicted clean image — at the recorded steps, noise → result."""
         labels = [f"{s.index + 1}: σ={s.sigma_next:.2g}" for s, _, _ in self.frames]
         rows = [[xs[image_index] for _, xs, _ in self.frames], [ds[image_index] for _, _, ds in self.frames]]
-        return step_strip(rows, labels, scale)
+        return step_strip([[self.paint(cell) for cell in row] for row in rows], labels, scale)
 
     def animation(self, image_index: int = 0, scale: int = 4) -> list[Image.Image]:
         """Frames of the predicted clean image at every step, enlarged."""
-        return [upscale(frame[image_index], scale) for frame in self.all_denoised]
+        return [upscale(self.paint(frame[image_index]), scale) for frame in self.all_denoised]

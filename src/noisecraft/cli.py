@@ -36,6 +36,10 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--size", type=_positive_int, default=64, help="--forward: image size (default: %(default)s)"
     )
+    p.add_argument(
+        "--sound", action="store_true",
+        help="instead: the forward process on a sound (a tones clip drawn by --seed): spectrograms, a WAV",
+    )  # fmt: skip
     p.set_defaults(run=_run_explain)
 
 
@@ -47,6 +51,10 @@ def _run_explain(args: argparse.Namespace) -> None:
     if args.seed == -1:
         args.seed = pick_seed(args.seed)
         print(f"noisecraft explain: seed -1 drew seed {args.seed}", file=sys.stderr)
+    if args.sound:
+        for path in _explain_sound(args.seed, args.out):
+            print(path)
+        return
     if args.forward:
         image = load_image(args.forward, 3, args.size)
         strip = forward_strip(image, FORWARD_SIGMAS, args.seed, scale=max(1, 128 // args.size))
@@ -58,6 +66,19 @@ def _run_explain(args: argparse.Namespace) -> None:
 
 
 FORWARD_SIGMAS = [0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5, 3.0, 10.0, 80.0]
+
+
+def _explain_sound(seed: int, out: str) -> list:
+    from .data.tones import TonesDataset
+    from .explain import forward_sound
+    from .images import save_png
+    from .sound_files import save_wav
+
+    clips = TonesDataset(length=1, seed=seed)
+    print(f"the clip: {clips.clip_and_caption(0)[1]}", file=sys.stderr)
+    strip, heard = forward_sound(clips.waveform(0), FORWARD_SIGMAS, seed, clips.audio)
+    png = save_png(strip, f"{out}/forward-sound.png")
+    return [png, save_wav(heard, f"{out}/forward-sound.wav", clips.audio.sample_rate)]
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -82,13 +103,18 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "(default: only images above 1024×1024 pixels)",
     )  # fmt: skip
     p.add_argument("--show-steps", action="store_true", help="also save a step strip and a GIF per image")
-    p.add_argument(
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
         "--from-png", metavar="PNG",
         help="regenerate an image from the parameters it carries (flags given here win over the PNG's)",
     )  # fmt: skip
+    source.add_argument(
+        "--from-wav", metavar="WAV",
+        help="regenerate a sound model's clip from the parameters its WAV carries (as --from-png)",
+    )  # fmt: skip
     p.add_argument(
         "--allow-paths", action="store_true",
-        help="--from-png: read the model folder, init image and mask files the PNG names",
+        help="--from-png/--from-wav: read the model folder, init image and mask files the file names",
     )  # fmt: skip
     p.add_argument(
         "--keep-paths", action="store_true",
@@ -154,6 +180,7 @@ def _run_generate(args: argparse.Namespace) -> None:
     from .noise import RANDOM_SEED
     from .pipeline import Pipeline
     from .server.limits import Limits
+    from .sound_files import wav_parameters
 
     placement = placement_from_args(args)  # a device or precision that cannot be used fails first
     request = FilesRequest(
@@ -169,23 +196,25 @@ def _run_generate(args: argparse.Namespace) -> None:
         controls=control_requests(args),
     )
     model = args.model or "emoji"
-    if args.seed == RANDOM_SEED and not args.from_png:
+    source = args.from_png or args.from_wav  # a file whose parameters make the request
+    if args.seed == RANDOM_SEED and not source:
         print(f"noisecraft generate: seed -1 drew seed {request.options.seed}", file=sys.stderr)
-    if args.from_png:
+    if source:
         given = {k: v for k, v in vars(args).items() if v is not None}
         given.update(progress=not args.quiet, **({"controls": request.controls} if request.controls else {}))
         trust = PngTrust(args.allow_paths, Limits().max_steps, Limits().max_pixels)
-        request, model = request_from_png(args.from_png, given, trust)
+        meta = wav_parameters(source) if args.from_wav else png_parameters(source)
+        request, model = request_from_png(source, given, trust, meta)
         for key in ("model", "init", "mask") if args.allow_paths else ():
             value = model if key == "model" else getattr(request, key)
             if value and getattr(args, key) is None:
-                print(f"reading the {key} {value!r} that {args.from_png} names", file=sys.stderr)
+                print(f"reading the {key} {value!r} that {source} names", file=sys.stderr)
     elif not args.prompts:
-        raise ValueError("give at least one prompt (or --from-png IMAGE)")
+        raise ValueError("give at least one prompt (or --from-png IMAGE / --from-wav CLIP)")
     pipe = Pipeline.load(model, **weights_options(args), loras=args.lora, lora_dir=args.lora_dir)
     pipe.to(placement)
-    if args.from_png:
-        check_model_matches(pipe, png_parameters(args.from_png).get("weights"))
+    if source:
+        check_model_matches(pipe, meta.get("weights"))
     for path in generate_to_files(pipe, request, args.out):
         print(path)
 

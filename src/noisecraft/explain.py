@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from .audio import SPECTROGRAM, SpectrogramFormat, image_to_waveform, waveform_to_image  # noqa: E402
 from .data.toy2d import toy_mixture  # noqa: E402
 from .denoisers import score  # noqa: E402
 from .images import step_strip, to_pil  # noqa: E402
@@ -24,6 +25,7 @@ from .mixture import GaussianMixtureDenoiser  # noqa: E402
 from .model import SamplingOptions, sample  # noqa: E402
 from .samplers import Step  # noqa: E402
 from .schedules import add_noise  # noqa: E402
+from .sound_files import colourise  # noqa: E402
 
 LIMIT = 3.2  # half-width of the plotted square
 
@@ -132,6 +134,21 @@ def forward_strip(image: Tensor, sigmas: list[float], seed: int = 0, scale: int 
     frames = [add_noise(image[None], noise[None], s) / (1 + s**2) ** 0.5 for s in sigmas]  # [1, C, H, W]
     cells = [to_pil(frame.clamp(-1, 1))[0] for frame in frames]
     return step_strip([cells], [f"σ={s:g}" for s in sigmas], scale)
+
+
+def forward_sound(
+    wave: Tensor, sigmas: list[float], seed: int = 0, fmt: SpectrogramFormat = SPECTROGRAM
+) -> tuple[Image.Image, Tensor]:
+    """The forward process on a sound [S]: its spectrogram x0 + σ·ε at each σ (VP scale, coloured), and
+    each noisy spectrogram heard (Griffin-Lim seeded ``seed``), one after another with a short gap."""
+    image = waveform_to_image(wave[None], fmt)  # [1, 1, M, T]
+    noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(seed))
+    frames = [(add_noise(image, noise, s) / (1 + s**2) ** 0.5).clamp(-1, 1) for s in sigmas]  # [1, 1, M, T]
+    cells = [colourise(to_pil(frame)[0]) for frame in frames]
+    strip = step_strip([cells], [f"σ={s:g}" for s in sigmas], scale=4)
+    gap = torch.zeros(fmt.sample_rate // 5)  # 0.2 s of silence between clips
+    clips = [torch.cat([image_to_waveform(frame, seed, fmt)[0], gap]) for frame in frames]
+    return strip, torch.cat(clips)
 
 
 def explain_toy2d(out_dir: str | Path, config: ExplainConfig | None = None) -> list[Path]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from PIL import Image
 
+from .audio import SpectrogramFormat
 from .callbacks import ProgressBar, StepRecorder, chain
 from .control_maps import read_map
 from .images import (
@@ -31,6 +32,7 @@ from .model import ControlSpec, SamplingOptions, shipped_models
 from .model.adapters import find_adapter
 from .model.settings import MAX_SIDE, MAX_STEPS
 from .pipeline import GenerationRequest, Pipeline
+from .sound_files import colourise, save_clip
 
 
 @dataclass
@@ -61,12 +63,15 @@ class PngTrust:
 
 
 def request_from_png(
-    path: str | Path, flags: dict[str, Any] | None = None, trust: PngTrust = PngTrust()
+    path: str | Path,
+    flags: dict[str, Any] | None = None,
+    trust: PngTrust = PngTrust(),
+    meta: dict[str, Any] | None = None,
 ) -> tuple[FilesRequest, str]:
     """The request (and model) that made a PNG (ours, or A1111's parameters), read back from its
     metadata and checked like the command line; ``flags`` (FilesRequest fields, option fields,
-    ``model``) given by the user win."""
-    meta, flags = png_parameters(path), dict(flags or {})
+    ``model``) given by the user win. ``meta``: the parameters already read (a WAV's, ``wav_parameters``)."""
+    meta, flags = png_parameters(path) if meta is None else meta, dict(flags or {})
     try:
         options = SamplingOptions.from_metadata({**meta, **flags})  # the option fields of both
         asked = {key: _text(meta, key) for key in ("model", "init", "mask")}
@@ -194,7 +199,8 @@ def run(pipe: Pipeline, request: FilesRequest) -> tuple[list[Image.Image], StepR
     ``keep_paths`` their absolute paths) go into the metadata."""
     for name, scale in request.loras:  # the adapters a PNG was made with, found by name
         pipe.add_lora(find_adapter(name, pipe.lora_dir), scale)
-    recorder = StepRecorder() if request.show_steps else None
+    paint = colourise if pipe.config.audio is not None else None  # a sound model's steps: spectrograms
+    recorder = StepRecorder(paint=paint) if request.show_steps else None
     progress = ProgressBar("sampling") if request.progress else None
     options = request.options.resolve(pipe.config)
     size = (options.width, options.height)
@@ -219,9 +225,14 @@ def run(pipe: Pipeline, request: FilesRequest) -> tuple[list[Image.Image], StepR
 
 
 def save_outputs(
-    images: list[Image.Image], recorder: StepRecorder | None, out_dir: str | Path, attempts: int = 100
+    images: list[Image.Image],
+    recorder: StepRecorder | None,
+    out_dir: str | Path,
+    attempts: int = 100,
+    audio: SpectrogramFormat | None = None,
 ) -> list[Path]:
-    """Write each image (with metadata), a grid when there are several, and step strips + GIFs.
+    """Write each image (with metadata), a grid when there are several, and step strips + GIFs; with
+    ``audio`` (a sound model's spectrograms) each becomes a WAV and a spectrogram picture.
 
     Nothing in ``out_dir`` is overwritten, even by another run saving at the same moment: when a name
     is taken, all of this call's files get the first free suffix (``-1``, ``-2``, …), so an image, its
@@ -231,14 +242,14 @@ def save_outputs(
     out_dir = Path(out_dir)
     metas = [image.info[METADATA_KEY] for image in images]
     stems = [f"{i:03d}-{_slug(meta['prompt'])}-s{meta['seed']}" for i, meta in enumerate(metas)]
-    names = [f"{stem}{extra}" for stem in stems for extra in _extras(recorder is not None)]
+    names = [f"{stem}{extra}" for stem in stems for extra in _extras(recorder is not None, audio is not None)]
     names += ["grid.png"] if len(images) > 1 else []
     start = 0
     for _ in range(attempts):
         n = free_suffix(out_dir, names, start)
         written: list[Path] = []
         try:
-            _write_set(images, recorder, out_dir, stems, _suffix(n), written)
+            _write_set(images, recorder, out_dir, stems, _suffix(n), written, audio)
             return written
         except FileExistsError:  # another writer took a name after free_suffix looked
             for path in written:
@@ -247,23 +258,28 @@ def save_outputs(
     raise FileExistsError(f"{out_dir}: no free file names after {attempts} tries")
 
 
-def _write_set(images, recorder, out_dir: Path, stems: list[str], suffix: str, written: list[Path]) -> None:
+def _write_set(
+    images, recorder, out_dir: Path, stems: list[str], suffix: str, written: list[Path], audio=None
+) -> None:
     """Create every file of one call with ``suffix`` (exclusively), appending each to ``written``."""
     for i, (image, stem) in enumerate(zip(images, stems)):
-        meta = image.info[METADATA_KEY]
-        written.append(save_png(image, out_dir / f"{stem}{suffix}.png", meta, infotext(meta), exclusive=True))
+        meta, path = image.info[METADATA_KEY], out_dir / f"{stem}{suffix}.png"
+        if audio is not None:  # a WAV and its spectrogram picture
+            save_clip(image, path, audio, meta, infotext(meta), written, exclusive=True)
+        else:
+            written.append(save_png(image, path, meta, infotext(meta), exclusive=True))
         if recorder is not None:
             steps = out_dir / f"{stem}-steps{suffix}"
             written.append(save_png(recorder.strip(i), steps.with_suffix(".png"), exclusive=True))
             written.append(save_gif(recorder.animation(i), steps.with_suffix(".gif"), exclusive=True))
     if len(images) > 1:
         scale = max(1, 128 // images[0].width)
-        grid = make_grid([upscale(im, scale) for im in images])
+        grid = make_grid([upscale(colourise(im) if audio else im, scale) for im in images])
         written.append(save_png(grid, out_dir / f"grid{suffix}.png", exclusive=True))
 
 
-def _extras(with_steps: bool) -> list[str]:
-    return [".png", "-steps.png", "-steps.gif"] if with_steps else [".png"]
+def _extras(with_steps: bool, sound: bool = False) -> list[str]:
+    return [*([".wav"] if sound else []), ".png", *(["-steps.png", "-steps.gif"] if with_steps else [])]
 
 
 def _suffix(n: int) -> str:
@@ -282,7 +298,7 @@ def generate_to_files(pipe: Pipeline, request: FilesRequest, out_dir: str | Path
     """Generate as ``request`` says and save everything into ``out_dir``; returns the written paths."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)  # a bad folder fails now, not after sampling
     images, recorder = run(pipe, request)
-    return save_outputs(images, recorder, out_dir)
+    return save_outputs(images, recorder, out_dir, audio=pipe.config.audio)
 
 
 def check_model_matches(pipe: Pipeline, png_meta_weights: str | None) -> None:
@@ -290,7 +306,7 @@ def check_model_matches(pipe: Pipeline, png_meta_weights: str | None) -> None:
     our hash, or its first 10 digits as A1111's "Model hash" carries it)."""
     if png_meta_weights and not pipe.weights_hash.startswith(str(png_meta_weights)):
         warnings.warn(
-            f"the PNG was made with weights {png_meta_weights}, this model has {pipe.weights_hash}: "
-            "the image will differ",
+            f"the file was made with weights {png_meta_weights}, this model has {pipe.weights_hash}: "
+            "the output will differ",
             stacklevel=2,
         )

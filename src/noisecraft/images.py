@@ -49,7 +49,7 @@ def open_image(
     """A user's image (a regular file or bytes) decoded as PNG, JPEG or WebP only, at most
     ``max_pixels`` (checked from the header before decoding); ValueError naming it otherwise."""
     name = name or str(source)
-    stream = io.BytesIO(source) if isinstance(source, bytes) else _open_regular(source)
+    stream = io.BytesIO(source) if isinstance(source, bytes) else open_regular(source)
     with stream, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -67,7 +67,7 @@ def open_image(
     return image
 
 
-def _open_regular(path: str | os.PathLike) -> io.BufferedReader:
+def open_regular(path: str | os.PathLike) -> io.BufferedReader:
     """A regular file opened for reading; a FIFO or device is refused without blocking on it."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -124,12 +124,12 @@ def save_png(
         info.add_text("parameters", parameters)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _create(path, exclusive) as f:
+    with create_file(path, exclusive) as f:
         image.save(f, format="PNG", pnginfo=info)
     return path
 
 
-def _create(path: Path, exclusive: bool) -> io.BufferedWriter:
+def create_file(path: Path, exclusive: bool) -> io.BufferedWriter:
     """``path`` opened for writing; ``exclusive`` creates it atomically (O_EXCL) or fails."""
     if not exclusive:
         return open(path, "wb")  # noqa: SIM115 (the caller's with closes it)
@@ -148,7 +148,7 @@ def path_field(path: str | os.PathLike, keep_paths: bool = False) -> str:
 def read_png_text(path: str | os.PathLike) -> dict[str, str]:
     """A PNG's text chunks (a regular file only), with one clear error for a missing or unreadable file."""
     try:
-        with _open_regular(path) as stream, Image.open(stream, formats=("PNG",)) as image:
+        with open_regular(path) as stream, Image.open(stream, formats=("PNG",)) as image:
             return dict(getattr(image, "text", {}))
     except FileNotFoundError:
         raise
@@ -218,6 +218,6 @@ def save_gif(
     if not frames:
         raise ValueError("save_gif needs at least one frame")
     durations = [duration_ms] * (len(frames) - 1) + [duration_ms * 10]
-    with _create(Path(path), exclusive) as f:
+    with create_file(Path(path), exclusive) as f:
         frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
     return Path(path)

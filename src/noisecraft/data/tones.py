@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..audio import CLIP_SAMPLES, SAMPLE_RATE, waveform_to_image
+from ..audio import CLIP_SAMPLES, SAMPLE_RATE, SPECTROGRAM, waveform_to_image
 from .common import index_seed, item_generator
 
 TIMBRES = ("sine", "square", "pluck", "bell", "drum")
@@ -237,6 +237,8 @@ def describe(clip: Clip, g: torch.Generator) -> str:
 class TonesDataset(Dataset):
     """Map-style procedural clips: item i is (log-mel image [1, 64, 64] in [-1, 1], caption), a pure
     function of (seed, split, i); ``waveform(i)`` is its sound [CLIP_SAMPLES] in [-1, 1]."""
+
+    audio = SPECTROGRAM  # what makes the images sound: a model trained on them records it
 
     def __init__(self, size: int = 64, length: int = 100_000, seed: int = 0, split: str = "train"):
         if split not in SPLITS:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -92,7 +91,7 @@ def read_settings(folder: Path) -> ModelSettings:
 
 def write_settings(settings: ModelSettings, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(dataclasses.asdict(settings), indent=2, sort_keys=True) + "\n"
+    text = json.dumps(settings.as_dict(), indent=2, sort_keys=True) + "\n"
     (folder / SETTINGS_FILE).write_text(text)
     return folder / SETTINGS_FILE
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..audio import SpectrogramFormat
+from ..components import config_from_dict
 from ..denoisers import PRECONDITIONINGS, Denoiser, precondition
 from ..schedules import vp_alphas_cumprod
 
@@ -64,9 +66,13 @@ class ModelSettings:
     guidance: float = 4.0
     latent_scale: float = 1.0  # latent models (an autoencoder/ folder): latents × this are sampled
     zero_empty_negative: bool = False  # guidance's empty negative prompt is zero embeddings (SDXL)
+    # Sound models: the images are log-mel spectrograms in this format (noisecraft.audio); None: pictures.
+    audio: SpectrogramFormat | None = None
 
     def __post_init__(self) -> None:
         _check_field_types(self)
+        if self.audio is not None:
+            self.audio = _spectrogram_format(self.audio, self.channels, self.image_size)
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
         if self.precond not in PRECONDITIONINGS:
@@ -79,6 +85,18 @@ class ModelSettings:
         return build_denoiser(
             net, self.precond, self.sigma_data, self.beta_schedule, self.num_train_timesteps
         )
+
+    @property
+    def modality(self) -> str:
+        """What the model makes: "audio" (spectrograms heard as sound) or "image"."""
+        return "image" if self.audio is None else "audio"
+
+    def as_dict(self) -> dict:
+        """The fields as ``pipeline.json`` holds them (no ``audio`` entry for a picture model)."""
+        values = dataclasses.asdict(self)
+        if values["audio"] is None:
+            del values["audio"]
+        return values
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -110,6 +128,20 @@ def _check_field_types(settings: ModelSettings) -> None:
             raise ValueError(f"{field.name} must be a string, got {value!r}")
         if field.name in BOUNDS:
             check_bounds(field.name, value)
+
+
+def _spectrogram_format(value: object, channels: int, image_size: int) -> SpectrogramFormat:
+    """The ``audio`` field (a format, or its JSON object) checked against the images the model makes."""
+    if isinstance(value, dict):
+        value = config_from_dict(SpectrogramFormat, value)
+    if not isinstance(value, SpectrogramFormat):
+        raise ValueError(f"audio must be an object of spectrogram settings, got {value!r}")
+    if channels != 1 or image_size != value.n_mels:
+        raise ValueError(
+            f"a sound model makes 1-channel spectrograms with {value.n_mels} mel bands as rows, "
+            f"not {channels}-channel {image_size}-pixel images"
+        )
+    return value
 
 
 def build_denoiser(

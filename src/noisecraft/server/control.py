@@ -26,7 +26,7 @@ def a1111_units(scripts: dict[str, Any]) -> list[dict[str, Any]]:
     script = next(iter(scripts.values()))
     args = script.get("args") if isinstance(script, dict) else None
     if not isinstance(args, list):
-        raise st.reject("alwayson_scripts", "controlnet needs {\"args\": [unit, …]}")
+        raise st.reject("alwayson_scripts", 'controlnet needs {"args": [unit, …]}')
     units = []
     for i, unit in enumerate(args):
         field = f"alwayson_scripts.controlnet.args[{i}]"

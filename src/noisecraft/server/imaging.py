@@ -12,8 +12,10 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 from torch import Tensor
 
+from ..audio import SpectrogramFormat
 from ..images import METADATA_KEY, READABLE_FORMATS, mask_from_pil
 from ..infotext import PARAMETERS_KEY, infotext
+from ..sound_files import WAV_MEDIA_TYPE, clip_waveform, spectrogram_picture, wav_bytes
 
 
 class BadImage(ValueError):
@@ -91,3 +93,18 @@ def png_text(image: Image.Image, parameters: str | None = None) -> dict[str, Any
     if parameters is not None:
         text[PARAMETERS_KEY] = parameters
     return text
+
+
+def encode_output(image: Image.Image, seed: int, audio: SpectrogramFormat | None = None) -> dict[str, str]:
+    """One output as data URLs: the PNG with its parameters; for a sound model (``audio``) the WAV heard
+    with the clip's ``seed`` (its parameters in its chunks) and the spectrogram picture as the image."""
+    text = png_text(image)
+    if audio is None:
+        return {"image": "data:image/png;base64," + encode_png(image, text), "media_type": "image/png"}
+    meta, parameters = text.get(METADATA_KEY), text.get(PARAMETERS_KEY)
+    wav = wav_bytes(clip_waveform(image, seed, audio), audio.sample_rate, meta, parameters)
+    return {
+        "audio": f"data:{WAV_MEDIA_TYPE};base64," + base64.b64encode(wav).decode("ascii"),
+        "media_type": WAV_MEDIA_TYPE,
+        "image": "data:image/png;base64," + encode_png(spectrogram_picture(image, audio), text),
+    }

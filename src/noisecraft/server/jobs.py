@@ -64,10 +64,12 @@ class Job:
         steps: int,
         previews: bool = False,
         task_id: str | None = None,
+        paint: Callable[[Image.Image], Image.Image] | None = None,
     ):
         self.id = task_id or uuid.uuid4().hex  # 128 random bits: knowing it is what lets a client see the job
         self.owner: str | None = None  # the authenticated user who sent it (None: no credentials)
         self.batches, self.finish, self.steps, self.previews = batches, finish, steps, previews
+        self.paint = paint  # how a preview frame is drawn (a sound model's: a coloured spectrogram)
         self.cancelled, self.interrupted = threading.Event(), threading.Event()
         self.loop = asyncio.get_running_loop()  # created on the event loop that will read the events
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -233,6 +235,7 @@ class Worker:
             raise _Interrupted
         if job.previews:
             images = to_pil(step.denoised)  # x̂0 of every image in the batch, side by side
+            images = [job.paint(image) for image in images] if job.paint is not None else images
             preview = images[0] if len(images) == 1 else make_grid(images, pad=1)
             job.emit(
                 "step",

@@ -5,7 +5,12 @@
     event: queued   data: {"job": "…", "position": 1}
     event: step     data: {"index": 0, "total": 20, "sigma": 80.0, "sigma_next": 57.3, "preview": "data:…"}
     …
-    event: done     data: {"images": [{"image": "data:image/png;base64,…", "seed": 7, "parameters": {…}}], …}
+    event: done     data: {"images": [{"image": "data:image/png;base64,…", "media_type": "image/png",
+                                           "seed": 7, "parameters": {…}}], …}
+
+A sound model's outputs also carry ``"audio": "data:audio/wav;base64,…"`` with ``media_type``
+"audio/wav"; their ``image`` is the clip's spectrogram picture, and the step previews are coloured
+spectrograms.
 
 A request that fails its checks, or finds the queue full, gets a plain JSON 422 / 429 before any
 event; a failure while sampling arrives as ``event: error`` with ``status`` and ``detail``.
@@ -29,9 +34,10 @@ from ..model import own_control
 from ..model.schedule import schedules_for
 from ..pipeline import GenerationRequest
 from ..samplers import SAMPLERS
+from ..sound_files import colourise
 from . import state as st
 from .control import check_controls, control_specs, native_units, open_maps
-from .imaging import encode_png, model_mask, png_text
+from .imaging import encode_output, model_mask
 from .jobs import Job, events_until_end
 from .schemas import GenerateRequest, ModelInfo, ServerStatus
 
@@ -67,6 +73,7 @@ async def models(request: Request) -> list[ModelInfo]:
                 guidance=c.guidance, sigma_max=c.sigma_max, weights=pipe.weights_hash,
                 default=name == registry.default,
                 text_conditioned=pipe.text_encoder is not None, control=own_control(pipe.origin) is not None,
+                modality=c.modality, sample_rate=c.audio.sample_rate if c.audio is not None else None,
             )
         )  # fmt: skip
     return out
@@ -142,6 +149,8 @@ def _decode(opened: dict[str, list[Image.Image]], channels: int, size: tuple[int
 def _queued(job: GenerationRequest, pipe, name: str, options, steps: int, submit) -> tuple[Job, int]:
     """Queue the Pipeline call of ``job``; the Job and its position."""
 
+    audio = pipe.config.audio
+
     def finish(images: list[Image.Image], interrupted: bool) -> dict[str, Any]:
         return {
             "model": name,
@@ -149,7 +158,7 @@ def _queued(job: GenerationRequest, pipe, name: str, options, steps: int, submit
             "interrupted": interrupted,
             "images": [
                 {
-                    "image": "data:image/png;base64," + encode_png(image, png_text(image)),
+                    **encode_output(image, options.seed + i, audio),
                     "seed": options.seed + i,
                     "parameters": image.info.get(METADATA_KEY),
                 }
@@ -157,7 +166,8 @@ def _queued(job: GenerationRequest, pipe, name: str, options, steps: int, submit
             ],
         }
 
-    queued = Job([partial(pipe.run, job)], finish, steps, previews=True)
+    paint = colourise if audio is not None else None  # a sound model's previews: coloured spectrograms
+    queued = Job([partial(pipe.run, job)], finish, steps, previews=True, paint=paint)
     return queued, submit(queued)
 
 

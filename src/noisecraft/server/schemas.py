@@ -237,6 +237,8 @@ class ModelInfo(BaseModel):
     text_conditioned: bool
     control: bool = Field(description="has a control branch of its own: requests may send ``controls``")
     default: bool
+    modality: str = Field("image", description='what it makes: "image", or "audio" (WAVs of spectrograms)')
+    sample_rate: int | None = Field(None, description="audio models: the WAVs' sample rate (Hz)")
 
 
 class ServerStatus(BaseModel):

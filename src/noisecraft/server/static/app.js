@@ -9,7 +9,10 @@ const state = { models: [], controller: null, initImage: null };
 async function loadChoices() {
   const [models, samplers] = await Promise.all([getJSON("/v1/models"), getJSON("/v1/samplers")]);
   state.models = models;
-  for (const m of models) $("model").add(new Option(`${m.name} (${m.image_size}px)`, m.name, m.default, m.default));
+  for (const m of models) {
+    const kind = m.modality === "audio" ? `sound, ${m.sample_rate / 1000} kHz` : `${m.image_size}px`;
+    $("model").add(new Option(`${m.name} (${kind})`, m.name, m.default, m.default));
+  }
   for (const s of samplers) $("sampler").add(new Option(s, s));
   applyModelDefaults();
 }
@@ -139,12 +142,14 @@ function handleEvent(kind, data) {
     const preview = $("preview");
     preview.src = data.preview;
     preview.dataset.updates = String(Number(preview.dataset.updates) + 1);
-    $("step-info").textContent = `step ${data.index + 1}/${data.total} · σ ${data.sigma.toPrecision(3)} → ${data.sigma_next.toPrecision(3)}`;
+    const what = currentModel()?.modality === "audio" ? "spectrogram (time →, pitch ↑) · " : "";
+    $("step-info").textContent = `${what}step ${data.index + 1}/${data.total} · σ ${data.sigma.toPrecision(3)} → ${data.sigma_next.toPrecision(3)}`;
     $("progress").value = (data.index + 1) / data.total;
     setStatus("sampling…");
   } else if (kind === "done") {
     $("gallery").prepend(...data.images.map((image) => galleryCard(image, data.model)));  // seed order
-    setStatus(`done: ${data.images.length} image(s)`);
+    const sounds = data.images.some((image) => image.audio);
+    setStatus(`done: ${data.images.length} ${sounds ? "clip" : "image"}(s)`);
   } else if (kind === "cancelled") {
     setStatus("cancelled by the server", true);
   } else if (kind === "error") {
@@ -167,10 +172,10 @@ function setStatus(text, isError = false) {
 function galleryCard(image, model) {
   const p = image.parameters || {};
   const card = document.createElement("figure");
-  card.className = "card";
+  card.className = image.audio ? "card sound" : "card";
   const img = document.createElement("img");
-  img.src = image.image;
-  img.alt = p.prompt || "generated image";
+  img.src = image.image;  // a sound model's: the clip's spectrogram
+  img.alt = image.audio ? `spectrogram of ${p.prompt || "the clip"}` : p.prompt || "generated image";
   const list = document.createElement("dl");
   const rows = [["prompt", p.prompt], ["negative", p.negative_prompt], ["seed", image.seed], ["steps", p.steps],
     ["sampler", p.sampler], ["schedule", p.schedule], ["guidance", p.guidance], ["model", model]];
@@ -186,8 +191,14 @@ function galleryCard(image, model) {
   }
   const actions = document.createElement("div");
   actions.className = "actions";
-  const link = Object.assign(document.createElement("a"), { href: image.image, textContent: "download" });
-  link.download = `noisecraft-${image.seed}.png`;
+  const link = Object.assign(document.createElement("a"), { href: image.audio || image.image, textContent: "download" });
+  link.download = `noisecraft-${image.seed}.${image.audio ? "wav" : "png"}`;
+  if (image.audio) {  // a sound: play it; its picture is a drawing of it, not a start image
+    const player = Object.assign(document.createElement("audio"), { controls: true, src: image.audio });
+    actions.append(link);
+    card.append(img, player, list, actions);
+    return card;
+  }
   const reuse = Object.assign(document.createElement("button"), { type: "button", textContent: "use as start" });
   reuse.addEventListener("click", () => setInitImage(image.image));
   actions.append(link, reuse);
