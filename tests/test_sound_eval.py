@@ -93,12 +93,13 @@ def test_tones_eval_is_seeded_and_reads_its_dataset_from_training_json(tmp_path,
     folder = tiny_tones_pipeline().save(tmp_path / "model")
     (folder / "training.json").write_text(json.dumps({"config": {"data": {"name": "tones"}}}))
     out = tmp_path / "results.json"
-    argv = ["eval", str(folder), "--num", "5", "--steps", "1", "--quiet", "--out", str(out)]
+    argv = ["eval", "--model", str(folder), "--num", "5", "--steps", "1", "--quiet", "--out", str(out)]
     assert main(argv) == 0
     line = capsys.readouterr().out.splitlines()[0]
-    assert line.startswith("tiny on tones | n=5 | FID ") and "ceiling accuracy" in line
+    assert line.startswith("tiny on tones | n=5 | FID ") and "(floor " in line and "ceiling accuracy" in line
     results = json.loads(out.read_text())
     assert results["dataset"] == "tones" and results["features"].startswith("domain-tones-")
+    assert "no audio network can be downloaded" in results["features_about"]
     assert results["ref_num"] == 5 and results["prompts"] == "heldout captions"
     assert results["fid"] > results["fid_floor"] > 0  # noise is further from real renders than others are
     adherence = results["adherence"]
@@ -106,6 +107,8 @@ def test_tones_eval_is_seeded_and_reads_its_dataset_from_training_json(tmp_path,
     again = evaluate(Pipeline.load(folder), "tones", 5, steps=1, progress=False)
     assert again["fid"] == results["fid"] and again["adherence"] == adherence
 
+    assert main(["eval", str(folder), "--model", str(folder)]) == 2
+    assert "give the model once" in capsys.readouterr().err
     (folder / "training.json").write_text(json.dumps({"config": {"data": {"name": "toy2d"}}}))
     assert main(["eval", str(folder), "--num", "3", "--quiet"]) == 2
     assert "names no dataset eval knows (found 'toy2d'); give --dataset" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``noisecraft eval MODEL [--dataset NAME]``: turns arguments into an ``evaluate`` call — nothing else."""
+"""``noisecraft eval MODEL`` (or ``--model MODEL``): arguments into an ``evaluate`` call — nothing else."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval", help="FID / KID / precision-recall / prompt adherence / bits-per-dim of a model"
     )
-    p.add_argument("model", help="a shipped model name or a saved pipeline folder")
+    p.add_argument("model", nargs="?", default=None, help="a shipped model name or a saved pipeline folder")
+    p.add_argument("--model", dest="model_option", default=None, help="the same, as generate takes it")
     p.add_argument(
         "--dataset", choices=IMAGE_DATASETS, default=None,
         help="the data the model was trained on (default: the one its training.json names)",
@@ -86,8 +87,10 @@ def _run_eval(args: argparse.Namespace) -> None:
     from ..pipeline import Pipeline
     from .evaluate import evaluate, model_dataset, summary_line
 
+    if (args.model is None) == (args.model_option is None):
+        raise ValueError("give the model once: `noisecraft eval MODEL` or `noisecraft eval --model MODEL`")
     placement = placement_from_args(args)
-    pipeline = Pipeline.load(args.model).to(placement)
+    pipeline = Pipeline.load(args.model or args.model_option).to(placement)
     dataset = args.dataset or model_dataset(pipeline)
     out = Path(args.out or f"outputs/eval/{pipeline.config.name}-{dataset}.json")
     if out.is_dir():

@@ -305,7 +305,8 @@ def summary_line(results: dict) -> str:
     """One line: model, dataset, n, then each score that was computed."""
     parts = [f"{results['model']} on {results['dataset']}", f"n={results['num_samples']}"]
     if "fid" in results:
-        parts.append(f"FID {results['fid']:.3f} [{results['features']}]")
+        floor = f" (floor {results['fid_floor']:.3f})" if "fid_floor" in results else ""
+        parts.append(f"FID {results['fid']:.3f} [{results['features']}]{floor}")
     if "kid" in results:
         parts.append(f"KID {results['kid']:.5f} ± {results['kid_std']:.5f}")
     if "precision" in results:
