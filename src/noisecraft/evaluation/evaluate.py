@@ -202,7 +202,10 @@ def _emoji_retrieval(pipeline, data, indices, generated, seed: int, progress: bo
     }  # fmt: skip
 
 
-def _image_scores(pipeline, dataset, data, metrics, kind, num, reference, common, sample) -> dict:
+def _image_scores(
+    pipeline: Pipeline, dataset: str, data, metrics, kind: str, num: int, reference: dict, common: dict,
+    sample: dict,
+) -> dict:  # fmt: skip
     """FID / KID / P-R against the cached training reference and adherence, for an image dataset."""
     out: dict = {}
     seed, progress = common["seed"], common["progress"]

@@ -22,6 +22,9 @@ and quantised to 8 bits like a saved PNG. One generated set serves every score:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -29,6 +32,9 @@ from ..audio import image_to_waveform
 from ..data.tones_oracle import fact_checks, parse_caption, read_clip
 from .features import make_features, to_8bit
 from .reference import build_dataset, dataset_images, extract_features
+
+if TYPE_CHECKING:
+    from ..pipeline import Pipeline
 
 HELDOUT = "heldout"
 WHY_TONES_FEATURES = (
@@ -64,8 +70,8 @@ def heldout_items(num: int, seed: int = 0, options: dict | None = None) -> tuple
     return to_8bit(images[repeat]) / 127.5 - 1, [captions[i] for i in repeat]
 
 
-def tones_scores(pipeline, metrics, features: str, num: int, *, seed: int, batch_size: int,
-                 options: dict | None, progress: bool, **sample) -> dict:  # fmt: skip
+def tones_scores(pipeline: Pipeline, metrics: Sequence[str], features: str, num: int, *, seed: int,
+                 batch_size: int, options: dict | None, progress: bool, **sample) -> dict:  # fmt: skip
     """Every requested score of a tones model (see the module docstring), as JSON-ready fields."""
     from .evaluate import distribution_scores, generate_images
 
