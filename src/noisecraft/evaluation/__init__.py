@@ -10,8 +10,8 @@ This file only holds names, so ``noisecraft --help`` stays fast; the modules loa
 from __future__ import annotations
 
 METRICS = ("fid", "kid", "pr", "adherence", "bpd")
-IMAGE_DATASETS = ("shapes", "emoji", "mnist", "folder", "shards")
-ADHERENCE_DATASETS = ("shapes", "mnist", "emoji")
+IMAGE_DATASETS = ("shapes", "emoji", "mnist", "tones", "folder", "shards")  # tones: spectrogram images
+ADHERENCE_DATASETS = ("shapes", "mnist", "emoji", "tones")
 FEATURES = ("inception", "domain")
 
 _LAZY = {

@@ -1,7 +1,8 @@
 """A small CNN classifier per domain: fast FID features and class accuracy.
 
 MNIST: the digit; shapes: colour and kind of a scene's largest shape (24 classes); emoji: which of
-the 1,899, one class each, learnt from its single image under random shifts and added noise. The
+the 1,899, one class each, learnt from its single image under random shifts and added noise;
+tones: every fact a caption states of a clip's spectrogram, one softmax per fact (``groups``). The
 emoji features are taken before the last ReLU (``dense_features``): with ReLU'd features and no
 noise they were ≈ 93% zeros, and an earlier such classifier ranked two emoji models backwards.
 ``python -m noisecraft.evaluation.classifier_training`` prints a disturbance check of the new space
@@ -24,6 +25,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -43,10 +45,15 @@ class DomainClassifierConfig:
     # Features taken before the penultimate ReLU: dense, where the ReLU'd ones of a 1,899-class
     # emoji net were ≈ 93% zeros. The logits are computed from the ReLU'd features either way.
     dense_features: bool = False
+    # Several facts at once: the logits split into groups of these sizes (summing to num_classes),
+    # one softmax each (tones: loudness, parts, first sound, ...). Empty: one softmax over all.
+    groups: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if min(self.in_channels, self.image_size, self.num_classes, self.feature_dim, *self.widths) <= 0:
             raise ValueError(f"every size in the classifier config must be positive, got {self}")
+        if self.groups and (min(self.groups) <= 0 or sum(self.groups) != self.num_classes):
+            raise ValueError(f"groups {self.groups} must be positive and sum to {self.num_classes} classes")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
 
@@ -95,8 +102,15 @@ class DomainClassifier(nn.Module):
         return h if self.config.dense_features else F.relu(h)
 
     def forward(self, images: Tensor) -> Tensor:
-        """Class logits [B, num_classes]."""
+        """Class logits [B, num_classes] (with ``groups``: each group's logits side by side)."""
         return self.head(F.relu(self.features(images)))
+
+    def predict(self, images: Tensor) -> Tensor:
+        """The arg-max class [B], or with ``groups`` the arg-max within each group [B, G]."""
+        logits = self(images)  # [B, num_classes]
+        if not self.config.groups:
+            return logits.argmax(1)
+        return torch.stack([chunk.argmax(1) for chunk in logits.split(self.config.groups, 1)], 1)
 
     @property
     def weights_hash(self) -> str:

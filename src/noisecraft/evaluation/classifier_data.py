@@ -66,9 +66,71 @@ def emoji_arrays(split: str, size: int = 32) -> tuple[Tensor, Tensor]:
     return torch.stack([data[i][0] for i in range(len(data))]), torch.arange(len(data))
 
 
-DOMAIN_DATA = {"mnist": mnist_arrays, "shapes": shapes_arrays, "emoji": emoji_arrays}
+def _tones_sounds() -> tuple[str, ...]:
+    """Every sound a part can be: a timbre at a pitch register, a drum, a sweep up or down (11)."""
+    from ..data.tones import KINDS, PITCHES
+
+    pitched = [f"{kind} {pitch}" for kind in KINDS if kind not in ("drum", "sweep") for pitch in PITCHES]
+    return (*pitched, "drum", "sweep rising", "sweep falling")
+
+
+def tones_facts() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The facts the tones classifier reads, each with its values: one softmax group per fact."""
+    sounds = _tones_sounds()
+    return (
+        ("loudness", ("loud", "soft")),
+        ("parts", ("1", "2")),
+        ("first", sounds),
+        ("second", ("none", *sounds)),
+        ("chord", ("no", "yes")),
+        ("hits", ("1", "2", "3", "4")),
+    )
+
+
+def tones_classes() -> tuple[str, ...]:
+    """ "fact=value" for every value of every fact (33 logits in 6 groups)."""
+    return tuple(f"{fact}={value}" for fact, values in tones_facts() for value in values)
+
+
+def tones_labels(clip) -> list[int]:
+    """A clip's value index for each fact of ``tones_facts`` (hits: how often the first part sounds)."""
+    facts = dict(tones_facts())
+
+    def sound(part) -> str:
+        return f"{part.kind} {part.pitch or part.direction}" if part.kind != "drum" else "drum"
+
+    second = sound(clip.parts[1]) if len(clip.parts) > 1 else "none"
+    values = (clip.loudness, str(len(clip.parts)), sound(clip.parts[0]), second,
+              "yes" if any(p.chord for p in clip.parts) else "no", str(clip.parts[0].count))  # fmt: skip
+    return [facts[fact].index(value) for fact, value in zip(facts, values)]
+
+
+def tones_arrays(split: str, size: int = 64) -> tuple[Tensor, Tensor]:
+    """Spectrograms [N, 1, 64, 64] of clips and their facts [N, 6] (``tones_labels``). Half come from
+    each of the dataset's splits, so the held-out pairs occur too; drawn with seeds the diffusion
+    recipes do not use (train 101: 6,000 clips; test 102: 1,500)."""
+    from ..data.tones import TonesDataset
+
+    seed, length = {"train": (101, 6_000), "test": (102, 1_500)}[split]
+    images, labels = [], []
+    for data_split in ("train", "heldout"):
+        data = TonesDataset(size, length // 2, seed, data_split)
+        for index in range(len(data)):
+            image, _ = data[index]
+            images.append(image)
+            labels.append(tones_labels(data.clip_and_caption(index)[0]))
+    return torch.stack(images), torch.tensor(labels)
+
+
+def domain_groups(domain: str) -> tuple[int, ...]:
+    """The sizes of a domain's softmax groups; () for one softmax over all classes."""
+    return tuple(len(values) for _, values in tones_facts()) if domain == "tones" else ()
+
+
+DOMAIN_DATA = {"mnist": mnist_arrays, "shapes": shapes_arrays, "emoji": emoji_arrays, "tones": tones_arrays}
 DOMAIN_CLASSES = {
     "mnist": lambda: tuple(str(d) for d in range(10)),
     "shapes": shapes_classes,
     "emoji": emoji_classes,
+    "tones": tones_classes,
 }

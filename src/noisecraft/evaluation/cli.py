@@ -1,4 +1,4 @@
-"""``noisecraft eval MODEL --dataset NAME``: turns arguments into an ``evaluate`` call — nothing else."""
+"""``noisecraft eval MODEL`` (or ``--model MODEL``): arguments into an ``evaluate`` call — nothing else."""
 
 from __future__ import annotations
 
@@ -40,10 +40,12 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval", help="FID / KID / precision-recall / prompt adherence / bits-per-dim of a model"
     )
-    p.add_argument("model", help="a shipped model name or a saved pipeline folder")
+    p.add_argument("model", nargs="?", default=None, help="a shipped model name or a saved pipeline folder")
+    p.add_argument("--model", dest="model_option", default=None, help="the same, as generate takes it")
     p.add_argument(
-        "--dataset", required=True, choices=IMAGE_DATASETS, help="the data the model was trained on"
-    )
+        "--dataset", choices=IMAGE_DATASETS, default=None,
+        help="the data the model was trained on (default: the one its training.json names)",
+    )  # fmt: skip
     p.add_argument("--num", type=_positive_int, default=1000, help="generated images (default: %(default)s)")
     p.add_argument(
         "--metrics", type=_metric_list, default=None,
@@ -87,17 +89,20 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> None:
     from ..pipeline import Pipeline
-    from .evaluate import evaluate, summary_line
+    from .evaluate import evaluate, model_dataset, summary_line
 
+    if (args.model is None) == (args.model_option is None):
+        raise ValueError("give the model once: `noisecraft eval MODEL` or `noisecraft eval --model MODEL`")
     placement = placement_from_args(args)
-    pipeline = Pipeline.load(args.model).to(placement)
-    out = Path(args.out or f"outputs/eval/{pipeline.config.name}-{args.dataset}.json")
+    pipeline = Pipeline.load(args.model or args.model_option).to(placement)
+    dataset = args.dataset or model_dataset(pipeline)
+    out = Path(args.out or f"outputs/eval/{pipeline.config.name}-{dataset}.json")
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give the path of the JSON file to write")
     out.parent.mkdir(parents=True, exist_ok=True)  # a bad --out fails now, not after the evaluation
     try:
         results = evaluate(
-            pipeline, args.dataset, args.num, args.metrics, features=args.features, seed=args.seed,
+            pipeline, dataset, args.num, args.metrics, features=args.features, seed=args.seed,
             batch_size=args.batch_size, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
             deep_cache=args.deep_cache, ref_num=args.ref_num, bpd_num=args.bpd_num,
             dataset_options=dict(args.data_options) or None, cache_dir=args.cache, progress=not args.quiet,

@@ -11,6 +11,9 @@ depend on the sample size: compare numbers only at equal ``num_samples`` and ``r
 Precision/recall use k = 3 and equally many reference and generated samples, as Kynkäänniemi et
 al. do. Bits/dim is the probability-flow ODE likelihood of held-out images given their captions
 (``likelihood.image_bits_per_dim``, guidance off), between the model's σ_min and σ_max.
+
+Sound (``tones``) follows its own protocol, in ``sound.py``: held-out captions, the real renders of
+the same captions as the reference, the oracle reading the clips back through Griffin-Lim.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch.utils.data import IterableDataset
 from tqdm.auto import tqdm
 
 from ..data.emoji_captions import paraphrases
+from ..formats.architecture import read_json_object
 from ..likelihood import PRIOR_SIGMA_MAX, image_bits_per_dim
 from ..model import SamplingOptions
 from ..noise import check_seed
@@ -40,13 +44,31 @@ from .features import make_features, to_8bit
 from .metrics import frechet_distance, gaussian_stats, kid, precision_recall
 from .reference import build_dataset, dataset_images, extract_features, pick_indices, reference_features
 
-HELDOUT_SPLIT = {"mnist": "test", "shapes": "heldout"}  # emoji has no held-out split: its one set is used
+# emoji has no held-out split: its one set is used
+HELDOUT_SPLIT = {"mnist": "test", "shapes": "heldout", "tones": "heldout"}
 DEFAULT_REF_NUM = {"domain": 10_000, "inception": 2_000}  # Inception: ~1 s per image per CPU core
 
 
 def default_metrics(dataset: str) -> tuple[str, ...]:
     """fid, kid, pr, plus adherence where the dataset defines it (bpd is opt-in: it is slow)."""
     return ("fid", "kid", "pr") + (("adherence",) if dataset in ADHERENCE_DATASETS else ())
+
+
+def model_dataset(pipeline: Pipeline) -> str:
+    """The dataset a model was trained on, read from the ``training.json`` of its folder (what
+    ``noisecraft train`` exports and shipped models keep); ValueError when it names none eval knows."""
+    folder = pipeline.origin if pipeline.origin is not None and pipeline.origin.is_dir() else None
+    record = read_json_object(folder / "training.json") if folder is not None else None
+    data = (record or {}).get("config", {})
+    data = data.get("data", {}) if isinstance(data, dict) else {}
+    name = data.get("name") if isinstance(data, dict) else None
+    if name not in IMAGE_DATASETS:
+        where = f"{folder}/training.json" if record is not None else f"model {pipeline.config.name!r}"
+        raise ValueError(
+            f"{where} names no dataset eval knows (found {name!r}); give --dataset, one of "
+            + ", ".join(IMAGE_DATASETS)
+        )
+    return name
 
 
 def check_compatible(pipeline: Pipeline, dataset: str, image: Tensor) -> None:
@@ -109,6 +131,23 @@ def _prompts(data, num: int, seed: int) -> tuple[list[str], list[int] | None]:
     return [data[i][1] for i in indices], indices
 
 
+def distribution_scores(
+    real: Tensor, fake: Tensor, metrics, seed: int, real_stats: tuple[Tensor, Tensor] | None = None
+) -> dict:
+    """FID / KID / precision-recall (those in ``metrics``) of features fake [N, D] against real [M, D];
+    ``real_stats``: the real set's cached (mean, covariance)."""
+    out: dict = {}
+    if "fid" in metrics:
+        out["fid"] = frechet_distance(*(real_stats or gaussian_stats(real)), *gaussian_stats(fake))
+    if "kid" in metrics:
+        out["kid"], out["kid_std"] = kid(real, fake, generator=torch.Generator().manual_seed(seed))
+    if "pr" in metrics:  # as many reference samples as generated ones
+        count = min(len(fake), len(real))
+        subset = real[pick_indices(len(real), count, seed)]
+        out["precision"], out["recall"] = precision_recall(subset, fake, k=3)
+    return out
+
+
 def _distribution_metrics(
     generated: Tensor, dataset: str, kind: str, metrics, *, size, ref_num, options, cache_dir, seed, progress
 ) -> dict:
@@ -124,17 +163,8 @@ def _distribution_metrics(
         "reference": str(reference.path),
     }
     fake = extract_features(extractor, generated, desc="features", progress=progress)
-    if "fid" in metrics:
-        out["fid"] = frechet_distance(reference.mean, reference.cov, *gaussian_stats(fake))
-    if "kid" in metrics:
-        out["kid"], out["kid_std"] = kid(
-            reference.features, fake, generator=torch.Generator().manual_seed(seed)
-        )
-    if "pr" in metrics:  # as many reference samples as generated ones
-        count = min(len(fake), len(reference.features))
-        real = reference.features[pick_indices(len(reference.features), count, seed)]
-        out["precision"], out["recall"] = precision_recall(real, fake, k=3)
-    return out
+    stats = (reference.mean, reference.cov)
+    return out | distribution_scores(reference.features, fake, metrics, seed, stats)
 
 
 def _adherence(pipeline, dataset: str, data, indices, generated, num, seed, progress, **sample) -> dict:
@@ -170,6 +200,27 @@ def _emoji_retrieval(pipeline, data, indices, generated, seed: int, progress: bo
         "retrieval_top1": top[1], "retrieval_top5": top[5],
         "paraphrase_top1": typed[1], "paraphrase_top5": typed[5], "paraphrase_num": len(prompts),
     }  # fmt: skip
+
+
+def _image_scores(
+    pipeline: Pipeline, dataset: str, data, metrics, kind: str, num: int, reference: dict, common: dict,
+    sample: dict,
+) -> dict:  # fmt: skip
+    """FID / KID / P-R against the cached training reference and adherence, for an image dataset."""
+    out: dict = {}
+    seed, progress = common["seed"], common["progress"]
+    generated, indices = None, None
+    if {"fid", "kid", "pr"} & set(metrics) or ("adherence" in metrics and dataset in ("mnist", "emoji")):
+        prompts, indices = _prompts(data, num, seed)
+        generated = generate_images(pipeline, prompts, **common, **sample)
+    if {"fid", "kid", "pr"} & set(metrics):
+        size = pipeline.config.image_size
+        out.update(_distribution_metrics(generated, dataset, kind, metrics, size=size, seed=seed,
+                                         progress=progress, **reference))  # fmt: skip
+    if "adherence" in metrics:
+        args = (pipeline, dataset, data, indices, generated, num, seed, progress)
+        out["adherence"] = _adherence(*args, batch_size=common["batch_size"], **sample)
+    return out
 
 
 def _bits_per_dim(pipeline: Pipeline, dataset: str, options, num: int, seed: int, progress: bool) -> dict:
@@ -240,28 +291,17 @@ def evaluate(
     if options.deep_cache != 1:
         sample["deep_cache"] = options.deep_cache
     results = _settings(pipeline, dataset, num_samples, metrics, seed, **sample)
-    distribution = {"fid", "kid", "pr"} & set(metrics)
-    generated, indices = None, None
-    if distribution or ("adherence" in metrics and dataset in ("mnist", "emoji")):
-        prompts, indices = _prompts(data, num_samples, seed)
-        generated = generate_images(
-            pipeline, prompts, seed=seed, batch_size=batch_size, progress=progress, **sample
+    common = {"seed": seed, "batch_size": batch_size, "progress": progress}
+    if dataset == "tones":  # sound: held-out captions, real renders of them, the oracle through Griffin-Lim
+        from .sound import tones_scores
+
+        scores = tones_scores(
+            pipeline, metrics, kind, num_samples, options=dataset_options, **common, **sample
         )
-    if distribution:
-        reference = {
-            "size": c.image_size,
-            "ref_num": ref_num,
-            "options": dataset_options,
-            "cache_dir": cache_dir,
-        }
-        results.update(
-            _distribution_metrics(
-                generated, dataset, kind, metrics, seed=seed, progress=progress, **reference
-            )
-        )
-    if "adherence" in metrics:
-        args = (pipeline, dataset, data, indices, generated, num_samples, seed, progress)
-        results["adherence"] = _adherence(*args, batch_size=batch_size, **sample)
+    else:
+        reference = {"ref_num": ref_num, "options": dataset_options, "cache_dir": cache_dir}
+        scores = _image_scores(pipeline, dataset, data, metrics, kind, num_samples, reference, common, sample)
+    results.update(scores)
     if "bpd" in metrics:
         results.update(_bits_per_dim(pipeline, dataset, dataset_options, bpd_num, seed, progress))
     results["seconds"] = round(time.perf_counter() - start_time, 2)
@@ -272,7 +312,8 @@ def summary_line(results: dict) -> str:
     """One line: model, dataset, n, then each score that was computed."""
     parts = [f"{results['model']} on {results['dataset']}", f"n={results['num_samples']}"]
     if "fid" in results:
-        parts.append(f"FID {results['fid']:.3f} [{results['features']}]")
+        floor = f" (floor {results['fid_floor']:.3f})" if "fid_floor" in results else ""
+        parts.append(f"FID {results['fid']:.3f} [{results['features']}]{floor}")
     if "kid" in results:
         parts.append(f"KID {results['kid']:.5f} ± {results['kid_std']:.5f}")
     if "precision" in results:

@@ -1,0 +1,102 @@
+"""A text-to-sound model on ``tones``: oracle adherence and a Fréchet distance, on held-out captions.
+
+Protocol. Prompts are the captions of ``num`` seeded-random items of the **held-out** split (each holds
+a low bell or a high square wave, pairs never drawn in training); clip i is generated from seed + i
+and quantised to 8 bits like a saved PNG. One generated set serves every score:
+
+- adherence: each spectrogram is turned into sound (``audio.image_to_waveform``, Griffin-Lim seeded
+  with seed + i) and ``data.tones_oracle`` reads it back: ``oracle_accuracy`` is the share of clips
+  right in every fact of their caption, ``oracle_facts`` the rate per fact (parts and loudness over
+  all clips; kind, pitch, chord, direction and count over the clips with the right number of parts).
+  The **ceiling** is the same read-back of the real renders of those items through the same
+  spectrogram round trip (``ceiling_accuracy``, 0.99 over 300 clips): Griffin-Lim loses what a perfect
+  generator would lose too.
+- FID / KID / precision-recall compare the generated spectrograms with the real renders of the same
+  captions (paired sets of ``num`` each, so nothing is cached). ``fid_floor`` is the FID of ``num``
+  other held-out renders against them: what a perfect generator scores at this sample size.
+  The default feature space is the shipped tones classifier's (``weights/tones``): no audio network
+  (VGGish, PANNs) can be downloaded here, and one trained on the procedural clips reads what the
+  captions state — loudness, number of sounds, each sound's timbre and register, chords, hits —
+  from the spectrogram itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..audio import image_to_waveform
+from ..data.tones_oracle import fact_checks, parse_caption, read_clip
+from .features import make_features, to_8bit
+from .reference import build_dataset, dataset_images, extract_features
+
+if TYPE_CHECKING:
+    from ..pipeline import Pipeline
+
+HELDOUT = "heldout"
+WHY_TONES_FEATURES = (
+    "the shipped tones classifier's 128-d penultimate features (evaluation/weights/tones/CARD.md): no audio "
+    "network can be downloaded, and this one reads every fact a caption states from the spectrogram"
+)
+
+
+def oracle_scores(images: Tensor, captions: list[str], seed: int = 0, progress: bool = False) -> dict:
+    """Spectrograms [B, 1, 64, 64] in [-1, 1] → Griffin-Lim (seed + i) → the oracle against each caption:
+    ``{"accuracy": share right in every fact, "facts": {fact: share right}}``."""
+    if len(images) != len(captions) or not captions:
+        raise ValueError(f"need one caption per clip, got {len(captions)} for {len(images)}")
+    right: dict[str, list[bool]] = {}
+    every = []
+    bar = tqdm(range(len(images)), desc="oracle", unit="clip", disable=not progress, leave=False)
+    for i in bar:
+        wave = image_to_waveform(images[i : i + 1], seed=seed + i)[0]  # [CLIP_SAMPLES]
+        checks = fact_checks(read_clip(wave), parse_caption(captions[i]))
+        every.append(all(checks.values()))
+        for fact, ok in checks.items():
+            right.setdefault(fact, []).append(ok)
+    facts = {fact: sum(oks) / len(oks) for fact, oks in right.items()}
+    return {"accuracy": sum(every) / len(every), "facts": facts}
+
+
+def heldout_items(num: int, seed: int = 0, options: dict | None = None) -> tuple[Tensor, list[str]]:
+    """Real spectrograms [num, 1, 64, 64] (on the 8-bit grid) and captions of ``num`` seeded-random
+    held-out items; more than the split holds cycle through it."""
+    data = build_dataset("tones", 64, HELDOUT, options)
+    images, captions = dataset_images(data, min(num, len(data)), seed)
+    repeat = [i % len(captions) for i in range(num)]
+    return to_8bit(images[repeat]) / 127.5 - 1, [captions[i] for i in repeat]
+
+
+def tones_scores(pipeline: Pipeline, metrics: Sequence[str], features: str, num: int, *, seed: int,
+                 batch_size: int, options: dict | None, progress: bool, **sample) -> dict:  # fmt: skip
+    """Every requested score of a tones model (see the module docstring), as JSON-ready fields."""
+    from .evaluate import distribution_scores, generate_images
+
+    distribution = bool({"fid", "kid", "pr"} & set(metrics))
+    real, captions = heldout_items(2 * num if distribution else num, seed, options)  # the first num: prompts
+    fake = generate_images(
+        pipeline, captions[:num], seed=seed, batch_size=batch_size, progress=progress, **sample
+    )
+    out: dict = {"prompts": f"{HELDOUT} captions"}
+    if distribution:
+        extractor = make_features(features, "tones")
+        reals = extract_features(extractor, real, desc="features (real)", progress=progress)  # [2·num, D]
+        fakes = extract_features(extractor, fake, desc="features", progress=progress)
+        out.update(features=extractor.name, ref_num=num, reference="real renders of the same captions")
+        if features == "domain":
+            out["features_about"] = WHY_TONES_FEATURES
+        out.update(distribution_scores(reals[:num], fakes, metrics, seed))
+        if "fid" in metrics:  # what a perfect generator would score at this size: other real renders
+            out["fid_floor"] = distribution_scores(reals[:num], reals[num:], ["fid"], seed)["fid"]
+    real, captions = real[:num], captions[:num]
+    if "adherence" in metrics:
+        model = oracle_scores(fake, captions, seed, progress)
+        ceiling = oracle_scores(real, captions, seed, progress)
+        out["adherence"] = {
+            "oracle_accuracy": model["accuracy"], "oracle_prompts": HELDOUT, "oracle_facts": model["facts"],
+            "ceiling_accuracy": ceiling["accuracy"], "ceiling_facts": ceiling["facts"],
+        }  # fmt: skip
+    return out
