@@ -297,3 +297,16 @@ def test_an_inpainting_unet_repaints_what_diffusers_repaints(tmp_path):
     assert torch.equal(got[~inside], ((init / 2 + 0.5).clamp(0, 1))[~inside])
     painted = np.asarray(loaded.inpaint("a cat", picture, Image.fromarray(mask), **options)[0])
     assert np.array_equal(painted[mask == 0], np.asarray(picture)[mask == 0])
+
+
+def test_deep_cache_runs_an_sd_unet_in_full_every_nth_step(reference):
+    _, tmp = reference
+    loaded = Pipeline.load(tmp / "folder")
+    runs = [0]
+    loaded.net.mid[0].register_forward_hook(lambda *_: runs.__setitem__(0, runs[0] + 1))
+    plain = ours(loaded, steps=6, sampler="euler", guidance=7.5)
+    assert runs[0] == 6  # 2 prompts + their unguided twins: one chunk of 4 rows per step
+    runs[0] = 0
+    cached = ours(loaded, steps=6, sampler="euler", guidance=7.5, deep_cache=2)
+    assert runs[0] == 3 and loaded.net.feature_cache is None
+    assert 0 < (cached - plain).abs().max() < 0.5  # close to the plain image, and not it
