@@ -110,3 +110,20 @@ def test_a_net_without_a_decoder_is_refused():
     with pytest.raises(ValueError, match="deep_cache needs a U-Net model; this one is Linear"):
         with reuse_features(Flat(), 2):
             pass
+
+
+def test_features_kept_for_other_prompts_are_not_reused():
+    """A chunk whose rows change (guidance switching on at a --guidance-interval edge puts unguided
+    twins where padding was) runs in full rather than on another row's deep features."""
+    net = _randomised(UNet(TINY), 1)
+    mid_runs = _counting(net.mid[0])
+    x, c, cond = _inputs()
+    other = Conditioning(cond.tokens.flip(0), cond.mask, cond.pooled)  # the same rows, swapped
+    cache = FeatureCache(interval=3)
+    net.feature_cache = cache
+    with torch.no_grad():
+        for run in (cond, other, other):
+            cache.next_call()
+            net(x, c, run)
+    net.feature_cache = None
+    assert mid_runs[0] == 2 and (cache.full_runs, cache.shallow_runs) == (2, 1)

@@ -162,14 +162,21 @@ def test_guidance_options_reach_the_pipeline(page):
     page.fill("#guidance", "3")
     page.fill("#rescale", "0.5")
     page.fill("#interval-lo", "0.5")  # "to" left empty: the model's σ_max (10)
+    page.fill("#deep-cache", "2")
     count = page.locator("#gallery figure").count()
     page.click("#generate")
     page.wait_for_function(f"document.querySelectorAll('#gallery figure').length == {count + 1}")
     card = page.inner_text("#gallery figure >> nth=0")
-    assert "rescale" in card and "0.5 – 10" in card
+    assert "rescale" in card and "0.5 – 10" in card and "deep cache" in card
     href = page.get_attribute("#gallery figure >> nth=0 >> a[download]", "href")
     (want,) = make_tiny_pipeline().generate(
-        "a blue square", steps=5, guidance=3.0, seed=9, guidance_rescale=0.5, guidance_interval=(0.5, 10.0)
+        "a blue square",
+        steps=5,
+        guidance=3.0,
+        seed=9,
+        guidance_rescale=0.5,
+        guidance_interval=(0.5, 10.0),
+        deep_cache=2,
     )
     assert np.array_equal(pixels(decode_png(href)), pixels(want))
 

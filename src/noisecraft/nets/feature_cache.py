@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from ..conditioning import Conditioning
@@ -31,7 +32,7 @@ class FeatureCache:
     branch: int = 1  # decoder blocks (from the output end) that run on every call
     calls: int = -1  # the sampler's calls of the denoiser so far, minus one
     slot: int = 0  # the U-Net's runs within the current sampler call (FixedBatch chunks)
-    kept: dict[int, Tensor] = field(default_factory=dict)
+    kept: dict[int, tuple[Tensor, Tensor | None]] = field(default_factory=dict)
     full_runs: int = 0
     shallow_runs: int = 0
 
@@ -45,19 +46,26 @@ class FeatureCache:
         """The sampler calls the denoiser again: a full call every ``interval``-th time."""
         self.calls, self.slot = self.calls + 1, 0
 
-    def take(self, like: Tensor) -> tuple[int, Tensor | None]:
-        """(this U-Net run's slot, the kept features to reuse, or None to run in full); ``like`` is the
-        U-Net's input [B, C, H, W]: kept features of another batch size are not reused."""
+    def take(self, like: Tensor, rows: Tensor | None) -> tuple[int, Tensor | None]:
+        """(this U-Net run's slot, the kept features to reuse, or None to run in full). ``like`` is the
+        input [B, C, H, W] and ``rows`` [B, …] what tells its rows' conditioning apart (a slice of the
+        prompt tokens): features kept for other rows (a chunk whose rows changed when guidance
+        switched on or off, another batch size) are not reused."""
         slot, self.slot = self.slot, self.slot + 1
-        deep = self.kept.get(slot) if self.calls % self.interval else None
-        if deep is not None and deep.shape[0] != like.shape[0]:
-            deep = None
+        kept = self.kept.get(slot) if self.calls % self.interval else None
+        deep = None
+        if kept is not None and kept[0].shape[0] == like.shape[0] and _same(kept[1], rows):
+            deep = kept[0]
         self.full_runs += deep is None
         self.shallow_runs += deep is not None
         return slot, deep
 
-    def keep(self, slot: int, deep: Tensor) -> None:
-        self.kept[slot] = deep
+    def keep(self, slot: int, deep: Tensor, rows: Tensor | None) -> None:
+        self.kept[slot] = (deep, rows)
+
+
+def _same(a: Tensor | None, b: Tensor | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
 
 
 class StepCounter:

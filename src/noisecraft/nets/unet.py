@@ -431,8 +431,9 @@ class UNet(nn.Module):
             residuals = control_residuals(cond, x_in, c_noise)
         x_in, emb, tokens, mask = self.prepare(x_in, c_noise, cond)
         cache, start, deep = self.feature_cache, 0, None
+        rows = None if tokens is None else tokens[..., :1]  # [B, L, 1]: tells the rows' prompts apart
         if cache is not None:
-            slot, deep = cache.take(x_in)
+            slot, deep = cache.take(x_in, rows)
             start = self._shallow_start(cache.branch)
         if deep is None:
             h, skips = self.encode(self.conv_in(x_in), emb, tokens, mask)
@@ -447,7 +448,7 @@ class UNet(nn.Module):
             if deep is not None and i < start:
                 continue
             if cache is not None and deep is None and i == start:
-                cache.keep(slot, h)
+                cache.keep(slot, h, rows)
             if isinstance(block, UNetBlock):
                 h = block(torch.cat([h, skips.pop()], dim=1), emb, tokens, mask)
             else:

@@ -58,6 +58,7 @@ function requestBody() {
     num_images: number("num"),
   };
   if (number("rescale") > 0) body.guidance_rescale = number("rescale");
+  if (number("deep-cache") > 1) body.deep_cache = number("deep-cache");
   if ($("interval-lo").value !== "" || $("interval-hi").value !== "") {
     const hi = $("interval-hi").value === "" ? currentModel().sigma_max : number("interval-hi");
     body.guidance_interval = [number("interval-lo"), hi];
@@ -181,6 +182,7 @@ function galleryCard(image, model) {
     ["sampler", p.sampler], ["schedule", p.schedule], ["guidance", p.guidance], ["model", model]];
   if (p.guidance_rescale !== undefined) rows.push(["rescale", p.guidance_rescale]);
   if (p.guidance_interval !== undefined) rows.push(["interval σ", p.guidance_interval.join(" – ")]);
+  if (p.deep_cache !== undefined) rows.push(["deep cache", p.deep_cache]);
   if (p.strength !== undefined) rows.push(["strength", p.strength]);
   if (p.inpaint) rows.push(["inpainted", "yes"]);
   for (const c of p.controls || []) rows.push(["control", `${c.type} × ${c.scale}, steps ${c.window.join(" – ")}`]);
