@@ -328,6 +328,8 @@ class Attention(nn.Module):
                 empty = ~mask.any(dim=1)
                 keep = mask | empty[:, None]  # any finite attention; zeroed below
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # [B, h, *, d]
+        if keep is not None and not torch.compiler.is_compiling() and bool(keep.all()):
+            keep, empty = None, None  # nothing masked (SD's 77 tokens): the unmasked kernel, same bits
         attn_mask = None if keep is None else keep[:, None, None, :]  # [B, 1, 1, keys]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, h, N, d]
         out = self.out(out.transpose(1, 2).flatten(2))  # [B, N, dim]
