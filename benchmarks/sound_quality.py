@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import add_common_arguments, append_results, markdown_table, setup
+from common import add_common_arguments, append_results, markdown_table, setup, time_interleaved
 
 from noisecraft.evaluation.evaluate import evaluate
 from noisecraft.pipeline import Pipeline
@@ -44,6 +44,29 @@ def row(model: str, results: dict) -> list[object]:
     ]  # fmt: skip
 
 
+def clip_times(args: argparse.Namespace) -> str:
+    """Seconds for one clip at the model's defaults, process started and warmed: the spectrogram
+    (``Pipeline.generate``), then Griffin-Lim and the WAV bytes (``sound_files``), medians of repeats."""
+    from noisecraft.sound_files import clip_waveform, wav_bytes
+
+    lines = []
+    for model in args.model:
+        pipe = Pipeline.load(model)
+        fmt = pipe.config.audio
+
+        def clip(pipe: Pipeline = pipe, fmt=fmt) -> None:
+            (image,) = pipe.generate("three loud drum hits", seed=1)
+            wav_bytes(clip_waveform(image, 1, fmt), fmt.sample_rate)
+
+        timing = time_interleaved({"clip": clip}, args.repeats, args.warmup)["clip"]
+        lines.append(
+            f"One 1-s clip from `{model}` ({pipe.config.steps} steps of {pipe.config.sampler}, guidance "
+            f"{pipe.config.guidance}, Griffin-Lim {fmt.griffin_lim_iters} iterations): median "
+            f"{timing.median:.2f} s ({timing.spread} s) on {args.threads} thread(s), {args.repeats} repeats."
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Score each --model on tones, print the table and append it to RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -53,6 +76,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     parser.add_argument("--guidance", type=float, default=None, help="default: the model's")
     parser.add_argument("--json", default=None, help="also write every result to this JSON file")
+    parser.add_argument(
+        "--clip-time", action="store_true",
+        help="also time one 1-s clip as `generate` makes it (sampling + Griffin-Lim + WAV), per model",
+    )  # fmt: skip
     add_common_arguments(parser)
     args = parser.parse_args()
     setup(args)
@@ -68,6 +95,8 @@ def main() -> None:
     header = ["model", "step", "n", f"FID [{results[0]['features']}]", "FID floor", "oracle %", "ceiling %",
               "per fact %"]  # fmt: skip
     table = markdown_table(header, rows)
+    if args.clip_time:
+        table += "\n\n" + clip_times(args)
     print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
