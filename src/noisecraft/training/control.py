@@ -1,5 +1,6 @@
-"""Train a control branch (ControlNet, Zhang et al. 2023) for a frozen model on the shapes dataset, whose
-every scene comes with its layout map; only the branch's weights change.
+"""Train a control branch (ControlNet, Zhang et al. 2023; or with ``kind = "adapter"`` a T2I-Adapter-style
+pyramid, Mou et al. 2023) for a frozen model on the shapes dataset, whose every scene comes with its
+layout map; only the branch's weights change.
 
     noisecraft train-control configs/control_shapes.toml --out runs/control_shapes [--resume]
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..components import save_component
 from ..conditioning import Conditioning, ControlHint
@@ -25,6 +26,7 @@ from ..data.shapes import COLOURS, KINDS, Scene, Shape, ShapesDataset, layout_ca
 from ..losses import denoising_loss
 from ..model import load_model
 from ..nets.control import ControlNet
+from ..nets.control_adapter import ControlAdapter
 from ..schedules import edm_lognormal
 from ..text import CachedTextEncoder
 from .checkpoint import (
@@ -48,8 +50,11 @@ class ControlTrainConfig:
     lr: float = 3e-4
     warmup_steps: int = 50
     grad_clip: float = 1.0
-    hint_widths: tuple[int, ...] = (16, 32)
+    kind: str = "controlnet"  # or "adapter": a T2I-Adapter-style pyramid run once per generation
+    hint_widths: tuple[int, ...] = (16, 32)  # controlnet: its hint encoder
     hint_stride: int = 1  # pixel models: the map has the model's resolution
+    adapter_width: int = 32  # adapter: channels of its first stage (doubled per resolution)
+    adapter_blocks: int = 1  # adapter: residual blocks per stage
     length: int = 100_000  # distinct training scenes
     pair_fraction: float = 0.6
     # P(full caption), P(colours and kinds only), P(empty): the map must carry the layout alone
@@ -97,6 +102,17 @@ def _edm_sigma(c: ControlTrainConfig, n: int, g: torch.Generator) -> Tensor:
     return sigma.masked_fill(high, c.high_sigma)
 
 
+def new_branch(config: ControlTrainConfig, net: nn.Module) -> ControlNet | ControlAdapter:
+    """A fresh control of the recipe's kind for ``net``: a ControlNet (its encoder copied) or an adapter."""
+    if config.kind == "controlnet":
+        return ControlNet.from_unet(net, hint_widths=config.hint_widths, hint_stride=config.hint_stride)
+    if config.kind == "adapter":
+        return ControlAdapter.from_unet(
+            net, adapter_width=config.adapter_width, adapter_blocks=config.adapter_blocks
+        )
+    raise ValueError(f"control recipe: kind must be 'controlnet' or 'adapter', got {config.kind!r}")
+
+
 def train_control(config: ControlTrainConfig, out: str | Path, resume: bool = False) -> Path:
     """Train the branch; returns the exported component folder ``<out>/model``."""
     out = Path(out)
@@ -105,7 +121,7 @@ def train_control(config: ControlTrainConfig, out: str | Path, resume: bool = Fa
     net = parts.net.eval().requires_grad_(False)
     denoiser = parts.settings.denoiser(net)
     text = CachedTextEncoder(parts.text_encoder, layout_captions(), fallback=True)  # full ones on first use
-    branch = ControlNet.from_unet(net, hint_widths=config.hint_widths, hint_stride=config.hint_stride)
+    branch = new_branch(config, net)
     branch.train().requires_grad_(True)
     params = [p for p in branch.parameters()]
     optim = torch.optim.AdamW(params, lr=config.lr, fused=True)
@@ -151,7 +167,7 @@ def train_control(config: ControlTrainConfig, out: str | Path, resume: bool = Fa
     return out / "model"
 
 
-def _save(out: Path, step: int, branch: ControlNet, optim, g: torch.Generator, config) -> None:
+def _save(out: Path, step: int, branch: nn.Module, optim, g: torch.Generator, config) -> None:
     tensors, meta = flatten_optimizer(optim)
     tensors |= {f"branch/{k}": v for k, v in branch.state_dict().items()} | rng_tensors(g)
     record = {"optimizer": meta, "config": asdict(config)}
@@ -160,4 +176,3 @@ def _save(out: Path, step: int, branch: ControlNet, optim, g: torch.Generator, c
     (out / "model" / "training.json").write_text(
         json.dumps({"step": step, **record["config"]}, indent=1) + "\n"
     )
-
