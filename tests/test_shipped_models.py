@@ -22,6 +22,8 @@ PROMPTS = {
     "emoji": "red apple",
     "mnist": "a handwritten 7",
     "mnist-cd": "a handwritten 7",
+    "tones": "three loud drum hits",
+    "emoji-cd": "red apple",
 }
 MAX_BYTES = 25 * 1024 * 1024
 

@@ -133,9 +133,11 @@ def lineage(training: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _intro(runs: list[dict[str, Any]]) -> str:
     teacher = runs[-1].get("config", {}).get("distill", {}).get("teacher")
+    data = runs[-1].get("config", {}).get("data", {}).get("name")
+    made = "sound (spectrograms)" if data == "tones" else "image"
     if teacher:
-        return f"A text-to-image consistency model distilled from `{teacher}` with `noisecraft distill`"
-    return f"A text-to-image model trained with noisecraft's own `noisecraft train`{_runs_phrase(runs)}"
+        return f"A text-to-{made} consistency model distilled from `{teacher}` with `noisecraft distill`"
+    return f"A text-to-{made} model trained with noisecraft's own `noisecraft train`{_runs_phrase(runs)}"
 
 
 def own_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
