@@ -153,3 +153,13 @@ def test_shapes_puts_two_named_shapes_in_the_named_order():
         fact_checks(read_scene(im), parse_caption(p)).get("relation", False) for im, p in zip(images, prompts)
     ]
     assert sum(right) >= 9, list(zip(prompts, right))
+
+
+@pytest.mark.skipif("shapes" not in shipped_models(), reason="shapes not shipped")
+def test_shapes_own_layout_control_puts_the_shapes_where_the_map_does():
+    from noisecraft.evaluation.control import control_adherence
+
+    pipe = Pipeline.load("shapes")
+    steered = control_adherence(pipe, None, n=6, steps=10)  # the model's own control/ folder
+    alone = control_adherence(pipe, None, n=6, steps=10, scale=0.0)
+    assert steered["share"] >= 5 / 6 and alone["share"] <= 3 / 6, (steered, alone)
