@@ -23,7 +23,6 @@ PROMPTS = {
     "mnist": "a handwritten 7",
     "mnist-cd": "a handwritten 7",
     "tones": "three loud drum hits",
-    "emoji-cd": "red apple",
 }
 MAX_BYTES = 25 * 1024 * 1024
 
