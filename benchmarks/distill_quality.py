@@ -26,11 +26,26 @@ from noisecraft.evaluation.evaluate import evaluate
 from noisecraft.pipeline import Pipeline
 
 
-def adherence_of(result: dict) -> float | None:
-    """The headline adherence figure of an evaluation, in percent: class accuracy or retrieval top-1."""
+def adherence_of(result: dict, key: str = "top1") -> float:
+    """The headline adherence figure of an evaluation, in percent: the classifier's accuracy (mnist) or
+    retrieval top-1 (emoji; ``key`` "top5", "paraphrase_top1", "paraphrase_top5": the others)."""
     a = result.get("adherence", {})
-    value = a.get("class_accuracy", a.get("top1"))
-    return None if value is None else 100 * value
+    value = a.get("class_accuracy") if "class_accuracy" in a else a.get(f"retrieval_{key}", a.get(key))
+    if value is None:
+        raise ValueError(f"the evaluation has no adherence figure {key!r}: {sorted(a)}")
+    return 100 * value
+
+
+def retrieval_line(rows: list[dict]) -> str:
+    """Emoji: top-5 and the held-out paraphrases' top-1/top-5 of every row (empty for mnist)."""
+    if "retrieval_top5" not in rows[0].get("adherence", {}):
+        return ""
+    parts = [
+        f"{r['model']} {r['steps']} steps: top-5 {adherence_of(r, 'top5'):.1f} %, paraphrases top-1 "
+        f"{adherence_of(r, 'paraphrase_top1'):.1f} % / top-5 {adherence_of(r, 'paraphrase_top5'):.1f} %"
+        for r in rows
+    ]
+    return "\n\nRetrieval beyond top-1: " + "; ".join(parts) + "."
 
 
 def quality(args: argparse.Namespace, teacher: Pipeline, student: Pipeline) -> list[dict]:
@@ -115,9 +130,10 @@ def report(args, rows: list[dict], seconds: dict[str, float], student: Pipeline)
         + f"{1000 * seconds['network_cpu']:.1f} ms.\n\n"
         + "Goals: "
         + "; ".join(goals)
-        + f". n = {args.num} images per row, features: domain; student weights "
+        + f". n = {args.num} images per row, features: {rows[0].get('features')}; student weights "
         + f"{student.weights_hash}, re-injection σ of the multistep runs: Karras ρ = {student.config.rho:g} "
         + f"from {student.config.sigma_max:g} down to {student.config.sigma_min:g}."
+        + retrieval_line(rows)
     )
     return {"body": body, "figures": figures}
 
