@@ -210,6 +210,7 @@ def test_a_drawn_control_map_steers_the_image(page, control_pipe, tmp_path):
     if page.is_visible("#rescale"):  # the guidance test's settings: back to the model's
         page.fill("#rescale", "0")
         page.fill("#interval-lo", "")
+        page.fill("#deep-cache", "1")
     page.fill("#prompt", "a red circle")
     page.fill("#steps", "3")
     page.fill("#seed", "4")
