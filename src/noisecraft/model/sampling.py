@@ -105,6 +105,12 @@ def guided(
     return ClassifierFreeGuidance(fixed, options.guidance, uncond, options.guidance_rescale, interval)
 
 
+def _check_resolved(options: SamplingOptions) -> None:
+    unresolved = [key for key in MODEL_DEFAULTS if getattr(options, key) is None]
+    if unresolved:
+        raise ValueError(f"sample needs resolved options (options.resolve(settings)); {unresolved} are None")
+
+
 @torch.no_grad()
 def sample(
     denoiser: Denoiser,
@@ -135,9 +141,7 @@ def sample(
     (a ValueError). ``controls``: control branches with their maps, scales and windows (fractions of
     the ``steps`` steps; guidance.ControlWindow).
     """
-    unresolved = [key for key in MODEL_DEFAULTS if getattr(options, key) is None]
-    if unresolved:
-        raise ValueError(f"sample needs resolved options (options.resolve(settings)); {unresolved} are None")
+    _check_resolved(options)
     sample_fn = get_sampler(options.sampler)
     noise = SeededNoise(seeds)
     x = noise.randn(shape).to(device, dtype)  # [B, *shape]
