@@ -31,3 +31,17 @@ def test_int8_swaps_every_linear_and_stays_within_a_few_percent_of_fp32():
     with torch.no_grad():
         reference, quantized = net(x, 3.0, cond), int8(x, 3.0, cond)
     assert 0 < relative_error(reference, quantized) < 0.05
+
+
+def test_an_int8_pipeline_has_a_weights_hash_of_its_own():
+    """The hash PNGs record covers int8 linears (their integer weights and scales), not only fp32 tensors."""
+    from conftest import make_tiny_pipeline
+
+    plain, int8 = make_tiny_pipeline(), make_tiny_pipeline()
+    quantize_int8(int8.net)
+    assert int8.weights_hash != plain.weights_hash
+    again = make_tiny_pipeline()
+    quantize_int8(again.net)
+    assert again.weights_hash == int8.weights_hash  # a function of the weights
+    (image,) = int8.generate("a red circle", steps=2)
+    assert image.info["noisecraft"]["weights"] == int8.weights_hash

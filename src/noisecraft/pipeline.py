@@ -184,7 +184,8 @@ class Pipeline:
             for module in modules:
                 for key, value in sorted(module.state_dict().items()):
                     digest.update(key.encode())
-                    digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+                    for tensor in _state_tensors(value):
+                        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
             self._weights_hash = digest.hexdigest()[:16]
         return self._weights_hash
 
@@ -479,3 +480,18 @@ def _expand(prompts: str | list[str], num_images: int) -> list[str]:
         count = len(prompts) * num_images
         raise OptionError("num_images", f"{count} images in one request; at most {MAX_IMAGES}")
     return [p for p in prompts for _ in range(num_images)]
+
+
+def _state_tensors(value: object) -> list[Tensor]:
+    """The plain tensors of one state_dict entry: itself, or an int8 linear's packed (weight, bias) as
+    integer values, scales and zero points (nets/quantize.py); other entries (dtypes) hash nothing."""
+    if isinstance(value, tuple | list):
+        return [t for item in value for t in _state_tensors(item)]
+    if not isinstance(value, Tensor):
+        return []
+    if value.is_quantized:
+        per_channel = value.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+        scales = value.q_per_channel_scales() if per_channel else torch.tensor([value.q_scale()])
+        return [value.int_repr(), scales.double()]
+    return [value]
+
