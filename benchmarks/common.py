@@ -182,3 +182,16 @@ def setup(args: argparse.Namespace) -> None:
         applied = tune_glibc_malloc()
         args.note = (args.note + "; " if args.note else "") + f"glibc malloc tuned: {applied}"
     print("\n".join(machine_lines(args.note)), flush=True)
+
+
+def adherence_percent(result: dict, key: str = "top1") -> float:
+    """An evaluation's headline adherence in percent: the classifier's accuracy (mnist), the oracle's
+    share (shapes) or retrieval top-1 (emoji; ``key`` "top5", "paraphrase_top1", … for the others)."""
+    a = result.get("adherence", {})
+    for name in ("class_accuracy", "oracle_accuracy"):
+        if name in a:
+            return 100 * a[name]
+    value = a.get(f"retrieval_{key}", a.get(key))
+    if value is None:
+        raise ValueError(f"the evaluation has no adherence figure {key!r}: {sorted(a)}")
+    return 100 * value

@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import argparse
 
-from common import add_common_arguments, append_results, markdown_table, setup, time_interleaved
+from common import (
+    add_common_arguments,
+    adherence_percent,
+    append_results,
+    markdown_table,
+    setup,
+    time_interleaved,
+)
 
 from noisecraft.evaluation.evaluate import evaluate
 from noisecraft.nets.quantize import quantize_int8
 from noisecraft.pipeline import Pipeline
 
 PROMPTS = {"mnist": "the digit 7", "shapes": "a red circle above a blue square", "emoji": "a smiling face"}
-
-
-def adherence_of(result: dict) -> str:
-    """The headline adherence figure of an evaluation, in percent."""
-    a = result.get("adherence", {})
-    value = next((a[k] for k in ("class_accuracy", "oracle_accuracy", "retrieval_top1") if k in a), None)
-    return "–" if value is None else f"{100 * value:.1f}"
 
 
 def main() -> None:
@@ -49,7 +49,8 @@ def main() -> None:
             pipe, args.dataset, args.num, ["fid", "adherence"], deep_cache=n, progress=False
         )
         print(
-            f"deep_cache={n}: FID {results[n]['fid']:.2f}, adherence {adherence_of(results[n])}", flush=True
+            f"deep_cache={n}: FID {results[n]['fid']:.2f}, adherence {adherence_percent(results[n]):.1f}",
+            flush=True,
         )
     prompt = PROMPTS.get(args.dataset, "a picture")
     int8 = None
@@ -58,7 +59,8 @@ def main() -> None:
         quantize_int8(int8.net)
         results["int8"] = evaluate(int8, args.dataset, args.num, ["fid", "adherence"], progress=False)
         print(
-            f"int8: FID {results['int8']['fid']:.2f}, adherence {adherence_of(results['int8'])}", flush=True
+            f"int8: FID {results['int8']['fid']:.2f}, adherence {adherence_percent(results['int8']):.1f}",
+            flush=True,
         )
     calls = {
         f"deep_cache={n}": (lambda n=n: pipe.generate(prompt, num_images=4, deep_cache=n))
@@ -73,7 +75,7 @@ def main() -> None:
 
     base_fid, base_time = results[args.intervals[0]]["fid"], timing[f"deep_cache={args.intervals[0]}"].median
     rows = [
-        [n, f"{r['fid']:.2f}", f"{r['fid'] / base_fid:.3f}", adherence_of(r),
+        [n, f"{r['fid']:.2f}", f"{r['fid'] / base_fid:.3f}", f"{adherence_percent(r):.1f}",
          f"{timing[name(n)].median:.3f}", f"{base_time / timing[name(n)].median:.2f}×"]
         for n, r in results.items()
     ]  # fmt: skip

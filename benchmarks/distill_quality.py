@@ -20,20 +20,17 @@ import time
 from pathlib import Path
 
 import torch
-from common import add_common_arguments, append_results, markdown_table, setup, time_interleaved
+from common import (
+    add_common_arguments,
+    adherence_percent,
+    append_results,
+    markdown_table,
+    setup,
+    time_interleaved,
+)
 
 from noisecraft.evaluation.evaluate import evaluate
 from noisecraft.pipeline import Pipeline
-
-
-def adherence_of(result: dict, key: str = "top1") -> float:
-    """The headline adherence figure of an evaluation, in percent: the classifier's accuracy (mnist) or
-    retrieval top-1 (emoji; ``key`` "top5", "paraphrase_top1", "paraphrase_top5": the others)."""
-    a = result.get("adherence", {})
-    value = a.get("class_accuracy") if "class_accuracy" in a else a.get(f"retrieval_{key}", a.get(key))
-    if value is None:
-        raise ValueError(f"the evaluation has no adherence figure {key!r}: {sorted(a)}")
-    return 100 * value
 
 
 def retrieval_line(rows: list[dict]) -> str:
@@ -41,8 +38,9 @@ def retrieval_line(rows: list[dict]) -> str:
     if "retrieval_top5" not in rows[0].get("adherence", {}):
         return ""
     parts = [
-        f"{r['model']} {r['steps']} steps: top-5 {adherence_of(r, 'top5'):.1f} %, paraphrases top-1 "
-        f"{adherence_of(r, 'paraphrase_top1'):.1f} % / top-5 {adherence_of(r, 'paraphrase_top5'):.1f} %"
+        f"{r['model']} {r['steps']} steps: top-5 {adherence_percent(r, 'top5'):.1f} %, paraphrases "
+        f"top-1 {adherence_percent(r, 'paraphrase_top1'):.1f} % / "
+        f"top-5 {adherence_percent(r, 'paraphrase_top5'):.1f} %"
         for r in rows
     ]
     return "\n\nRetrieval beyond top-1: " + "; ".join(parts) + "."
@@ -88,14 +86,14 @@ def report(args, rows: list[dict], seconds: dict[str, float], student: Pipeline)
     """The table, the goals, and the figures as one dict (for the model card)."""
     teacher = rows[0]
     table = [["teacher", teacher["steps"], teacher["sampler"], teacher["guidance"],
-              f"{teacher['fid']:.2f}", "1.00", f"{adherence_of(teacher):.1f}"]]  # fmt: skip
-    figures: dict = {"teacher_fid": teacher["fid"], "teacher_adherence": adherence_of(teacher)}
+              f"{teacher['fid']:.2f}", "1.00", f"{adherence_percent(teacher):.1f}"]]  # fmt: skip
+    figures: dict = {"teacher_fid": teacher["fid"], "teacher_adherence": adherence_percent(teacher)}
     for row in rows[1:]:
         ratio = row["fid"] / teacher["fid"]
         table.append(["student", row["steps"], "consistency", 1.0, f"{row['fid']:.2f}", f"{ratio:.2f}",
-                      f"{adherence_of(row):.1f}"])  # fmt: skip
+                      f"{adherence_percent(row):.1f}"])  # fmt: skip
         figures[f"student_{row['steps']}_step_fid"] = row["fid"]
-        figures[f"student_{row['steps']}_step_adherence"] = adherence_of(row)
+        figures[f"student_{row['steps']}_step_adherence"] = adherence_percent(row)
     by_steps = {row["steps"]: row for row in rows[1:]}
     goals = []
     for steps, limit in ((2, 1.15), (1, 1.30)):
@@ -105,7 +103,7 @@ def report(args, rows: list[dict], seconds: dict[str, float], student: Pipeline)
                 f"{steps}-step FID within {round(100 * (limit - 1))} %: {'met' if met else 'NOT met'}"
             )
     if 2 in by_steps:
-        gap = adherence_of(teacher) - adherence_of(by_steps[2])
+        gap = adherence_percent(teacher) - adherence_percent(by_steps[2])
         goals.append(f"2-step adherence within 5 points ({gap:+.1f}): {'met' if gap <= 5 else 'NOT met'}")
     fast, slow, alone = seconds["student"], seconds["teacher"], seconds["network"]
     cpu_fast, cpu_slow = seconds["student_cpu"], seconds["teacher_cpu"]
