@@ -28,7 +28,8 @@ def test_explain_is_deterministic(tmp_path):
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "noisecraft", *args], capture_output=True, text=True)
+    command = [sys.executable, "-m", "noisecraft", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
 def test_bad_arguments_one_line_nonzero_exit():

@@ -241,6 +241,7 @@ def test_bad_input_is_one_line_and_nonzero(tiny_pipeline_dir, tmp_path, extra, m
         [sys.executable, "-m", "noisecraft", "generate", "a star", "--quiet", "--out", str(tmp_path), *extra],
         capture_output=True,
         text=True,
+        timeout=120,
     )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr

@@ -109,7 +109,7 @@ def test_two_processes_resume_a_stream_exactly(tmp_path, shard_dir):
 
     def torchrun(out, *flags: str) -> None:  # [1:] drops the interpreter: torchrun runs -m itself
         result = subprocess.run(
-            [*launcher, *cli(out, *extra, steps=8)[1:], *flags], capture_output=True, text=True
+            [*launcher, *cli(out, *extra, steps=8)[1:], *flags], capture_output=True, text=True, timeout=240
         )
         assert result.returncode == 0, result.stderr[-3000:]
 

@@ -216,10 +216,13 @@ def train(
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
+    trainer = None
     try:
         trainer = Trainer(config, out_dir, resume=resume, dataset=dataset)
         run(trainer, stop_after)
         return trainer
     finally:
         torch.set_num_threads(threads)
+        if trainer is not None:
+            trainer.model = trainer.objective  # the DDP wrapper goes before its group (shutdown_distributed)
         shutdown_distributed()
