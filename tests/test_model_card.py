@@ -152,3 +152,26 @@ def test_card_of_a_distilled_model_names_its_teacher_cost_and_distill_command():
     assert "noisecraft distill mnist --out runs/mnist-cd --set steps=400 distill.guidance=2.0\n" in card
     assert "noisecraft train" not in card  # the teacher's runs are on its own card
     assert "distilled from" not in card_text("mnist", "mnist28", teacher, {}, "cpu")
+
+
+def test_card_of_a_student_distilled_further_sums_both_distillations():
+    """A second distillation from an earlier student (another guidance): the card counts both runs'
+    steps, time and threads, and reproduces both, the second starting from the first's student."""
+    from noisecraft.model_card import card_text
+    from noisecraft.training.config import to_dict
+    from noisecraft.training.distill import distill_config
+
+    teacher = {"step": 6000, "images_seen": 384000, "train_seconds": 3600.0, "config": {"threads": 1}}
+    first = {"step": 400, "images_seen": 12800, "train_seconds": 1800.0, "parent": teacher,
+             "config": to_dict(distill_config("mnist", None, ["steps=400"]))}
+    second = {"step": 200, "images_seen": 6400, "train_seconds": 900.0, "parent": first,
+              "config": to_dict(distill_config("mnist", None, ["steps=200", "threads=2",
+                                                               "model.init=elsewhere/model"]))}  # fmt: skip
+    card = card_text("mnist-cd", "distill", second, {}, "cpu")
+    cost = "600 (400 + 200) steps, 0.75 h of wall time in steps on 1 + 2 thread(s), at most 1.00 CPU-hours"
+    assert cost in card
+    assert "noisecraft distill mnist --out runs/mnist-cd-1 --set steps=400\n" in card
+    second_line = "noisecraft distill mnist --out runs/mnist-cd-2 --set steps=200 threads=2"
+    second_line += " model.init=runs/mnist-cd-1/model"
+    assert second_line + "\n" in card
+    assert "noisecraft train" not in card

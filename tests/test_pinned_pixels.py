@@ -25,7 +25,7 @@ from noisecraft.pipeline import Pipeline, shipped_models
 
 DATA = Path(__file__).parent / "data" / "pinned"
 PROMPTS = {"shapes": "a big red circle to the left of a small blue square", "emoji": "red apple",
-           "mnist": "a handwritten 7", "mnist-cd": "a handwritten 7",
+           "mnist": "a handwritten 7", "mnist-cd": "a handwritten 7", "emoji-cd": "red apple",
            "tones": "three loud drum hits"}  # fmt: skip
 
 

@@ -93,7 +93,7 @@ def card_text(
 | data | {DATA_SOURCES.get(data, data)} |
 | text encoder | {TEXT_SOURCES.get(text, text)} |
 | weights | EMA weights stored as float16 safetensors; code Apache-2.0; data licences as above |
-{_distilled_row(runs[-1])}
+{_distilled_row(own)}
 ## Measured
 
 {_figures_table(figures)}
@@ -108,18 +108,25 @@ noisecraft ship {final}/model --name {name} --recipe {recipe} --eval outputs/eva
 """ + (f"\n{notes.strip()}\n" if notes.strip() else "")
 
 
-def _distilled_row(run: dict[str, Any]) -> str:
-    """The card's row for a consistency model: its teacher and what distilling it cost (none otherwise)."""
-    config = run.get("config", {})
-    teacher = config.get("distill", {}).get("teacher")
-    if not teacher:
+def _distilled_row(runs: list[dict[str, Any]]) -> str:
+    """The card's row for a consistency model: its teacher and what distilling it cost, summed over its
+    distillation runs (a student can be distilled further from an earlier student); none otherwise."""
+    distilled = [run for run in runs if _teacher(run)]
+    if not distilled:
         return ""
-    hours, threads = run.get("train_seconds", 0) / 3600, config.get("threads") or 1
+    hours = [run.get("train_seconds", 0) / 3600 for run in distilled]
+    threads = [run.get("config", {}).get("threads") or 1 for run in distilled]
+    cpu_hours = sum(h * t for h, t in zip(hours, threads))
     return (
-        f"| distilled from | `{teacher}`, by consistency distillation (`noisecraft distill`): "
-        f"{run.get('step')} steps, {hours:.2f} h of wall time in steps on {threads} thread(s), at most "
-        f"{hours * threads:.2f} CPU-hours; steps, images and wall time above add the teacher's training |\n"
+        f"| distilled from | `{_teacher(distilled[-1])}`, by consistency distillation "
+        f"(`noisecraft distill`): {_total(distilled, 'step')} steps, {sum(hours):.2f} h of wall time in "
+        f"steps on {' + '.join(map(str, threads))} thread(s), at most {cpu_hours:.2f} CPU-hours; steps, "
+        "images and wall time above add the teacher's training |\n"
     )
+
+
+def _teacher(run: dict[str, Any]) -> str | None:
+    return run.get("config", {}).get("distill", {}).get("teacher")
 
 
 def lineage(training: dict[str, Any]) -> list[dict[str, Any]]:
@@ -132,7 +139,7 @@ def lineage(training: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _intro(runs: list[dict[str, Any]]) -> str:
-    teacher = runs[-1].get("config", {}).get("distill", {}).get("teacher")
+    teacher = _teacher(runs[-1])
     data = runs[-1].get("config", {}).get("data", {}).get("name")
     made = "sound (spectrograms)" if data == "tones" else "image"
     if teacher:
@@ -143,8 +150,13 @@ def _intro(runs: list[dict[str, Any]]) -> str:
 def own_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The runs this model's card reproduces: from its last distillation on (the teacher's runs are
     its own card's), else all of them."""
-    starts = [k for k, run in enumerate(runs) if run.get("config", {}).get("distill", {}).get("teacher")]
-    return runs[starts[-1] :] if starts else runs
+    starts = [k for k, run in enumerate(runs) if _teacher(run)]
+    if not starts:
+        return runs
+    first = starts[-1]
+    while first > 0 and _teacher(runs[first - 1]):  # a student distilled further: one lineage of students
+        first -= 1
+    return runs[first:]
 
 
 def _runs_phrase(runs: list[dict[str, Any]]) -> str:
@@ -169,9 +181,9 @@ def reproduce_commands(name: str, recipe: str, runs: list[dict[str, Any]]) -> st
     for k, run in enumerate(runs, start=1):
         out = f"runs/{name}" if len(runs) == 1 else f"runs/{name}-{k}"
         init = f"runs/{name}-{k - 1}/model" if k > 1 else None
-        teacher = run.get("config", {}).get("distill", {}).get("teacher")
+        teacher = _teacher(run)
         if teacher:  # a distillation run: its recipe is the teacher's with configs/distill.toml over it
-            overrides = distill_overrides(teacher, run.get("config", {}))
+            overrides = distill_overrides(teacher, run.get("config", {}), init)
             line = f"noisecraft distill {teacher} --out {out}"
         else:
             overrides = recipe_overrides(recipe, run.get("config", {}), init)
@@ -198,15 +210,19 @@ def recipe_overrides(recipe: str, config: dict[str, Any], init: str | None) -> l
     return [shlex.quote(f"{key}={_toml_literal(value)}") for key, value in changed.items()]
 
 
-def distill_overrides(teacher: str, config: dict[str, Any]) -> list[str] | None:
-    """``key=value`` arguments that turn ``noisecraft distill TEACHER``'s config into the recorded one."""
+def distill_overrides(teacher: str, config: dict[str, Any], init: str | None = None) -> list[str] | None:
+    """``key=value`` arguments that turn ``noisecraft distill TEACHER``'s config into the recorded one,
+    with model.init set to ``init`` (an earlier student) when given."""
     from .training.distill import distill_config
 
     try:
         base = _flatten(to_dict(distill_config(teacher)))
     except (ValueError, OSError):
         return None
-    changed = {k: v for k, v in _flatten(config).items() if v is not None and base.get(k, _MISSING) != v}
+    recorded = _flatten(config)
+    if init is not None:
+        recorded["model.init"] = init
+    changed = {k: v for k, v in recorded.items() if v is not None and base.get(k, _MISSING) != v}
     return [shlex.quote(f"{key}={_toml_literal(value)}") for key, value in changed.items()]
 
 
