@@ -49,7 +49,7 @@ def shutdown_distributed() -> None:
     """Leave the process group. Call it after dropping every DistributedDataParallel wrapper: a DDP
     reducer that outlives the group destroys it with the GIL held, while a gloo worker thread may
     still need the GIL to free a finished collective's tensor, and the process hangs at exit (seen
-    under load, 2 runs in 6). Destroyed here, the group's own binding releases the GIL first."""
+    under load: 2 runs in 7). Destroyed here, the group's own binding releases the GIL first."""
     if dist.is_initialized():
         gc.collect()  # a reference cycle may still hold a dropped wrapper's reducer
         dist.destroy_process_group()
