@@ -16,7 +16,14 @@ import torch
 from conftest import make_tiny_pipeline, make_tiny_sound_pipeline
 from PIL import Image
 
-from noisecraft.audio import SPECTROGRAM, SpectrogramFormat, band_frequencies, waveform_to_image
+from noisecraft.audio import (
+    CLIP_SAMPLES,
+    SPECTROGRAM,
+    SpectrogramFormat,
+    band_frequencies,
+    reformat,
+    waveform_to_image,
+)
 from noisecraft.cli import main
 from noisecraft.components import ComponentError
 from noisecraft.data.tones import TonesDataset
@@ -55,7 +62,9 @@ def test_audio_setting_round_trips_and_is_checked(tmp_path):
 
 def test_export_records_the_datasets_own_format():
     tones = load_config("configs/tones64.toml")
-    assert model_settings(tones, "t", (1, 64, 64)).audio == TonesDataset.audio == SPECTROGRAM
+    audio = model_settings(tones, "t", (1, 64, 64)).audio
+    assert audio == TonesDataset(**tones.data.options).audio != SPECTROGRAM
+    assert (audio.f_min, audio.mel_break_hz) == (150.0, 50.0)
     assert model_settings(load_config("configs/shapes32.toml"), "s", (3, 32, 32)).audio is None
 
 
@@ -69,6 +78,47 @@ def test_a_non_default_format_is_used():
     assert int(loud.argmax()) == 15 - int((centres - 1000).abs().argmin())
     wave_back = clip_waveform(to_pil(image)[0], seed=0, fmt=fmt)
     assert wave_back.shape == (512,)  # 32 frames of 16 samples
+
+
+def _peak_rows(fmt: SpectrogramFormat, freqs: tuple[float, ...]) -> list[int]:
+    """The image row where each sine of ``freqs`` is loudest."""
+    t = torch.arange(CLIP_SAMPLES) / SPECTROGRAM.sample_rate
+    return [int(waveform_to_image(0.3 * torch.sin(2 * torch.pi * f * t)[None], fmt)[0, 0].mean(1).argmax())
+            for f in freqs]  # fmt: skip
+
+
+def test_a_low_corner_moves_a_note_without_stretching_its_partials():
+    """A bell two octaves up: its root and its 2.76 partial move by nearly the same number of rows on the
+    log-like axis (corner 50 Hz), but on HTK's mel axis the partial moves twice as far as the root."""
+
+    def stretch(fmt: SpectrogramFormat) -> int:  # rows the partial moves beyond the rows the root moves
+        low_root, low_partial, high_root, high_partial = _peak_rows(fmt, (196.0, 541.0, 784.0, 2164.0))
+        return (low_partial - high_partial) - (low_root - high_root)
+
+    assert abs(stretch(TonesDataset(f_min=150.0, mel_break_hz=50.0).audio)) <= 3
+    assert stretch(SPECTROGRAM) >= 10
+
+
+def test_tones_axis_options_change_the_pixels_the_cache_key_and_are_checked():
+    default, log = TonesDataset(length=4), TonesDataset(length=4, f_min=150.0, mel_break_hz=50.0)
+    assert default.audio == SPECTROGRAM and "audio" not in default.cache_params()  # old caches stay valid
+    assert log.cache_params()["audio"] == {"f_min": 150.0, "mel_break_hz": 50.0}
+    assert (default[0][0] - log[0][0]).abs().mean() > 0.05 and default[0][1] == log[0][1]
+    with pytest.raises(ValueError, match="mel_break_hz must be in"):
+        TonesDataset(mel_break_hz=0.0)
+
+
+def test_reformat_reads_one_formats_spectrograms_in_another():
+    data = TonesDataset(length=16, seed=5, split="heldout")
+    waves = torch.stack([data.waveform(i) for i in range(16)])
+    log = TonesDataset(f_min=150.0, mel_break_hz=50.0).audio
+    direct, other = waveform_to_image(waves), waveform_to_image(waves, log)
+    assert (
+        (reformat(other, log, SPECTROGRAM) - direct).abs().mean() < 0.03 < 0.1 < (other - direct).abs().mean()
+    )
+    assert reformat(direct, SPECTROGRAM, SPECTROGRAM) is direct
+    with pytest.raises(ValueError, match="STFTs"):
+        reformat(direct, SPECTROGRAM, SpectrogramFormat(hop=100))
 
 
 def test_wav_bytes_are_a_standard_wav_with_our_parameters():

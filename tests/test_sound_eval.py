@@ -11,6 +11,7 @@ import torch
 
 from noisecraft.cli import main
 from noisecraft.data.tones import TonesDataset
+from noisecraft.evaluation import evaluate as evaluate_module
 from noisecraft.evaluation.classifier import DomainClassifier, DomainClassifierConfig, load_domain_classifier
 from noisecraft.evaluation.classifier_data import tones_classes, tones_facts, tones_labels
 from noisecraft.evaluation.classifier_training import (
@@ -112,3 +113,32 @@ def test_tones_eval_is_seeded_and_reads_its_dataset_from_training_json(tmp_path,
     (folder / "training.json").write_text(json.dumps({"config": {"data": {"name": "toy2d"}}}))
     assert main(["eval", str(folder), "--num", "3", "--quiet"]) == 2
     assert "names no dataset eval knows (found 'toy2d'); give --dataset" in capsys.readouterr().err
+
+
+LOG_AXIS = {"f_min": 150.0, "mel_break_hz": 50.0}  # the frequency axis of configs/tones64.toml
+
+
+def test_oracle_hears_clips_in_their_own_format():
+    images, captions = heldout_items(24, seed=5, options=LOG_AXIS)
+    fmt = TonesDataset(**LOG_AXIS).audio
+    right = oracle_scores(images, captions, seed=0, fmt=fmt)["accuracy"]
+    wrong = oracle_scores(images, captions, seed=0)["accuracy"]  # heard as HTK mel bands
+    assert right >= 0.75 and wrong <= right - 0.3
+
+
+def test_a_perfect_generator_in_another_format_scores_the_floor(monkeypatch):
+    """Real renders are drawn in the model's own format: a model that returns them exactly has FID 0
+    (both sets re-banded into the classifier's format alike) and the oracle's ceiling."""
+    pipeline = tiny_tones_pipeline()
+    pipeline.config.audio = TonesDataset(**LOG_AXIS).audio
+
+    def perfect(pipe, prompts, *, seed, **_):
+        images, captions = heldout_items(len(prompts), seed, LOG_AXIS)
+        assert captions == list(prompts)
+        return images
+
+    monkeypatch.setattr(evaluate_module, "generate_images", perfect)
+    results = evaluate(pipeline, "tones", 6, ["fid", "adherence"], progress=False)
+    assert results["fid"] < 1e-6 < results["fid_floor"]
+    adherence = results["adherence"]
+    assert adherence["oracle_accuracy"] == adherence["ceiling_accuracy"] >= 0.8

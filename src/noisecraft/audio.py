@@ -26,6 +26,7 @@ HOP = 125  # 15.6 ms between frames
 N_MELS = 64
 FRAMES = CLIP_SAMPLES // HOP  # 64 (the centred STFT's 65th frame, at t = 1 s, is dropped)
 F_MIN = 40.0  # Hz: the lowest mel filter's lower edge
+MEL_BREAK_HZ = 700.0  # HTK's corner: bands evenly spaced in log(1 + f / corner); a low corner ≈ log-frequency
 DB_FLOOR, DB_TOP = -75.0, 5.0  # the dB range mapped onto [-1, 1]
 GRIFFIN_LIM_ITERS = 48
 
@@ -40,6 +41,7 @@ class SpectrogramFormat:
     hop: int = HOP  # samples between frames
     n_mels: int = N_MELS  # mel bands: the image's rows
     f_min: float = F_MIN  # Hz
+    mel_break_hz: float = MEL_BREAK_HZ  # Hz: bands are even in log(1 + f / this); 700 is HTK's mel scale
     db_floor: float = DB_FLOOR  # the dB of pixel value -1 (silence below it)
     db_top: float = DB_TOP  # the dB of pixel value +1
     griffin_lim_iters: int = GRIFFIN_LIM_ITERS
@@ -59,6 +61,7 @@ class SpectrogramFormat:
             "hop": (1 <= c.hop <= c.n_fft, f"[1, n_fft = {c.n_fft}]"),
             "n_mels": (1 <= c.n_mels <= c.n_fft // 2, f"[1, n_fft / 2 = {c.n_fft // 2}]"),
             "f_min": (0 <= c.f_min < c.sample_rate / 2, f"[0, sample_rate / 2 = {c.sample_rate / 2:g}) Hz"),
+            "mel_break_hz": (1 <= c.mel_break_hz <= 100_000, "[1, 100000] Hz"),
             "db_floor": (-300 <= c.db_floor < c.db_top, f"[-300, db_top = {c.db_top:g})"),
             "db_top": (c.db_top <= 100, "(db_floor, 100]"),
             "griffin_lim_iters": (1 <= c.griffin_lim_iters <= 1000, "[1, 1000]"),
@@ -75,41 +78,46 @@ class SpectrogramFormat:
 SPECTROGRAM = SpectrogramFormat()  # the format of the tones data (and the default everywhere here)
 
 
-def hz_to_mel(f: Tensor | float) -> Tensor:
-    """The HTK mel scale: 2595·log10(1 + f/700)."""
-    return 2595.0 * torch.log10(1.0 + torch.as_tensor(f, dtype=torch.float64) / 700.0)
+def hz_to_mel(f: Tensor | float, corner: float = MEL_BREAK_HZ) -> Tensor:
+    """The mel scale 2595·log10(1 + f/corner): HTK's at corner 700 Hz; a low corner makes it nearly
+    log-frequency, where a change of pitch moves a note's harmonics without changing their spacing."""
+    return 2595.0 * torch.log10(1.0 + torch.as_tensor(f, dtype=torch.float64) / corner)
 
 
-def mel_to_hz(m: Tensor) -> Tensor:
-    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+def mel_to_hz(m: Tensor, corner: float = MEL_BREAK_HZ) -> Tensor:
+    return corner * (10.0 ** (m / 2595.0) - 1.0)
 
 
 @cache
 def mel_filters(
-    n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE, f_min: float = F_MIN
+    n_mels: int = N_MELS,
+    n_fft: int = N_FFT,
+    sample_rate: int = SAMPLE_RATE,
+    f_min: float = F_MIN,
+    corner: float = MEL_BREAK_HZ,
 ) -> Tensor:
     """Triangular filters [n_mels, n_fft/2 + 1] (peak 1) with centres evenly spaced in mel from f_min to
     Nyquist; neighbouring triangles sum to 1 between their centres."""
     freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)  # [K]
-    edges = _mel_edges(n_mels, sample_rate, f_min)  # [M + 2]
+    edges = _mel_edges(n_mels, sample_rate, f_min, corner)  # [M + 2]
     lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # [M, 1]
     rising, falling = (freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)
     return torch.minimum(rising, falling).clamp(min=0).float()  # [M, K]
 
 
-def _mel_edges(n_mels: int, sample_rate: int, f_min: float) -> Tensor:
+def _mel_edges(n_mels: int, sample_rate: int, f_min: float, corner: float) -> Tensor:
     """n_mels + 2 frequencies (Hz) evenly spaced in mel from f_min to Nyquist, [n_mels + 2] float64."""
-    lo, hi = float(hz_to_mel(f_min)), float(hz_to_mel(sample_rate / 2))
-    return mel_to_hz(torch.linspace(lo, hi, n_mels + 2, dtype=torch.float64))
+    lo, hi = float(hz_to_mel(f_min, corner)), float(hz_to_mel(sample_rate / 2, corner))
+    return mel_to_hz(torch.linspace(lo, hi, n_mels + 2, dtype=torch.float64), corner)
 
 
 def _filters(fmt: SpectrogramFormat) -> Tensor:
-    return mel_filters(fmt.n_mels, fmt.n_fft, fmt.sample_rate, fmt.f_min)
+    return mel_filters(fmt.n_mels, fmt.n_fft, fmt.sample_rate, fmt.f_min, fmt.mel_break_hz)
 
 
 def band_frequencies(n_mels: int = N_MELS, fmt: SpectrogramFormat = SPECTROGRAM) -> Tensor:
     """The centre frequency (Hz) of each mel band, lowest first, [n_mels]."""
-    return _mel_edges(n_mels, fmt.sample_rate, fmt.f_min)[1:-1].float()
+    return _mel_edges(n_mels, fmt.sample_rate, fmt.f_min, fmt.mel_break_hz)[1:-1].float()
 
 
 def _window(fmt: SpectrogramFormat = SPECTROGRAM) -> Tensor:
@@ -130,10 +138,26 @@ def waveform_to_image(wave: Tensor, fmt: SpectrogramFormat = SPECTROGRAM) -> Ten
     length = CLIP_SAMPLES if fmt == SPECTROGRAM else None
     if wave.ndim != 2 or (length is not None and wave.shape[1] != length) or wave.shape[1] % fmt.hop:
         raise ValueError(f"expected waveforms [B, {length or f'k·{fmt.hop}'}], got {tuple(wave.shape)}")
-    mel = _filters(fmt) @ stft_magnitude(wave, fmt)  # [B, M, T]
+    return mel_to_image(_filters(fmt) @ stft_magnitude(wave, fmt), fmt)
+
+
+def mel_to_image(mel: Tensor, fmt: SpectrogramFormat = SPECTROGRAM) -> Tensor:
+    """Mel magnitudes [B, M, T] (lowest band first) → log-mel images [B, 1, M, T] in [-1, 1]."""
     db = 20 * torch.log10(mel.clamp(min=1e-8))
     image = ((db - fmt.db_floor) / (fmt.db_top - fmt.db_floor) * 2 - 1).clamp(-1, 1)
     return image.flip(1)[:, None]  # [B, 1, M, T], row 0 = highest band
+
+
+def reformat(image: Tensor, source: SpectrogramFormat, target: SpectrogramFormat) -> Tensor:
+    """Log-mel images [B, 1, M, T] in ``source`` → the same sounds' images in ``target`` [B, 1, M', T]: the
+    bands are spread onto the STFT bins (``mel_to_linear``) and summed into the target's bands; no phase
+    is needed, so both sides of a comparison can be read in one format. The STFTs must agree."""
+    stft = ("sample_rate", "n_fft", "hop")
+    if any(getattr(source, f) != getattr(target, f) for f in stft):
+        raise ValueError(f"cannot reformat spectrograms between STFTs: {', '.join(stft)} must agree")
+    if source == target:
+        return image
+    return mel_to_image(_filters(target) @ mel_to_linear(image_to_mel(image, source), fmt=source), target)
 
 
 def image_to_mel(image: Tensor, fmt: SpectrogramFormat = SPECTROGRAM) -> Tensor:

@@ -226,10 +226,11 @@ def spectrogram_picture(
 
 def _frequency_ticks(fmt: SpectrogramFormat, rows: int, scale: int) -> list[tuple[float, int]]:
     """(Hz, y in pixels of the enlarged image) of round frequencies inside the mel bands' range."""
-    lo, hi = float(hz_to_mel(fmt.f_min)), float(hz_to_mel(fmt.sample_rate / 2))
+    corner = fmt.mel_break_hz
+    lo, hi = float(hz_to_mel(fmt.f_min, corner)), float(hz_to_mel(fmt.sample_rate / 2, corner))
     ticks = []
     for hz in (100, 250, 500, 1000, 2000, 4000, 8000, 16000, 32000, 64000):
-        band = (float(hz_to_mel(hz)) - lo) / (hi - lo) * (rows + 1) - 1  # 0 = the lowest band's centre
+        band = (float(hz_to_mel(hz, corner)) - lo) / (hi - lo) * (rows + 1) - 1  # 0: the lowest band
         if 0 <= band <= rows - 1:
             ticks.append((float(hz), round((rows - 1 - band + 0.5) * scale)))
     return ticks

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from typing import TYPE_CHECKING
 
 from torch.utils.data import Dataset, IterableDataset
+
+if TYPE_CHECKING:
+    from ..audio import SpectrogramFormat
 
 # name -> (module, class). toy2d yields 2-D points (not images) with the mixture's exact denoiser.
 DATASETS: dict[str, tuple[str, str]] = {
@@ -51,4 +55,10 @@ def make_dataset(name: str, **options) -> Dataset | IterableDataset:
     return dataset_class(name)(**options)
 
 
-__all__ = ["DATASETS", "dataset_class", "dataset_options", "make_dataset"]
+def dataset_audio(name: str, options: dict) -> SpectrogramFormat | None:
+    """The sound format of a dataset's images made with ``options`` (None: pictures)."""
+    audio_format = getattr(dataset_class(name), "audio_format", None)
+    return None if audio_format is None else audio_format(**options)
+
+
+__all__ = ["DATASETS", "dataset_audio", "dataset_class", "dataset_options", "make_dataset"]

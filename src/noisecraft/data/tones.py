@@ -12,13 +12,21 @@ bell (the inharmonic partials 1 : 2.76 : 5.40 : 8.93 of a free bar, decaying), d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..audio import CLIP_SAMPLES, SAMPLE_RATE, SPECTROGRAM, waveform_to_image
+from ..audio import (
+    CLIP_SAMPLES,
+    F_MIN,
+    MEL_BREAK_HZ,
+    SAMPLE_RATE,
+    SPECTROGRAM,
+    SpectrogramFormat,
+    waveform_to_image,
+)
 from .common import index_seed, item_generator
 
 TIMBRES = ("sine", "square", "pluck", "bell", "drum")
@@ -236,11 +244,19 @@ def describe(clip: Clip, g: torch.Generator) -> str:
 
 class TonesDataset(Dataset):
     """Map-style procedural clips: item i is (log-mel image [1, 64, 64] in [-1, 1], caption), a pure
-    function of (seed, split, i); ``waveform(i)`` is its sound [CLIP_SAMPLES] in [-1, 1]."""
+    function of (seed, split, i); ``waveform(i)`` is its sound [CLIP_SAMPLES] in [-1, 1]. ``f_min`` and
+    ``mel_break_hz`` set the frequency axis (``audio.SpectrogramFormat``); ``audio`` is the format, which a
+    model trained on the images records."""
 
-    audio = SPECTROGRAM  # what makes the images sound: a model trained on them records it
-
-    def __init__(self, size: int = 64, length: int = 100_000, seed: int = 0, split: str = "train"):
+    def __init__(
+        self,
+        size: int = 64,
+        length: int = 100_000,
+        seed: int = 0,
+        split: str = "train",
+        f_min: float = F_MIN,
+        mel_break_hz: float = MEL_BREAK_HZ,
+    ):
         if split not in SPLITS:
             raise ValueError(f"unknown tones split {split!r}; valid: {', '.join(SPLITS)}")
         if size != 64 or length < 1:
@@ -248,6 +264,14 @@ class TonesDataset(Dataset):
                 f"need size = 64 (64 mel bands × 64 frames) and length ≥ 1, got {size}, {length}"
             )
         self.size, self.length, self.seed, self.split = size, length, seed, split
+        self.audio = self.audio_format(f_min=f_min, mel_break_hz=mel_break_hz)
+
+    @staticmethod
+    def audio_format(
+        f_min: float = F_MIN, mel_break_hz: float = MEL_BREAK_HZ, **_other: object
+    ) -> SpectrogramFormat:
+        """The spectrogram format of the items made with these options (the others do not change it)."""
+        return replace(SPECTROGRAM, f_min=f_min, mel_break_hz=mel_break_hz)
 
     def __len__(self) -> int:
         return self.length
@@ -273,11 +297,16 @@ class TonesDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         caption = self.clip_and_caption(index)[1]
-        return waveform_to_image(self.waveform(index)[None])[0], caption
+        return waveform_to_image(self.waveform(index)[None], self.audio)[0], caption
 
     def cache_params(self) -> dict[str, object]:
         """What decides every item besides the length (``noisecraft.data.cache``)."""
-        return {"version": 1, "size": self.size, "seed": self.seed, "split": self.split}
+        params = {"version": 1, "size": self.size, "seed": self.seed, "split": self.split}
+        if (
+            self.audio != SPECTROGRAM
+        ):  # another frequency axis: other pixels (the default's caches stay valid)
+            params["audio"] = {"f_min": self.audio.f_min, "mel_break_hz": self.audio.mel_break_hz}
+        return params
 
     @property
     def captions(self) -> list[str]:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..audio import image_to_waveform
+from ..audio import SPECTROGRAM, SpectrogramFormat, image_to_waveform, reformat
 from ..data.tones_oracle import fact_checks, parse_caption, read_clip
 from .features import make_features, to_8bit
 from .reference import build_dataset, dataset_images, extract_features
@@ -43,8 +43,15 @@ WHY_TONES_FEATURES = (
 )
 
 
-def oracle_scores(images: Tensor, captions: list[str], seed: int = 0, progress: bool = False) -> dict:
-    """Spectrograms [B, 1, 64, 64] in [-1, 1] → Griffin-Lim (seed + i) → the oracle against each caption:
+def oracle_scores(
+    images: Tensor,
+    captions: list[str],
+    seed: int = 0,
+    progress: bool = False,
+    fmt: SpectrogramFormat = SPECTROGRAM,
+) -> dict:
+    """Spectrograms [B, 1, 64, 64] in [-1, 1] of format ``fmt`` → Griffin-Lim (seed + i) → the oracle
+    against each caption:
     ``{"accuracy": share right in every fact, "facts": {fact: share right}}``."""
     if len(images) != len(captions) or not captions:
         raise ValueError(f"need one caption per clip, got {len(captions)} for {len(images)}")
@@ -52,7 +59,7 @@ def oracle_scores(images: Tensor, captions: list[str], seed: int = 0, progress: 
     every = []
     bar = tqdm(range(len(images)), desc="oracle", unit="clip", disable=not progress, leave=False)
     for i in bar:
-        wave = image_to_waveform(images[i : i + 1], seed=seed + i)[0]  # [CLIP_SAMPLES]
+        wave = image_to_waveform(images[i : i + 1], seed=seed + i, fmt=fmt)[0]  # [CLIP_SAMPLES]
         checks = fact_checks(read_clip(wave), parse_caption(captions[i]))
         every.append(all(checks.values()))
         for fact, ok in checks.items():
@@ -75,6 +82,8 @@ def tones_scores(pipeline: Pipeline, metrics: Sequence[str], features: str, num:
     """Every requested score of a tones model (see the module docstring), as JSON-ready fields."""
     from .evaluate import distribution_scores, generate_images
 
+    fmt = pipeline.config.audio or SPECTROGRAM  # the real renders are drawn in the model's own format
+    options = {**(options or {}), "f_min": fmt.f_min, "mel_break_hz": fmt.mel_break_hz}
     distribution = bool({"fid", "kid", "pr"} & set(metrics))
     real, captions = heldout_items(2 * num if distribution else num, seed, options)  # the first num: prompts
     fake = generate_images(
@@ -83,8 +92,13 @@ def tones_scores(pipeline: Pipeline, metrics: Sequence[str], features: str, num:
     out: dict = {"prompts": f"{HELDOUT} captions"}
     if distribution:
         extractor = make_features(features, "tones")
-        reals = extract_features(extractor, real, desc="features (real)", progress=progress)  # [2·num, D]
-        fakes = extract_features(extractor, fake, desc="features", progress=progress)
+        # The classifier reads the default format: both sets are re-banded into it alike (``reformat``).
+        reals = extract_features(
+            extractor, reformat(real, fmt, SPECTROGRAM), desc="features (real)", progress=progress
+        )
+        fakes = extract_features(
+            extractor, reformat(fake, fmt, SPECTROGRAM), desc="features", progress=progress
+        )
         out.update(features=extractor.name, ref_num=num, reference="real renders of the same captions")
         if features == "domain":
             out["features_about"] = WHY_TONES_FEATURES
@@ -93,8 +107,8 @@ def tones_scores(pipeline: Pipeline, metrics: Sequence[str], features: str, num:
             out["fid_floor"] = distribution_scores(reals[:num], reals[num:], ["fid"], seed)["fid"]
     real, captions = real[:num], captions[:num]
     if "adherence" in metrics:
-        model = oracle_scores(fake, captions, seed, progress)
-        ceiling = oracle_scores(real, captions, seed, progress)
+        model = oracle_scores(fake, captions, seed, progress, fmt)
+        ceiling = oracle_scores(real, captions, seed, progress, fmt)
         out["adherence"] = {
             "oracle_accuracy": model["accuracy"], "oracle_prompts": HELDOUT, "oracle_facts": model["facts"],
             "ceiling_accuracy": ceiling["accuracy"], "ceiling_facts": ceiling["facts"],

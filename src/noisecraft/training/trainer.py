@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import IterableDataset
 
 from ..components import save_component
-from ..data import dataset_class
+from ..data import dataset_audio
 from ..devices import resolve_dtype
 from ..model import LatentSpace, ModelSettings, write_settings
 from ..model.options import MODEL_DEFAULTS
@@ -300,7 +300,7 @@ def model_settings(config: TrainConfig, name: str, image_shape: tuple[int, ...])
         name=name, image_size=height, channels=channels, precond=m.precond, sigma_data=m.sigma_data,
         beta_schedule=s.beta_schedule, num_train_timesteps=s.num_train_timesteps,
         latent_scale=m.latent_scale if m.autoencoder else 1.0,
-        audio=getattr(dataset_class(config.data.name), "audio", None),  # a sound dataset names its format
+        audio=dataset_audio(config.data.name, config.data.options),  # a sound dataset names its format
         **{key: getattr(defaults, key) for key in MODEL_DEFAULTS},
     )  # fmt: skip
 
