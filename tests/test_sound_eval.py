@@ -128,17 +128,23 @@ def test_oracle_hears_clips_in_their_own_format():
 
 def test_a_perfect_generator_in_another_format_scores_the_floor(monkeypatch):
     """Real renders are drawn in the model's own format: a model that returns them exactly has FID 0
-    (both sets re-banded into the classifier's format alike) and the oracle's ceiling."""
+    (both sets re-banded into the classifier's format alike) and the oracle's ceiling; ``split=train``
+    draws the prompts from the training split instead."""
     pipeline = tiny_tones_pipeline()
     pipeline.config.audio = TonesDataset(**LOG_AXIS).audio
+    for split in ("heldout", "train"):
+        options = {**LOG_AXIS, "split": split}
 
-    def perfect(pipe, prompts, *, seed, **_):
-        images, captions = heldout_items(len(prompts), seed, LOG_AXIS)
-        assert captions == list(prompts)
-        return images
+        def perfect(pipe, prompts, *, seed, options=options, **_):
+            images, captions = heldout_items(len(prompts), seed, options)
+            assert captions == list(prompts)
+            return images
 
-    monkeypatch.setattr(evaluate_module, "generate_images", perfect)
-    results = evaluate(pipeline, "tones", 6, ["fid", "adherence"], progress=False)
-    assert results["fid"] < 1e-6 < results["fid_floor"]
-    adherence = results["adherence"]
-    assert adherence["oracle_accuracy"] == adherence["ceiling_accuracy"] >= 0.8
+        monkeypatch.setattr(evaluate_module, "generate_images", perfect)
+        results = evaluate(
+            pipeline, "tones", 6, ["fid", "adherence"], dataset_options={"split": split}, progress=False
+        )
+        assert results["fid"] < 1e-6 < results["fid_floor"] and results["prompts"] == f"{split} captions"
+        adherence = results["adherence"]
+        assert adherence["oracle_accuracy"] == adherence["ceiling_accuracy"] >= 0.8
+        assert adherence["oracle_prompts"] == split

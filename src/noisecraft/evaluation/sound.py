@@ -2,7 +2,8 @@
 
 Protocol. Prompts are the captions of ``num`` seeded-random items of the **held-out** split (each holds
 a low bell or a high square wave, pairs never drawn in training); clip i is generated from seed + i
-and quantised to 8 bits like a saved PNG. One generated set serves every score:
+and quantised to 8 bits like a saved PNG (``--data split=train``: items of the training split instead).
+One generated set serves every score:
 
 - adherence: each spectrogram is turned into sound (``audio.image_to_waveform``, Griffin-Lim seeded
   with seed + i) and ``data.tones_oracle`` reads it back: ``oracle_accuracy`` is the share of clips
@@ -89,7 +90,8 @@ def tones_scores(pipeline: Pipeline, metrics: Sequence[str], features: str, num:
     fake = generate_images(
         pipeline, captions[:num], seed=seed, batch_size=batch_size, progress=progress, **sample
     )
-    out: dict = {"prompts": f"{HELDOUT} captions"}
+    split = options.get("split", HELDOUT)  # --data split=train: captions of the training distribution
+    out: dict = {"prompts": f"{split} captions"}
     if distribution:
         extractor = make_features(features, "tones")
         # The classifier reads the default format: both sets are re-banded into it alike (``reformat``).
@@ -110,7 +112,7 @@ def tones_scores(pipeline: Pipeline, metrics: Sequence[str], features: str, num:
         model = oracle_scores(fake, captions, seed, progress, fmt)
         ceiling = oracle_scores(real, captions, seed, progress, fmt)
         out["adherence"] = {
-            "oracle_accuracy": model["accuracy"], "oracle_prompts": HELDOUT, "oracle_facts": model["facts"],
+            "oracle_accuracy": model["accuracy"], "oracle_prompts": split, "oracle_facts": model["facts"],
             "ceiling_accuracy": ceiling["accuracy"], "ceiling_facts": ceiling["facts"],
         }  # fmt: skip
     return out
