@@ -50,13 +50,13 @@ def tiny_tones_pipeline() -> Pipeline:
 
 def test_grouped_classifier_has_one_softmax_per_fact():
     groups = tuple(len(values) for _, values in tones_facts())
-    assert sum(groups) == len(tones_classes()) == 33 and groups == (2, 2, 11, 12, 2, 4)
-    logits = torch.zeros(3, 33)  # uniform within each group: the loss is Σ log(group size)
+    assert sum(groups) == len(tones_classes()) == 41 and groups == (2, 2, 15, 16, 2, 4)
+    logits = torch.zeros(3, 41)  # uniform within each group: the loss is Σ log(group size)
     loss = grouped_cross_entropy(logits, torch.zeros(3, len(groups), dtype=torch.long), groups)
     assert loss.item() == pytest.approx(sum(math.log(g) for g in groups))
-    with pytest.raises(ValueError, match="must be positive and sum to 33"):
-        DomainClassifierConfig(num_classes=33, groups=(2, 2))
-    model = DomainClassifier(DomainClassifierConfig(image_size=16, num_classes=33, groups=groups))
+    with pytest.raises(ValueError, match="must be positive and sum to 41"):
+        DomainClassifierConfig(num_classes=41, groups=(2, 2))
+    model = DomainClassifier(DomainClassifierConfig(image_size=16, num_classes=41, groups=groups))
     assert model.predict(torch.zeros(5, 1, 16, 16)).shape == (5, 6)
 
 
@@ -65,7 +65,7 @@ def test_shipped_tones_classifier_reads_every_fact_of_unseen_clips():
     images = torch.stack([data[i][0] for i in range(len(data))])
     labels = torch.tensor([tones_labels(data.clip_and_caption(i)[0]) for i in range(len(data))])
     classifier = load_domain_classifier("tones")
-    assert classifier.config.groups == (2, 2, 11, 12, 2, 4)
+    assert classifier.config.groups == (2, 2, 15, 16, 2, 4)
     assert min(group_accuracies(classifier, images, labels)) >= 0.95
     assert classifier_accuracy(classifier, images, labels) >= 0.9
 

@@ -33,9 +33,10 @@ TIMBRES = ("sine", "square", "pluck", "bell", "drum")
 KINDS = (*TIMBRES, "sweep")
 PITCHES: dict[str, tuple[float, ...]] = {
     "low": (196.0, 220.0, 246.9, 261.6),  # G3 A3 B3 C4
+    "mid": (392.0, 440.0, 493.9, 523.3),  # G4 A4 B4 C5
     "high": (784.0, 880.0, 987.8, 1046.5),  # G5 A5 B5 C6
 }
-PITCH_THRESHOLD = 450.0  # Hz between the two registers
+PITCH_TOPS = {"low": 320.0, "mid": 640.0}  # Hz: a root below this is in the register (above both: high)
 CHORD_RATIOS = (1.0, 2 ** (4 / 12), 2 ** (7 / 12))  # a major triad
 # Chords are drawn on sines and low plucks (a high Karplus-Strong string, 5-10 samples long, is too
 # out of tune and fades too fast for a chord).
@@ -51,7 +52,8 @@ SWEEP_RANGE = (300.0, 1200.0)  # Hz, two octaves
 LOUDNESS = {"loud": 0.35, "soft": 0.06}  # the clip's largest 32-ms RMS
 HIT_LENGTH, HIT_SPACING = 0.12, 0.22  # seconds: repeated hits
 PART_SPANS = {1: ((0.05, 0.85),), 2: ((0.05, 0.45), (0.55, 0.95))}  # seconds, by number of parts
-# (kind, pitch) pairs never drawn in training: each held-out clip holds one of them.
+# (kind, pitch) pairs never drawn in training: each held-out clip holds one of them. Training plays each
+# of these timbres in the two other registers, so a timbre is heard at more than one pitch.
 HELDOUT = frozenset({("bell", "low"), ("square", "high")})
 SPLITS = ("train", "heldout")
 
@@ -66,7 +68,11 @@ PLURALS = {noun: noun + ("es" if noun.endswith("z") else "s") for nouns in NOUNS
 CHORD_NOUNS = {"sine": ("sine chord", "chord of pure tones"), "pluck": ("plucked chord", "strummed chord")}
 SWEEP_NOUNS = {"rising": ("rising sweep", "tone sweeping up", "rising whistle"),
                "falling": ("falling sweep", "tone sweeping down", "falling whistle")}  # fmt: skip
-PITCH_WORDS = {"low": ("low", "deep"), "high": ("high", "high-pitched")}
+PITCH_WORDS = {
+    "low": ("low", "deep"),
+    "mid": ("mid-range", "mid-pitched", "medium"),
+    "high": ("high", "high-pitched"),
+}
 LOUDNESS_WORDS = {"loud": ("loud", "strong"), "soft": ("soft", "quiet", "gentle")}
 COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
 JOINS = ("{a} followed by {b}", "{a} then {b}", "first {a}, then {b}", "{a} and then {b}")
@@ -78,7 +84,7 @@ class Part:
     how many times it sounds (1-4, back to back)."""
 
     kind: str
-    pitch: str | None = None  # low | high; None for drums and sweeps
+    pitch: str | None = None  # low | mid | high; None for drums and sweeps
     chord: bool = False
     direction: str | None = None  # rising | falling, sweeps only
     count: int = 1
@@ -301,7 +307,7 @@ class TonesDataset(Dataset):
 
     def cache_params(self) -> dict[str, object]:
         """What decides every item besides the length (``noisecraft.data.cache``)."""
-        params = {"version": 1, "size": self.size, "seed": self.seed, "split": self.split}
+        params = {"version": 2, "size": self.size, "seed": self.seed, "split": self.split}
         if (
             self.audio != SPECTROGRAM
         ):  # another frequency axis: other pixels (the default's caches stay valid)

@@ -27,7 +27,7 @@ from .tones import (
     LOUDNESS,
     LOUDNESS_WORDS,
     NOUNS,
-    PITCH_THRESHOLD,
+    PITCH_TOPS,
     PITCH_WORDS,
     PLURALS,
     SWEEP_NOUNS,
@@ -100,7 +100,7 @@ def read_sound(x: np.ndarray) -> Part:
     strongest = mag.max()
     peaks = _peaks(mag, PEAK_FRACTION * strongest)
     root = freqs[peaks[0]] if len(peaks) else freqs[np.argmax(mag)]
-    pitch = "low" if root < PITCH_THRESHOLD else "high"
+    pitch = next((p for p, top in PITCH_TOPS.items() if root < top), "high")
     quiet_peaks = _peaks(mag, CHORD_FRACTION * strongest)  # a chord's plucks fade at their own rates
     in_octave = [p for p in quiet_peaks if 1.1 * root < freqs[p] < 1.9 * root]
     chord = len(in_octave) >= 2

@@ -67,7 +67,7 @@ def emoji_arrays(split: str, size: int = 32) -> tuple[Tensor, Tensor]:
 
 
 def _tones_sounds() -> tuple[str, ...]:
-    """Every sound a part can be: a timbre at a pitch register, a drum, a sweep up or down (11)."""
+    """Every sound a part can be: a timbre at a pitch register, a drum, a sweep up or down (15)."""
     from ..data.tones import KINDS, PITCHES
 
     pitched = [f"{kind} {pitch}" for kind in KINDS if kind not in ("drum", "sweep") for pitch in PITCHES]
