@@ -307,10 +307,9 @@ class TonesDataset(Dataset):
 
     def cache_params(self) -> dict[str, object]:
         """What decides every item besides the length (``noisecraft.data.cache``)."""
+        # version 2: three registers
         params = {"version": 2, "size": self.size, "seed": self.seed, "split": self.split}
-        if (
-            self.audio != SPECTROGRAM
-        ):  # another frequency axis: other pixels (the default's caches stay valid)
+        if self.audio != SPECTROGRAM:  # another frequency axis makes other pixels
             params["audio"] = {"f_min": self.audio.f_min, "mel_break_hz": self.audio.mel_break_hz}
         return params
 
