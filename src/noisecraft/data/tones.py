@@ -56,6 +56,10 @@ PART_SPANS = {1: ((0.05, 0.85),), 2: ((0.05, 0.45), (0.55, 0.95))}  # seconds, b
 # of these timbres in the two other registers, so a timbre is heard at more than one pitch.
 HELDOUT = frozenset({("bell", "low"), ("square", "high")})
 SPLITS = ("train", "heldout")
+# What an item holds: the log-mel image a U-Net draws, or the sound itself for a 1-D net over samples,
+# zero-padded to WAVE_SAMPLES (a power of two, so every downsampling of the net divides it).
+REPRESENTATIONS = ("spectrogram", "waveform")
+WAVE_SAMPLES = 8192
 
 NOUNS = {
     "sine": ("beep", "sine tone", "pure tone"),
@@ -252,7 +256,8 @@ class TonesDataset(Dataset):
     """Map-style procedural clips: item i is (log-mel image [1, 64, 64] in [-1, 1], caption), a pure
     function of (seed, split, i); ``waveform(i)`` is its sound [CLIP_SAMPLES] in [-1, 1]. ``f_min`` and
     ``mel_break_hz`` set the frequency axis (``audio.SpectrogramFormat``); ``audio`` is the format, which a
-    model trained on the images records."""
+    model trained on the images records. ``representation="waveform"``: item i is the sound itself,
+    [1, WAVE_SAMPLES] (zero after CLIP_SAMPLES)."""
 
     def __init__(
         self,
@@ -262,14 +267,20 @@ class TonesDataset(Dataset):
         split: str = "train",
         f_min: float = F_MIN,
         mel_break_hz: float = MEL_BREAK_HZ,
+        representation: str = "spectrogram",
     ):
         if split not in SPLITS:
             raise ValueError(f"unknown tones split {split!r}; valid: {', '.join(SPLITS)}")
+        if representation not in REPRESENTATIONS:
+            raise ValueError(
+                f"unknown tones representation {representation!r}; valid: {', '.join(REPRESENTATIONS)}"
+            )
         if size != 64 or length < 1:
             raise ValueError(
                 f"need size = 64 (64 mel bands × 64 frames) and length ≥ 1, got {size}, {length}"
             )
         self.size, self.length, self.seed, self.split = size, length, seed, split
+        self.representation = representation
         self.audio = self.audio_format(f_min=f_min, mel_break_hz=mel_break_hz)
 
     @staticmethod
@@ -303,7 +314,10 @@ class TonesDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         caption = self.clip_and_caption(index)[1]
-        return waveform_to_image(self.waveform(index)[None], self.audio)[0], caption
+        wave = self.waveform(index)  # [CLIP_SAMPLES]
+        if self.representation == "waveform":
+            return torch.nn.functional.pad(wave, (0, WAVE_SAMPLES - len(wave)))[None], caption
+        return waveform_to_image(wave[None], self.audio)[0], caption
 
     def cache_params(self) -> dict[str, object]:
         """What decides every item besides the length (``noisecraft.data.cache``)."""
@@ -311,6 +325,8 @@ class TonesDataset(Dataset):
         params = {"version": 2, "size": self.size, "seed": self.seed, "split": self.split}
         if self.audio != SPECTROGRAM:  # another frequency axis makes other pixels
             params["audio"] = {"f_min": self.audio.f_min, "mel_break_hz": self.audio.mel_break_hz}
+        if self.representation != "spectrogram":
+            params["representation"] = self.representation
         return params
 
     @property

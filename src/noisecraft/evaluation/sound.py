@@ -23,7 +23,7 @@ One generated set serves every score:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from torch import Tensor
@@ -52,16 +52,23 @@ def oracle_scores(
     fmt: SpectrogramFormat = SPECTROGRAM,
 ) -> dict:
     """Spectrograms [B, 1, 64, 64] in [-1, 1] of format ``fmt`` → Griffin-Lim (seed + i) → the oracle
-    against each caption:
-    ``{"accuracy": share right in every fact, "facts": {fact: share right}}``."""
+    against each caption (``waveform_scores``)."""
     if len(images) != len(captions) or not captions:
         raise ValueError(f"need one caption per clip, got {len(captions)} for {len(images)}")
+    waves = (image_to_waveform(images[i : i + 1], seed=seed + i, fmt=fmt)[0] for i in range(len(images)))
+    return waveform_scores(waves, captions, progress)
+
+
+def waveform_scores(waves: Iterable[Tensor], captions: list[str], progress: bool = False) -> dict:
+    """Sounds [CLIP_SAMPLES] (an iterable, one per caption) → the oracle against each caption:
+    ``{"accuracy": share right in every fact, "facts": {fact: share right}}``."""
+    if not captions:
+        raise ValueError("need at least one clip and caption")
     right: dict[str, list[bool]] = {}
     every = []
-    bar = tqdm(range(len(images)), desc="oracle", unit="clip", disable=not progress, leave=False)
-    for i in bar:
-        wave = image_to_waveform(images[i : i + 1], seed=seed + i, fmt=fmt)[0]  # [CLIP_SAMPLES]
-        checks = fact_checks(read_clip(wave), parse_caption(captions[i]))
+    bar = tqdm(waves, total=len(captions), desc="oracle", unit="clip", disable=not progress, leave=False)
+    for wave, caption in zip(bar, captions, strict=True):
+        checks = fact_checks(read_clip(wave), parse_caption(caption))
         every.append(all(checks.values()))
         for fact, ok in checks.items():
             right.setdefault(fact, []).append(ok)

@@ -6,6 +6,7 @@ from .dit import DiT, DiTConfig
 from .layers import Attention, FeedForward, NoiseEmbedding, TransformerBlock
 from .mlp import MLP, MLPConfig
 from .unet import UNet, UNetConfig
+from .wave_unet import WaveUNet, WaveUNetConfig
 
 __all__ = [
     "Attention",
@@ -20,4 +21,6 @@ __all__ = [
     "TransformerBlock",
     "UNet",
     "UNetConfig",
+    "WaveUNet",
+    "WaveUNetConfig",
 ]

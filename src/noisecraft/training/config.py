@@ -23,7 +23,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, under its PyPI name
     import tomli as tomllib
 
-MODEL_KINDS = ("mlp", "unet", "dit")
+MODEL_KINDS = ("mlp", "unet", "dit", "wave_unet")
 # Keys that may differ between a checkpoint and the run resuming it: they change neither the
 # state nor the random stream (or, for steps and device, change them on purpose).
 RESUMABLE_CHANGES = (
@@ -34,7 +34,7 @@ RESUMABLE_CHANGES = (
 
 @dataclass
 class ModelConfig:
-    kind: Literal["mlp", "unet", "dit"] = "mlp"  # the network, from a fixed registry of components
+    kind: Literal["mlp", "unet", "dit", "wave_unet"] = "mlp"  # the network, from a fixed registry of components
     net: dict[str, Any] = field(default_factory=dict)  # fields of the network's config dataclass
     precond: Literal["edm", "consistency", "flow", "vp_eps", "vp_v"] = "edm"  # how raw net output becomes x̂0
     sigma_data: float = 0.5  # EDM's σ_data: the data's standard deviation
