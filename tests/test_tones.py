@@ -9,7 +9,7 @@ import torch
 
 from noisecraft.audio import CLIP_SAMPLES, image_to_waveform, mel_filters, waveform_to_image
 from noisecraft.data import make_dataset
-from noisecraft.data.tones import HELDOUT, KINDS, PITCHES, Clip, Part, TonesDataset
+from noisecraft.data.tones import HELDOUT, KINDS, NOTE_SETS, PITCHES, Clip, Part, TonesDataset
 from noisecraft.data.tones_oracle import fact_checks, matches, parse_caption, read_clip
 
 N = 200
@@ -87,6 +87,20 @@ def test_heldout_split_is_disjoint_from_training():
     seen = set().union(*(pairs(clip) for clip, _ in train))
     for kind, pitch in HELDOUT:  # a held-out timbre is heard in training at every other register
         assert {p for k, p in seen if k == kind} == set(PITCHES) - {pitch}
+
+
+def test_semitone_notes_keep_the_registers_and_the_oracle_reads_them():
+    """notes="semitones" draws more notes per register (same captions, same registers); the oracle still
+    reads every fact of every real render, and the notes reach past the four-note set."""
+    four, semi = TonesDataset(length=80, seed=9), TonesDataset(length=80, seed=9, notes="semitones")
+    assert [four.clip_and_caption(i) for i in range(80)] == [semi.clip_and_caption(i) for i in range(80)]
+    assert all(matches(semi.waveform(i), semi.clip_and_caption(i)[1]) for i in range(80))
+    for register, notes in NOTE_SETS["semitones"].items():
+        assert set(PITCHES[register]) <= {round(f, 1) for f in notes} and len(notes) > len(PITCHES[register])
+    assert four.cache_params() != semi.cache_params()
+    assert not all(torch.equal(four.waveform(i), semi.waveform(i)) for i in range(10))
+    with pytest.raises(ValueError, match="notes"):
+        TonesDataset(notes="octaves")
 
 
 def test_spectrogram_round_trip_keeps_the_facts(rendered):

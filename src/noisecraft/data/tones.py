@@ -36,6 +36,17 @@ PITCHES: dict[str, tuple[float, ...]] = {
     "mid": (392.0, 440.0, 493.9, 523.3),  # G4 A4 B4 C5
     "high": (784.0, 880.0, 987.8, 1046.5),  # G5 A5 B5 C6
 }
+# ``notes="semitones"``: every semitone from G to D♯ in the low and middle registers and from G to C in
+# the high one (nine, nine and six notes instead of four each), so a timbre is heard at more places on
+# the frequency axis; the registers and their words stay. (Above C6 a square wave's third harmonic
+# lies in the spectrogram's top bands, where Griffin-Lim loses it.)
+NOTE_SETS: dict[str, dict[str, tuple[float, ...]]] = {
+    "four": PITCHES,
+    "semitones": {
+        name: tuple(g * 2 ** (k / 12) for k in range(n))
+        for name, g, n in (("low", 196.0, 9), ("mid", 392.0, 9), ("high", 784.0, 6))
+    },
+}
 PITCH_TOPS = {"low": 320.0, "mid": 640.0}  # Hz: a root below this is in the register (above both: high)
 CHORD_RATIOS = (1.0, 2 ** (4 / 12), 2 ** (7 / 12))  # a major triad
 # Chords are drawn on sines and low plucks (a high Karplus-Strong string, 5-10 samples long, is too
@@ -257,7 +268,7 @@ class TonesDataset(Dataset):
     function of (seed, split, i); ``waveform(i)`` is its sound [CLIP_SAMPLES] in [-1, 1]. ``f_min`` and
     ``mel_break_hz`` set the frequency axis (``audio.SpectrogramFormat``); ``audio`` is the format, which a
     model trained on the images records. ``representation="waveform"``: item i is the sound itself,
-    [1, WAVE_SAMPLES] (zero after CLIP_SAMPLES)."""
+    [1, WAVE_SAMPLES] (zero after CLIP_SAMPLES). ``notes``: the notes of each register (NOTE_SETS)."""
 
     def __init__(
         self,
@@ -268,6 +279,7 @@ class TonesDataset(Dataset):
         f_min: float = F_MIN,
         mel_break_hz: float = MEL_BREAK_HZ,
         representation: str = "spectrogram",
+        notes: str = "four",
     ):
         if split not in SPLITS:
             raise ValueError(f"unknown tones split {split!r}; valid: {', '.join(SPLITS)}")
@@ -279,8 +291,10 @@ class TonesDataset(Dataset):
             raise ValueError(
                 f"need size = 64 (64 mel bands × 64 frames) and length ≥ 1, got {size}, {length}"
             )
+        if notes not in NOTE_SETS:
+            raise ValueError(f"unknown tones notes {notes!r}; valid: {', '.join(NOTE_SETS)}")
         self.size, self.length, self.seed, self.split = size, length, seed, split
-        self.representation = representation
+        self.representation, self.notes = representation, notes
         self.audio = self.audio_format(f_min=f_min, mel_break_hz=mel_break_hz)
 
     @staticmethod
@@ -308,7 +322,8 @@ class TonesDataset(Dataset):
         g = self._generator(index)
         clip = sample_clip(g, self.split)
         describe(clip, g)
-        freqs = tuple(_choice(g, PITCHES[p.pitch]) if p.pitch else 0.0 for p in clip.parts)
+        notes = NOTE_SETS[self.notes]
+        freqs = tuple(_choice(g, notes[p.pitch]) if p.pitch else 0.0 for p in clip.parts)
         noise_seed = index_seed(self.seed, index, 100 + SPLITS.index(self.split))
         return torch.from_numpy(synthesise(clip, freqs, noise_seed)).float()
 
@@ -327,6 +342,8 @@ class TonesDataset(Dataset):
             params["audio"] = {"f_min": self.audio.f_min, "mel_break_hz": self.audio.mel_break_hz}
         if self.representation != "spectrogram":
             params["representation"] = self.representation
+        if self.notes != "four":
+            params["notes"] = self.notes
         return params
 
     @property

@@ -1,7 +1,7 @@
 """Turn a TrainConfig into the objects of a run: network, denoiser, text encoder, objective, σ draws, lr.
 
 Model kinds come from a fixed registry of components (no class names in configs): ``mlp``,
-``unet`` and ``dit``. The objective module owns everything that trains (the denoiser and a
+``unet``, ``dit`` and ``wave_unet`` (1-D, over waveforms). The objective module owns everything that trains (the denoiser and a
 trainable text encoder) and returns per-example losses, so DDP can wrap it whole.
 """
 
@@ -30,7 +30,7 @@ TextEncoderFn = Callable[[list[str]], Conditioning]
 
 def net_class(kind: str) -> type[nn.Module]:
     """The network component registered under ``kind`` (importing the networks registers them)."""
-    from .. import nets  # noqa: F401  (registers unet, dit)
+    from .. import nets  # noqa: F401  (registers unet, dit, wave_unet)
     from ..nets import mlp  # noqa: F401  (registers mlp)
 
     return COMPONENTS[kind]
