@@ -1,11 +1,12 @@
 """A text-conditioned 1-D U-Net over raw samples: the waveform counterpart of ``unet.UNet``.
 
-The same design, one dimension down (as in DiffWave / WaveGrad's U-Net descendants, and the 1-D
-U-Nets of audio latent diffusion): ADM residual blocks whose second norm is modulated by the noise
-level and the pooled prompt, LDM transformers with cross-attention to the prompt's tokens at the
-coarse levels, the decoder concatenating the encoder's skips. Each level shortens the signal by
-``factor`` (8192 samples → 2048 → 512 → 128 → 32 at factor 4), so the coarse levels see the whole
-second. Zero-initialised residual outputs and output convolution: a fresh network outputs exactly 0.
+The same design, one dimension down (waveform diffusion: WaveGrad, Chen et al. 2021; DiffWave, Kong
+et al. 2021; a 1-D U-Net as in Moûsai, Schneider et al. 2023): ADM residual blocks whose second norm
+is modulated by the noise level and the pooled prompt, LDM transformers with cross-attention to the
+prompt's tokens at the coarse levels, the decoder concatenating the encoder's skips. Each level
+shortens the signal by ``factor`` (8192 samples → 2048 → 512 → 128 → 32 at factor 4), so the coarse
+levels see the whole second. Zero-initialised residual outputs and output convolution: a fresh
+network outputs exactly 0.
 ``noisecraft train configs/tones_wave.toml`` trains it on ``tones`` waveforms; it exists to measure
 the waveform against the spectrogram at equal CPU time (``benchmarks/sound_representation.py``).
 """
