@@ -1,8 +1,9 @@
 """Turn a TrainConfig into the objects of a run: network, denoiser, text encoder, objective, σ draws, lr.
 
 Model kinds come from a fixed registry of components (no class names in configs): ``mlp``,
-``unet``, ``dit`` and ``wave_unet`` (1-D, over waveforms). The objective module owns everything that trains (the denoiser and a
-trainable text encoder) and returns per-example losses, so DDP can wrap it whole.
+``unet``, ``dit`` and ``wave_unet`` (1-D, over waveforms). The objective module owns everything that
+trains (the denoiser and a trainable text encoder) and returns per-example losses, so DDP can wrap it
+whole.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ RESUMABLE_CHANGES = (
 
 @dataclass
 class ModelConfig:
-    kind: Literal["mlp", "unet", "dit", "wave_unet"] = "mlp"  # the network, from a fixed registry of components
+    kind: Literal["mlp", "unet", "dit", "wave_unet"] = "mlp"  # the network, from a registry of components
     net: dict[str, Any] = field(default_factory=dict)  # fields of the network's config dataclass
     precond: Literal["edm", "consistency", "flow", "vp_eps", "vp_v"] = "edm"  # how raw net output becomes x̂0
     sigma_data: float = 0.5  # EDM's σ_data: the data's standard deviation
