@@ -53,9 +53,9 @@ class WaveUNetConfig:
         levels = len(self.channel_mult)
         if min(self.in_channels, self.channels, self.blocks_per_level, *self.channel_mult) < 1:
             raise ValueError("WaveUNetConfig: channels, channel_mult and blocks_per_level must be ≥ 1")
-        if self.factor < 2 or self.kernel % 2 == 0:
+        if self.factor < 2 or self.kernel < 1 or self.kernel % 2 == 0:
             raise ValueError(
-                f"WaveUNetConfig: need factor ≥ 2 and an odd kernel, got {self.factor}, {self.kernel}"
+                f"WaveUNetConfig: need factor ≥ 2 and an odd kernel ≥ 1, got {self.factor}, {self.kernel}"
             )
         if any(not 0 <= level < levels for level in self.attention_levels):
             raise ValueError(f"WaveUNetConfig: attention_levels must lie in 0..{levels - 1}")
