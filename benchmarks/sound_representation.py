@@ -57,9 +57,8 @@ class WaveformModel:
         sigma_data = float(record["sigma_data"])
         self.denoiser = build_denoiser(self.net, record["precond"], sigma_data, "linear", 1000)
         c, ratio = like.config, sigma_data / like.config.sigma_data
-        self.options = SamplingOptions(sigma_min=c.sigma_min * ratio, sigma_max=c.sigma_max * ratio).resolve(
-            c
-        )
+        scaled = SamplingOptions(sigma_min=c.sigma_min * ratio, sigma_max=c.sigma_max * ratio)
+        self.options = scaled.resolve(c)
 
     def clips(self, captions: list[str], seed: int, batch: int = 25) -> list[torch.Tensor]:
         """One sound [CLIP_SAMPLES] in [-1, 1] per caption, clip i from seed + i."""
