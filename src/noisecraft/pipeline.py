@@ -14,7 +14,6 @@ call uses its own generator seeded ``seed + i``, for its starting noise and ever
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,8 @@ from .model import (
     shipped_models,
 )
 from .model.adapters import Adapter, ModelAdapters, find_adapter, parse_spec, prompt_adapters
+from .model.hashing import weights_hash
+from .model.upscale import BASE_FOLDER, enlarge, stage_callbacks
 from .noise import check_seed
 from .samplers import Callback
 
@@ -98,6 +99,7 @@ class Pipeline:
         self._adapters: ModelAdapters | None = None
         self.origin: Path | None = None  # the model's folder (a file for single-file weights)
         self._branches: dict[str, nn.Module] = {}  # control branches loaded, by source
+        self.base: Pipeline | None = None  # an upscaler's: the model making the pictures it enlarges
 
     # -- saving and loading -----------------------------------------------------------------
 
@@ -128,6 +130,11 @@ class Pipeline:
         for spec in loras:
             pipe.add_lora(*((spec,) if isinstance(spec, tuple) else parse_spec(str(spec))))
         pipe.origin = origin
+        if parts.settings.upscale_from:  # a cascade (model/upscale.py): its base model is in base/
+            if not (origin / BASE_FOLDER / SETTINGS_FILE).is_file():
+                missing = f"{origin} is an upscaler without {BASE_FOLDER}/"
+                raise ValueError(f"{missing}, the model making the pictures it enlarges")
+            pipe.base = cls.load(origin / BASE_FOLDER)
         return pipe
 
     from_pretrained, save_pretrained = load, save  # diffusers' spelling of the same two methods
@@ -177,16 +184,11 @@ class Pipeline:
 
     @property
     def weights_hash(self) -> str:
-        """First 16 hex digits of a SHA-256 over the network's and encoder's tensors."""
+        """First 16 hex digits of a SHA-256 over the network's and encoder's tensors (and a base's)."""
         if self._weights_hash is None:
-            digest = hashlib.sha256()
             modules = [self.net] + ([self.text_encoder] if self.text_encoder is not None else [])
-            for module in modules:
-                for key, value in sorted(module.state_dict().items()):
-                    digest.update(key.encode())
-                    for tensor in _state_tensors(value):
-                        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-            self._weights_hash = digest.hexdigest()[:16]
+            base = (self.base.weights_hash,) if self.base is not None else ()
+            self._weights_hash = weights_hash(modules, base)
         return self._weights_hash
 
     def to(
@@ -199,6 +201,8 @@ class Pipeline:
         _ = self.weights_hash  # taken before any cast: it names the weights as saved, on any device
         for module in (self.net, self.text_encoder, self.latent.autoencoder):
             placement.place(module)
+        if self.base is not None:
+            self.base.to(placement)
         net = torch.compile(self.net) if placement.compile else self.net
         self.denoiser = self.config.denoiser(net)  # σ tables stay on the CPU: MPS has no float64
         self.placement = placement
@@ -209,6 +213,9 @@ class Pipeline:
     def run(self, request: GenerationRequest, callback: Callback | None = None) -> list[Image.Image]:
         """The images of one request, each carrying its generation parameters in ``image.info``."""
         options = request.options.resolve(self.config)
+        if self.config.upscale_from and (request.init is not None or request.controls):
+            refused = "an upscaler makes pictures from text only: no init image, mask or control"
+            raise OptionError("init", refused)
         asked = _expand(request.prompts, request.num_images)
         prompts, negative, adapters = self._prompt_loras(asked, request.negative_prompt)
         self._apply_adapters(adapters)
@@ -343,6 +350,9 @@ class Pipeline:
         uncond = self.encode_negative(negative) if cond is not None and options.guidance != 1.0 else None
         seeds = range(options.seed, options.seed + len(prompts))
         start, latent_keep = init, None if keep is None else self._latent_mask(keep, shape)
+        if self.config.upscale_from:  # the base model's pictures, enlarged, beside x (Ho et al. 2022)
+            low, callback = self._base_pictures(prompts, negative, options, callback, max_evaluations)
+            cond, uncond = (None if c is None else c.with_image(low) for c in (cond, uncond))
         if self.inpainting_net:  # told what to keep, the network repaints from pure noise by itself
             image = self._inpainting_inputs(len(prompts), shape, options, init, keep)  # [B, 5, h, w]
             cond, uncond = cond.with_image(image), None if uncond is None else uncond.with_image(image)
@@ -359,10 +369,29 @@ class Pipeline:
             images = keep * init + (1 - keep) * images
         return images.to(place.state_dtype)
 
+    def _base_pictures(
+        self,
+        prompts: list[str],
+        negative: str | None,
+        options: SamplingOptions,
+        callback: Callback | None,
+        max_evaluations: int | None,
+    ) -> tuple[Tensor, Callback | None]:
+        """An upscaler's input: the base model's pictures [B, C, H, W] for the same prompts, seeds and
+        options at 1/factor the size, enlarged; and the callback for the upscaler's own steps."""
+        if self.base is None:
+            raise ValueError("this upscaler has no base model: load it from a folder with base/")
+        factor = self.config.image_size // self.config.upscale_from
+        small = dataclasses.replace(options, width=options.width // factor, height=options.height // factor)
+        self.base.check_size(small)
+        first, then = stage_callbacks(callback, factor)
+        low = self.base._sample(prompts, negative, small, first, None, None, max_evaluations)
+        return enlarge(low, factor), then
+
     @property
     def inpainting_net(self) -> bool:
         """Whether the network takes a mask and a masked image beside the latents (SD inpainting)."""
-        return int(getattr(self.net.config, "in_channels", 0)) > int(
+        return not self.config.upscale_from and int(getattr(self.net.config, "in_channels", 0)) > int(
             getattr(self.net.config, "outputs", 0) or 0
         )
 
@@ -480,18 +509,4 @@ def _expand(prompts: str | list[str], num_images: int) -> list[str]:
         count = len(prompts) * num_images
         raise OptionError("num_images", f"{count} images in one request; at most {MAX_IMAGES}")
     return [p for p in prompts for _ in range(num_images)]
-
-
-def _state_tensors(value: object) -> list[Tensor]:
-    """The plain tensors of one state_dict entry: itself, or an int8 linear's packed (weight, bias) as
-    integer values, scales and zero points (nets/quantize.py); other entries (dtypes) hash nothing."""
-    if isinstance(value, tuple | list):
-        return [t for item in value for t in _state_tensors(item)]
-    if not isinstance(value, Tensor):
-        return []
-    if value.is_quantized:
-        per_channel = value.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
-        scales = value.q_per_channel_scales() if per_channel else torch.tensor([value.q_scale()])
-        return [value.int_repr(), scales.double()]
-    return [value]
 

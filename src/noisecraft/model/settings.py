@@ -13,6 +13,7 @@ from ..audio import SpectrogramFormat
 from ..components import config_from_dict
 from ..denoisers import PRECONDITIONINGS, Denoiser, precondition
 from ..schedules import vp_alphas_cumprod
+from .upscale import check_factor
 
 # The range of every numeric setting and sampling option (inclusive; a (0, hi] range is written with
 # lo = 0 and checked as positive). A hand-edited or hostile file or flag gets one line naming the value,
@@ -68,6 +69,8 @@ class ModelSettings:
     zero_empty_negative: bool = False  # guidance's empty negative prompt is zero embeddings (SDXL)
     # Sound models: the images are log-mel spectrograms in this format (noisecraft.audio); None: pictures.
     audio: SpectrogramFormat | None = None
+    # Upscalers (model/upscale.py): the side of the pictures it enlarges, made by the model in base/; 0: none.
+    upscale_from: int = 0
 
     def __post_init__(self) -> None:
         _check_field_types(self)
@@ -77,6 +80,8 @@ class ModelSettings:
             raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
         if self.precond not in PRECONDITIONINGS:
             raise ValueError(f"unknown precond {self.precond!r}; valid: {', '.join(PRECONDITIONINGS)}")
+        if self.upscale_from:
+            check_factor(self.image_size, self.upscale_from)
         if not self.sigma_min < self.sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
 
@@ -94,8 +99,9 @@ class ModelSettings:
     def as_dict(self) -> dict:
         """The fields as ``pipeline.json`` holds them (no ``audio`` entry for a picture model)."""
         values = dataclasses.asdict(self)
-        if values["audio"] is None:
-            del values["audio"]
+        for key in ("audio", "upscale_from"):  # absent for the models that have none
+            if not values[key]:
+                del values[key]
         return values
 
     @property
@@ -116,8 +122,10 @@ def _check_field_types(settings: ModelSettings) -> None:
     """ValueError naming the first field of a (hand-edited) pipeline.json of the wrong type or range."""
     for field in dataclasses.fields(settings):
         value, kind = getattr(settings, field.name), type(field.default)
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{field.name} must be a positive integer, got {value!r}")
+        least = 0 if field.name == "upscale_from" else 1  # 0: not an upscaler
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            what = "a positive integer" if least else "an integer >= 0"
+            raise ValueError(f"{field.name} must be {what}, got {value!r}")
         if kind is float and (
             isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
         ):

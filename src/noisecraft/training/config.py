@@ -42,6 +42,12 @@ class ModelConfig:
     latent_scale: float = 1.0  # latents are multiplied by this (Rombach et al. 2022's scale factor)
     init: str = ""  # start from trained weights: a shipped model name or a folder with net/ ("" = fresh)
     init_new: tuple[str, ...] = ()  # names of modules model.init may lack (a grown net): they start fresh
+    # An upscaler (cascaded diffusion, model/upscale.py): the net also sees each image shrunk to this side
+    # (noised by σ up to upscale_noise) and enlarged back; upscale_base (a shipped name or a model folder)
+    # makes the low-resolution pictures at generation and is exported with it as base/. 0: not an upscaler.
+    upscale_from: int = 0
+    upscale_noise: float = 0.0
+    upscale_base: str = ""
 
 
 @dataclass
@@ -418,6 +424,7 @@ def check_ranges(c: TrainConfig) -> None:
         raise ValueError(f"optim.betas must be in [0, 1), got {list(c.optim.betas)}")
     c.sampling.options()
     _check_adapter(c)
+    _check_upscaler(c)
     if not c.sampling.prompts or not c.sampling.seeds:
         raise ValueError("sampling.prompts and sampling.seeds must not be empty")
 
@@ -449,6 +456,28 @@ def _check_adapter(c: TrainConfig) -> None:
         raise ValueError("adapter.rank must be ≥ 1, adapter.alpha ≥ 0 and adapter.targets not empty")
     if not c.model.init:
         raise ValueError("adapter.kind = 'lora' trains adapters on a frozen model: set model.init to it")
+
+
+def _check_upscaler(c: TrainConfig) -> None:
+    m = c.model
+    if not m.upscale_from:
+        if m.upscale_base or m.upscale_noise:
+            raise ValueError("model.upscale_base and model.upscale_noise need model.upscale_from")
+        return
+    inputs, outputs = m.net.get("in_channels", 3), m.net.get("out_channels", 0)
+    needs = {
+        "model.kind = 'unet'": m.kind == "unet",
+        "pixels (no model.autoencoder)": not m.autoencoder,
+        "text.kind = 'minilm' (a frozen encoder)": c.text.kind == "minilm",
+        "model.net.in_channels twice model.net.out_channels": outputs > 0 and inputs == 2 * outputs,
+        "model.upscale_base": bool(m.upscale_base),
+        "sampling.every = 0 (no previews)": c.sampling.every == 0,
+        "0 <= model.upscale_noise <= 1": 0.0 <= m.upscale_noise <= 1.0,
+        "no adapter or distillation": c.adapter.kind == "none" and not c.distill.teacher,
+    }
+    missing = [name for name, ok in needs.items() if not ok]
+    if m.upscale_from < 0 or missing:
+        raise ValueError(f"model.upscale_from = {m.upscale_from}: an upscaler needs {', '.join(missing)}")
 
 
 def resume_conflicts(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:

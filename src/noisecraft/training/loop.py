@@ -22,6 +22,7 @@ from torch.utils.data import IterableDataset
 from tqdm import tqdm
 
 from ..devices import wide_float
+from ..model.upscale import check_factor, training_input
 from .build import draw_sigma, learning_rate
 from .checkpoint import list_checkpoints
 from .config import TrainConfig
@@ -63,6 +64,10 @@ def micro_batch(t: Trainer) -> tuple[Tensor, Tensor, Tensor, object]:
         drop = (torch.rand(n, generator=t.generator) < c.text.cond_dropout)[mine]  # [b]
         captions = ["" if d else caption for caption, d in zip(captions, drop.tolist())]
         cond = captions if t.frozen_text is None else t.frozen_text(captions).to(t.device, t.dtype)
+    if c.model.upscale_from:  # an upscaler sees the image shrunk, noised and enlarged back beside x
+        factor = check_factor(x0.shape[-1], c.model.upscale_from)
+        low = training_input(x0, factor, c.model.upscale_noise, t.generator, n, mine)  # [b, C, H, W]
+        cond = cond.with_image(low)
     return x0, sigma.to(t.device, t.dtype), noise.to(t.device, t.dtype), cond
 
 

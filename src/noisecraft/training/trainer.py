@@ -22,7 +22,9 @@ from ..components import save_component
 from ..data import dataset_audio
 from ..devices import resolve_dtype
 from ..model import LatentSpace, ModelSettings, write_settings
+from ..model.folder import find_model
 from ..model.options import MODEL_DEFAULTS
+from ..model.upscale import copy_base
 from .adapter import attach_adapters, export_adapter, freeze_text_from
 from .build import (
     DiffusionObjective,
@@ -88,6 +90,8 @@ class Trainer:
             raise ValueError(
                 f"{self.out} already holds checkpoints: pass --resume to continue, or another --out"
             )
+        if config.model.upscale_base:
+            find_model(config.model.upscale_base)  # before hours of training, not at the export
         self.dist, self.device = init_distributed(config.device)
         self.dtype, self.bf16 = resolve_precision(config.precision, self.device)
         d = config.data
@@ -264,6 +268,8 @@ class Trainer:
             if self.latent.autoencoder is not None:
                 save_component(self.latent.autoencoder, folder / "autoencoder")
             write_settings(model_settings(self.config, self.out.name, image_shape), folder)
+        if c.upscale_from:  # a cascade: the model that makes the pictures it enlarges goes with it
+            copy_base(find_model(c.upscale_base), folder)
         return folder
 
     def _export_adapter(self, folder: Path) -> Path:
@@ -285,7 +291,7 @@ class Trainer:
         if size is None:
             return None
         if self.latent.autoencoder is None:
-            return net.config.in_channels, size, size
+            return getattr(net.config, "outputs", net.config.in_channels), size, size
         shape = tuple(self.batches.example().shape)  # pixels: the autoencoder sets the sample size
         return shape if len(shape) == 3 and shape[1] == shape[2] else None
 
@@ -299,7 +305,7 @@ def model_settings(config: TrainConfig, name: str, image_shape: tuple[int, ...])
     return ModelSettings(
         name=name, image_size=height, channels=channels, precond=m.precond, sigma_data=m.sigma_data,
         beta_schedule=s.beta_schedule, num_train_timesteps=s.num_train_timesteps,
-        latent_scale=m.latent_scale if m.autoencoder else 1.0,
+        latent_scale=m.latent_scale if m.autoencoder else 1.0, upscale_from=m.upscale_from,
         audio=dataset_audio(config.data.name, config.data.options),  # a sound dataset names its format
         **{key: getattr(defaults, key) for key in MODEL_DEFAULTS},
     )  # fmt: skip
