@@ -113,6 +113,18 @@ def test_stage_callbacks_pass_nothing_without_a_callback_and_enlarge_the_base_st
     assert [(s.index, s.total, s.x.shape[-1]) for s in got] == [(0, 2, 8), (1, 2, 8)]
 
 
+def test_a_cascade_saved_in_half_precision_loads_as_a_cascade(tmp_path):
+    pipe = _cascade(tmp_path / "up")
+    copy = Pipeline.load(pipe.save(tmp_path / "copy", dtype=torch.float16))
+    assert copy.base is not None and copy.base.config == pipe.base.config
+    rounded = pipe.base.net.conv_in.weight.half().float()  # the base was saved in half precision too
+    assert torch.equal(copy.base.net.conv_in.weight, rounded) and not torch.equal(
+        rounded, pipe.base.net.conv_in.weight
+    )
+    (image,) = copy.generate("a cat", seed=1, steps=2)
+    assert image.size == (16, 16)
+
+
 def test_a_cascade_refuses_an_init_image_and_a_folder_without_its_base(tmp_path):
     pipe = _cascade(tmp_path / "up")
     with pytest.raises(OptionError, match="upscaler makes pictures from text only"):

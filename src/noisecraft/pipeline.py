@@ -104,8 +104,11 @@ class Pipeline:
     # -- saving and loading -----------------------------------------------------------------
 
     def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-        """Write ``pipeline.json``, ``net/`` and (if any) ``text_encoder/`` and ``autoencoder/``."""
-        return ModelParts(self.config, self.net, self.text_encoder, self.latent).save(path, dtype)
+        """Write ``pipeline.json``, ``net/`` and (if any) ``text_encoder/``, ``autoencoder/`` and ``base/``."""
+        folder = ModelParts(self.config, self.net, self.text_encoder, self.latent).save(path, dtype)
+        if self.base is not None:
+            self.base.save(folder / BASE_FOLDER, dtype)
+        return folder
 
     @classmethod
     def load(
