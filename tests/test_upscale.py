@@ -188,3 +188,41 @@ def test_training_an_upscaler_on_a_missing_base_stops_before_it_starts(tmp_path,
     sets = [*UPSCALER_SETS, f"model.upscale_base={tmp_path / 'nowhere'}"]
     assert main(["train", "configs/emoji64.toml", "--out", str(tmp_path / "run"), "--set", *sets]) != 0
     assert "unknown model" in capsys.readouterr().err and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_server_streams_a_cascade_as_one_walk_and_returns_its_pictures(tmp_path):
+    import httpx
+    from server_helpers import decode_png, pixels, serve, sse_events
+
+    from noisecraft.server.app import create_app
+    from noisecraft.server.limits import Limits
+    from noisecraft.server.models import ModelRegistry
+
+    pipe = _cascade(tmp_path / "up")
+    body = {"prompt": "a cat", "steps": 3, "sampler": "euler", "seed": 4, "num_images": 1}
+    with (
+        serve(create_app(ModelRegistry({"up": pipe}), Limits())) as url,
+        httpx.Client(base_url=url) as client,
+    ):
+        assert client.get("/v1/models").json()[0]["image_size"] == 16
+        with client.stream("POST", "/v1/generate", json=body, timeout=60) as response:
+            events = list(sse_events(response.iter_lines()))
+        refused = client.post(
+            "/sdapi/v1/img2img", json={"prompt": "x", "init_images": [_png(16)]}, timeout=60
+        )
+    steps = [data for kind, data in events if kind == "step"]
+    assert [s["index"] for s in steps] == list(range(6)) and {s["total"] for s in steps} == {6}
+    assert decode_png(steps[0]["preview"]).size == (16, 16)  # the base model's step, enlarged
+    (made,) = events[-1][1]["images"]
+    (want,) = pipe.generate("a cat", steps=3, sampler="euler", seed=4)
+    assert np.array_equal(pixels(decode_png(made["image"])), pixels(want))
+    assert refused.status_code == 422 and "upscaler makes pictures from text only" in refused.text
+
+
+def _png(side: int) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), "white").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
