@@ -226,3 +226,16 @@ def _png(side: int) -> str:
     buffer = io.BytesIO()
     Image.new("RGB", (side, side), "white").save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_an_upscalers_card_says_what_it_enlarges():
+    from noisecraft.model_card import card_text
+    from noisecraft.training.config import to_dict
+
+    config = to_dict(load_config("configs/emoji64.toml"))
+    card = card_text("emoji64", "emoji64", {"step": 10, "config": config}, {}, "cpu")
+    assert (
+        "An upscaler (cascaded diffusion, Ho et al. 2022) that enlarges the 32-pixel pictures of `emoji`"
+        in card
+    )
+    assert "noisecraft train emoji64 --out runs/emoji64" in card

@@ -144,6 +144,13 @@ def _intro(runs: list[dict[str, Any]]) -> str:
     made = "sound (spectrograms)" if data == "tones" else "image"
     if teacher:
         return f"A text-to-{made} consistency model distilled from `{teacher}` with `noisecraft distill`"
+    model = runs[-1].get("config", {}).get("model", {})
+    if model.get("upscale_from"):
+        return (
+            "An upscaler (cascaded diffusion, Ho et al. 2022) that enlarges the "
+            f"{model['upscale_from']}-pixel pictures of `{model.get('upscale_base')}`, shipped with it in "
+            f"`base/`, trained with `noisecraft train`{_runs_phrase(runs)}"
+        )
     return f"A text-to-{made} model trained with noisecraft's own `noisecraft train`{_runs_phrase(runs)}"
 
 

@@ -104,7 +104,7 @@ class Pipeline:
     # -- saving and loading -----------------------------------------------------------------
 
     def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-        """Write ``pipeline.json``, ``net/`` and (if any) ``text_encoder/``, ``autoencoder/`` and ``base/``."""
+        """Write ``pipeline.json``, ``net/`` and any of ``text_encoder/``, ``autoencoder/``, ``base/``."""
         folder = ModelParts(self.config, self.net, self.text_encoder, self.latent).save(path, dtype)
         if self.base is not None:
             self.base.save(folder / BASE_FOLDER, dtype)
