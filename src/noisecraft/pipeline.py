@@ -512,4 +512,3 @@ def _expand(prompts: str | list[str], num_images: int) -> list[str]:
         count = len(prompts) * num_images
         raise OptionError("num_images", f"{count} images in one request; at most {MAX_IMAGES}")
     return [p for p in prompts for _ in range(num_images)]
-
