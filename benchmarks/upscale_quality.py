@@ -7,7 +7,9 @@ same seeds, so the two differ only in how the 64×64 picture is made from the 32
 Rows, each at the cascade's size against the dataset rendered at that size:
 - the cascade's pictures (the base model's, enlarged by the upscaler);
 - the base model's pictures enlarged bilinearly (what a user gets by enlarging the thumbnail);
-- the real emoji at the base size enlarged the same way (the ceiling of "enlarge a thumbnail").
+- the real emoji at the base size enlarged by the upscaler (the upscaler alone, given perfect input);
+- the real emoji at the base size enlarged bilinearly (the best any thumbnail enlarged can do);
+- the real emoji rendered at the full size (the floor: FID of n real pictures against the reference).
 Figures: FID in ``--features`` (Inception by default: the domain classifier was trained at 32×32),
 retrieval top-1/top-5 of the prompted item at the base size (the cascade's pictures shrunk back: the
 upscaler must not change what the picture shows), and the time of 4 images at the defaults, cascade
@@ -41,10 +43,18 @@ def pictures(
     gallery = torch.stack([small_data[i][0] for i in range(len(small_data))])  # [N, C, h, w]
     made = generate_images(cascade, prompts, seed=args.seed, desc="cascade")
     small = generate_images(base, prompts, seed=args.seed, desc="base")
+    real = gallery[torch.tensor(indices)]  # [n, C, h, w]
+    upscaled = torch.cat([
+        cascade.upscale(prompts[i : i + 50], real[i : i + 50], seed=args.seed + i).clamp(-1, 1)
+        for i in range(0, len(real), 50)
+    ])  # fmt: skip
+    big_data = build_dataset(args.dataset, cascade.config.image_size, None, {})
     rows = {
-        "cascade (upscaler)": made,
+        "cascade (text → base → upscaler)": made,
         "base, enlarged bilinearly": enlarge(small, factor).clamp(-1, 1),
-        "real emoji at the base size, enlarged": enlarge(gallery[torch.tensor(indices)], factor).clamp(-1, 1),
+        "real at the base size → upscaler": upscaled,
+        "real at the base size, enlarged bilinearly": enlarge(real, factor).clamp(-1, 1),
+        "real at the full size": torch.stack([big_data[i][0] for i in indices]),
     }
     return rows, torch.tensor(indices), gallery
 

@@ -81,6 +81,21 @@ def test_a_cascade_feeds_the_base_models_pictures_enlarged_to_the_upscaler(tmp_p
     assert all(torch.allclose(image[2:], expected, atol=1e-6) for image in seen)
 
 
+def test_upscaling_the_base_models_pictures_is_generating_and_other_inputs_are_refused(tmp_path):
+    pipe = _cascade(tmp_path / "up")
+    prompts = ["a cat", "a dog"]
+    low = pipe.base.sample(prompts, seed=2, steps=3)  # [2, 3, 8, 8]
+    made = pipe.upscale(prompts, low, seed=2, steps=3)
+    want = pipe.sample(prompts, seed=2, steps=3)
+    assert made.shape == (2, 3, 16, 16) and torch.allclose(made, want, atol=1e-6)
+    other = pipe.upscale(prompts, torch.zeros_like(low), seed=2, steps=3)
+    assert (other - made).abs().max() > 0.05  # the pictures given are the ones enlarged
+    with pytest.raises(ValueError, match=r"must be a tensor of shape \(2, 3, 8, 8\), got \(1, 3, 8, 8\)"):
+        pipe.upscale(prompts, low[:1], seed=2, steps=3)
+    with pytest.raises(ValueError, match="not an upscaler"):
+        pipe.base.upscale(prompts, low)
+
+
 def test_a_cascade_image_is_the_same_whatever_its_batch_and_says_what_made_it(tmp_path):
     pipe = _cascade(tmp_path / "up")
     pair = pipe.generate(["a cat", "a dog"], seed=5, steps=3)

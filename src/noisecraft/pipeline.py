@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .conditioning import Conditioning
 from .devices import Placement, resolve_placement
-from .images import METADATA_KEY, from_pil, mask_from_pil, path_field, to_pil
+from .images import METADATA_KEY, path_field, to_pil
 from .model import (
     MAX_IMAGES,
     SETTINGS_FILE,
@@ -45,7 +45,8 @@ from .model import (
 )
 from .model.adapters import Adapter, ModelAdapters, find_adapter, parse_spec, prompt_adapters
 from .model.hashing import weights_hash
-from .model.upscale import BASE_FOLDER, enlarge, stage_callbacks
+from .model.inputs import init_batch, mask_batch
+from .model.upscale import BASE_FOLDER, check_small, enlarge, stage_callbacks
 from .noise import check_seed
 from .samplers import Callback
 
@@ -225,9 +226,9 @@ class Pipeline:
         init = keep = None
         size = self.check_size(options)
         if request.mask is not None:
-            keep = 1 - self._as_mask(request.mask, len(prompts), size)  # [B, 1, H, W], 1 where kept
+            keep = 1 - mask_batch(request.mask, len(prompts), size)  # [B, 1, H, W], 1 where kept
         if request.init is not None:
-            init = self._as_batch(request.init, len(prompts), size)
+            init = init_batch(request.init, len(prompts), self.config.channels, size)
         controls = self.controls(request.controls, options)
         with self.placement.context():  # autocast in half precision, an SDPA kernel if one is forced
             x = self._sample(
@@ -320,6 +321,17 @@ class Pipeline:
         with self.placement.context():
             return self._sample(prompts, negative_prompt, resolved, callback, init, keep, None, made)
 
+    def upscale(
+        self, prompts: list[str], low: Tensor, negative_prompt: str | None = None, **options: Any
+    ) -> Tensor:
+        """An upscaler's pictures [B, C, H, W] in [-1, 1] from given small ones [B, C, H/f, W/f] (one per
+        prompt; e.g. real ones, to measure the upscaler alone); ``options`` as in ``generate``."""
+        if not self.config.upscale_from:
+            raise ValueError(f"{self.config.name} is not an upscaler: it has no upscale_from")
+        resolved = SamplingOptions(**options).resolve(self.config)
+        with self.placement.context():
+            return self._sample(list(prompts), negative_prompt, resolved, None, None, None, low=low)
+
     def encode(self, prompts: list[str]) -> Conditioning | None:
         """The text encoder's Conditioning for ``prompts`` (None for an unconditional model)."""
         return encode_prompts(self.text_encoder, prompts)
@@ -342,9 +354,10 @@ class Pipeline:
         keep: Tensor | None,
         max_evaluations: int | None = None,
         controls: list | None = None,
+        low: Tensor | None = None,
     ) -> Tensor:
         """Pixels [B, C, H, W] from resolved options; init [B, C, H, W] and keep [B, 1, H, W] in pixels;
-        run inside ``self.placement.context()``."""
+        run inside ``self.placement.context()``; ``low``: an upscaler's small pictures (else its base's)."""
         check_seed(options.seed, len(prompts))
         place = self.placement
         init, keep = (None if t is None else t.to(place.device, place.state_dtype) for t in (init, keep))
@@ -353,8 +366,13 @@ class Pipeline:
         uncond = self.encode_negative(negative) if cond is not None and options.guidance != 1.0 else None
         seeds = range(options.seed, options.seed + len(prompts))
         start, latent_keep = init, None if keep is None else self._latent_mask(keep, shape)
-        if self.config.upscale_from:  # the base model's pictures, enlarged, beside x (Ho et al. 2022)
-            low, callback = self._base_pictures(prompts, negative, options, callback, max_evaluations)
+        if self.config.upscale_from:  # the small pictures, enlarged, beside x (Ho et al. 2022)
+            if low is None:
+                low, callback = self._base_pictures(prompts, negative, options, callback, max_evaluations)
+            else:
+                f = self.upscale_factor
+                small = (len(prompts), self.config.channels, options.height // f, options.width // f)
+                low = enlarge(check_small(low, small).to(place.device, place.state_dtype), f)
             cond, uncond = (None if c is None else c.with_image(low) for c in (cond, uncond))
         if self.inpainting_net:  # told what to keep, the network repaints from pure noise by itself
             image = self._inpainting_inputs(len(prompts), shape, options, init, keep)  # [B, 5, h, w]
@@ -384,12 +402,17 @@ class Pipeline:
         options at 1/factor the size, enlarged; and the callback for the upscaler's own steps."""
         if self.base is None:
             raise ValueError("this upscaler has no base model: load it from a folder with base/")
-        factor = self.config.image_size // self.config.upscale_from
+        factor = self.upscale_factor
         small = dataclasses.replace(options, width=options.width // factor, height=options.height // factor)
         self.base.check_size(small)
         first, then = stage_callbacks(callback, factor)
         low = self.base._sample(prompts, negative, small, first, None, None, max_evaluations)
         return enlarge(low, factor), then
+
+    @property
+    def upscale_factor(self) -> int:
+        """How many times larger an upscaler's pictures are than those it enlarges (1: not an upscaler)."""
+        return self.config.image_size // self.config.upscale_from if self.config.upscale_from else 1
 
     @property
     def inpainting_net(self) -> bool:
@@ -445,28 +468,6 @@ class Pipeline:
         c = self.config
         factor = c.image_size // self.latent.sample_shape(c.image_shape)[-1]
         return factor * int(getattr(self.net.config, "downsampling", 1))
-
-    def _as_batch(self, image: Image.Image | Tensor, batch: int, size: tuple[int, int]) -> Tensor:
-        """An init image (PIL or [C, H, W] / [1, C, H, W] tensor in [-1, 1]) as [B, C, H, W]."""
-        shape = (self.config.channels, size[1], size[0])  # (C, H, W) from (width, height)
-        if isinstance(image, Image.Image):
-            image = from_pil(image, shape[0], size)
-        if not isinstance(image, Tensor) or image.ndim not in (3, 4):
-            raise ValueError("the init image must be a PIL image or a [C, H, W] tensor")
-        image = image[None] if image.ndim == 3 else image
-        if tuple(image.shape[1:]) != shape:
-            raise ValueError(f"init image has shape {tuple(image.shape[1:])}, the request makes {shape}")
-        return image.float().expand(batch, *shape)
-
-    def _as_mask(self, mask: Image.Image | Tensor, batch: int, size: tuple[int, int]) -> Tensor:
-        """A mask (PIL of any size, white = repaint; or a tensor in [0, 1]) as [B, 1, H, W] in {0, 1}."""
-        width, height = size
-        if isinstance(mask, Image.Image):
-            mask = mask_from_pil(mask, size)  # resized to the request's size here, for every caller
-        if not isinstance(mask, Tensor) or tuple(mask.shape[-2:]) != (height, width):
-            shown = "×".join(map(str, mask.shape[-2:][::-1])) if isinstance(mask, Tensor) else "not an image"
-            raise ValueError(f"mask is {shown}: it must be a {width}×{height} image or tensor")
-        return (mask.reshape(-1, 1, height, width) > 0.5).float().expand(batch, 1, height, width)
 
     def _finish(
         self, x: Tensor, prompts: list[str], negative: str | None, options: SamplingOptions, mode: str

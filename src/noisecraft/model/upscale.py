@@ -39,6 +39,14 @@ def enlarge(low: Tensor, factor: int) -> Tensor:
     return F.interpolate(low, scale_factor=factor, mode="bilinear", align_corners=False)
 
 
+def check_small(low: object, shape: tuple[int, ...]) -> Tensor:
+    """Given small pictures to enlarge, checked to be a tensor of ``shape`` [B, C, h, w]."""
+    if not isinstance(low, Tensor) or tuple(low.shape) != tuple(shape):
+        got = tuple(low.shape) if isinstance(low, Tensor) else type(low).__name__
+        raise ValueError(f"the pictures to enlarge must be a tensor of shape {tuple(shape)}, got {got}")
+    return low
+
+
 def training_input(
     x0: Tensor, factor: int, noise: float, generator: torch.Generator, batch: int, mine: slice
 ) -> Tensor:
