@@ -28,7 +28,6 @@ from .conditioning import Conditioning
 from .devices import Placement, resolve_placement
 from .images import METADATA_KEY, path_field, to_pil
 from .model import (
-    MAX_IMAGES,
     SETTINGS_FILE,
     SHIPPED_DIR,
     ControlSpec,
@@ -43,9 +42,16 @@ from .model import (
     sample,
     shipped_models,
 )
-from .model.adapters import Adapter, ModelAdapters, find_adapter, parse_spec, prompt_adapters
+from .model.adapters import (
+    Adapter,
+    ModelAdapters,
+    adapter_record,
+    find_adapter,
+    parse_spec,
+    prompt_adapters,
+)
 from .model.hashing import weights_hash
-from .model.inputs import init_batch, mask_batch
+from .model.inputs import expand_prompts, init_batch, mask_batch
 from .model.upscale import BASE_FOLDER, check_small, enlarge, stage_callbacks
 from .noise import check_seed
 from .samplers import Callback
@@ -220,7 +226,7 @@ class Pipeline:
         if self.config.upscale_from and (request.init is not None or request.controls):
             refused = "an upscaler makes pictures from text only: no init image, mask or control"
             raise OptionError("init", refused)
-        asked = _expand(request.prompts, request.num_images)
+        asked = expand_prompts(request.prompts, request.num_images)
         prompts, negative, adapters = self._prompt_loras(asked, request.negative_prompt)
         self._apply_adapters(adapters)
         init = keep = None
@@ -237,7 +243,7 @@ class Pipeline:
         mode = "inpaint" if keep is not None else "img2img" if init is not None else "generate"
         images = self._finish(x, asked, request.negative_prompt, options, mode)
         for image in images:
-            image.info[METADATA_KEY].update(_adapter_record(self.loras, adapters))
+            image.info[METADATA_KEY].update(adapter_record(self.loras, adapters))
             if request.controls:
                 image.info[METADATA_KEY]["controls"] = [spec.metadata() for spec in request.controls]
         return images
@@ -489,27 +495,3 @@ class Pipeline:
                 **extra,
             }
         return images
-
-
-def _adapter_record(own: list[tuple[Adapter, float]], applied: list[tuple[Adapter, float]]) -> dict[str, Any]:
-    """PNG metadata of the adapters: those added to the pipeline (by name and scale: the prompt's own
-    tags stay in the prompt), and every applied file's short hash, as A1111 records them."""
-    record: dict[str, Any] = {}
-    if own:
-        record["loras"] = [{"name": a.name, "scale": s} for a, s in own]
-    if applied:
-        record["lora_hashes"] = {a.name: a.short_hash for a, _ in applied}
-    return record
-
-
-def _expand(prompts: str | list[str], num_images: int) -> list[str]:
-    """Each prompt repeated ``num_images`` times, checked."""
-    prompts = [prompts] if isinstance(prompts, str) else prompts
-    if not isinstance(prompts, list | tuple) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ValueError("prompts must be a string or a non-empty list of strings")
-    if isinstance(num_images, bool) or int(num_images) != num_images or num_images < 1:
-        raise ValueError(f"num_images must be a positive integer, got {num_images}")
-    if len(prompts) * num_images > MAX_IMAGES:
-        count = len(prompts) * num_images
-        raise OptionError("num_images", f"{count} images in one request; at most {MAX_IMAGES}")
-    return [p for p in prompts for _ in range(num_images)]

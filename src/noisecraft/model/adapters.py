@@ -15,6 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -133,3 +134,14 @@ def save_adapter(
     if not updates:
         raise AdapterError("the network carries no LoRA layers to save")
     return write_lora(Path(path), updates, style, record)
+
+
+def adapter_record(own: list[tuple[Adapter, float]], applied: list[tuple[Adapter, float]]) -> dict[str, Any]:
+    """PNG metadata of the adapters: those added to the pipeline (by name and scale: the prompt's own
+    tags stay in the prompt), and every applied file's short hash, as A1111 records them."""
+    record: dict[str, Any] = {}
+    if own:
+        record["loras"] = [{"name": a.name, "scale": s} for a, s in own]
+    if applied:
+        record["lora_hashes"] = {a.name: a.short_hash for a, _ in applied}
+    return record

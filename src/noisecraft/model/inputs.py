@@ -1,4 +1,5 @@
-"""A request's pictures as batches: the init image of image-to-image and the mask of inpainting."""
+"""A request's inputs as batches: its prompts, the init image of image-to-image and the mask of
+inpainting."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from PIL import Image
 from torch import Tensor
 
 from ..images import from_pil, mask_from_pil
+from .options import OptionError
+from .settings import MAX_IMAGES
 
 
 def init_batch(image: Image.Image | Tensor, batch: int, channels: int, size: tuple[int, int]) -> Tensor:
@@ -30,3 +33,16 @@ def mask_batch(mask: Image.Image | Tensor, batch: int, size: tuple[int, int]) ->
         shown = "×".join(map(str, mask.shape[-2:][::-1])) if isinstance(mask, Tensor) else "not an image"
         raise ValueError(f"mask is {shown}: it must be a {width}×{height} image or tensor")
     return (mask.reshape(-1, 1, height, width) > 0.5).float().expand(batch, 1, height, width)
+
+
+def expand_prompts(prompts: str | list[str], num_images: int) -> list[str]:
+    """Each prompt repeated ``num_images`` times, checked."""
+    prompts = [prompts] if isinstance(prompts, str) else prompts
+    if not isinstance(prompts, list | tuple) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be a string or a non-empty list of strings")
+    if isinstance(num_images, bool) or int(num_images) != num_images or num_images < 1:
+        raise ValueError(f"num_images must be a positive integer, got {num_images}")
+    if len(prompts) * num_images > MAX_IMAGES:
+        count = len(prompts) * num_images
+        raise OptionError("num_images", f"{count} images in one request; at most {MAX_IMAGES}")
+    return [p for p in prompts for _ in range(num_images)]
