@@ -466,6 +466,7 @@ def _check_upscaler(c: TrainConfig) -> None:
         return
     inputs, outputs = m.net.get("in_channels", 3), m.net.get("out_channels", 0)
     needs = {
+        "a positive model.upscale_from": m.upscale_from > 0,
         "model.kind = 'unet'": m.kind == "unet",
         "pixels (no model.autoencoder)": not m.autoencoder,
         "text.kind = 'minilm' (a frozen encoder)": c.text.kind == "minilm",
@@ -476,7 +477,7 @@ def _check_upscaler(c: TrainConfig) -> None:
         "no adapter or distillation": c.adapter.kind == "none" and not c.distill.teacher,
     }
     missing = [name for name, ok in needs.items() if not ok]
-    if m.upscale_from < 0 or missing:
+    if missing:
         raise ValueError(f"model.upscale_from = {m.upscale_from}: an upscaler needs {', '.join(missing)}")
 
 
