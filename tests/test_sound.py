@@ -251,6 +251,16 @@ def test_native_api_returns_wavs_and_coloured_previews():
     assert decode_png(out["image"]).mode == "RGB"  # the spectrogram picture
 
 
+def test_explain_sound_draws_its_clip_as_the_shipped_model_hears():
+    from noisecraft.explain import shipped_tones
+    from noisecraft.model import find_model
+
+    clips = shipped_tones(3)
+    assert clips.audio == read_settings(find_model("tones")).audio  # its axis, not the default HTK one
+    assert clips.audio != TonesDataset(length=1).audio
+    assert clips.notes == "semitones" and clips.seed == 3
+
+
 def test_explain_sound_draws_the_forward_process(tmp_path, capsys):
     assert main(["explain", "--sound", "--seed", "1", "--out", str(tmp_path)]) == 0
     assert "the clip: " in capsys.readouterr().err

@@ -69,12 +69,11 @@ FORWARD_SIGMAS = [0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5, 3.0, 10.0, 80.0]
 
 
 def _explain_sound(seed: int, out: str) -> list:
-    from .data.tones import TonesDataset
-    from .explain import forward_sound
+    from .explain import forward_sound, shipped_tones
     from .images import save_png
     from .sound_files import save_wav
 
-    clips = TonesDataset(length=1, seed=seed)
+    clips = shipped_tones(seed)
     print(f"the clip: {clips.clip_and_caption(0)[1]}", file=sys.stderr)
     strip, heard = forward_sound(clips.waveform(0), FORWARD_SIGMAS, seed, clips.audio)
     png = save_png(strip, f"{out}/forward-sound.png")

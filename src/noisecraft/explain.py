@@ -18,11 +18,13 @@ from PIL import Image  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from .audio import SPECTROGRAM, SpectrogramFormat, image_to_waveform, waveform_to_image  # noqa: E402
+from .data.tones import TonesDataset  # noqa: E402
 from .data.toy2d import toy_mixture  # noqa: E402
 from .denoisers import score  # noqa: E402
 from .images import step_strip, to_pil  # noqa: E402
 from .mixture import GaussianMixtureDenoiser  # noqa: E402
 from .model import SamplingOptions, sample  # noqa: E402
+from .model.folder import find_model, training_data  # noqa: E402
 from .samplers import Step  # noqa: E402
 from .schedules import add_noise  # noqa: E402
 from .sound_files import colourise  # noqa: E402
@@ -149,6 +151,14 @@ def forward_sound(
     gap = torch.zeros(fmt.sample_rate // 5)  # 0.2 s of silence between clips
     clips = [torch.cat([image_to_waveform(frame, seed, fmt)[0], gap]) for frame in frames]
     return strip, torch.cat(clips)
+
+
+def shipped_tones(seed: int) -> TonesDataset:
+    """One tones clip drawn by ``seed`` as the shipped ``tones`` model hears sounds: its frequency axis
+    and notes, read from the data options its ``training.json`` records."""
+    options = (training_data(find_model("tones")) or {}).get("options", {})
+    heard = {key: options[key] for key in ("f_min", "mel_break_hz", "notes") if key in options}
+    return TonesDataset(length=1, seed=seed, **heard)
 
 
 def explain_toy2d(out_dir: str | Path, config: ExplainConfig | None = None) -> list[Path]:

@@ -26,9 +26,9 @@ from torch.utils.data import IterableDataset
 from tqdm.auto import tqdm
 
 from ..data.emoji_captions import paraphrases
-from ..formats.architecture import read_json_object
 from ..likelihood import PRIOR_SIGMA_MAX, image_bits_per_dim
 from ..model import SamplingOptions
+from ..model.folder import TRAINING_FILE, training_data
 from ..noise import check_seed
 from ..pipeline import Pipeline
 from . import ADHERENCE_DATASETS, IMAGE_DATASETS, METRICS
@@ -58,12 +58,10 @@ def model_dataset(pipeline: Pipeline) -> str:
     """The dataset a model was trained on, read from the ``training.json`` of its folder (what
     ``noisecraft train`` exports and shipped models keep); ValueError when it names none eval knows."""
     folder = pipeline.origin if pipeline.origin is not None and pipeline.origin.is_dir() else None
-    record = read_json_object(folder / "training.json") if folder is not None else None
-    data = (record or {}).get("config", {})
-    data = data.get("data", {}) if isinstance(data, dict) else {}
-    name = data.get("name") if isinstance(data, dict) else None
+    data = training_data(folder) if folder is not None else None
+    name = (data or {}).get("name")
     if name not in IMAGE_DATASETS:
-        where = f"{folder}/training.json" if record is not None else f"model {pipeline.config.name!r}"
+        where = f"{folder}/{TRAINING_FILE}" if data is not None else f"model {pipeline.config.name!r}"
         raise ValueError(
             f"{where} names no dataset eval knows (found {name!r}); give --dataset, one of "
             + ", ".join(IMAGE_DATASETS)

@@ -12,11 +12,13 @@ import torch
 from torch import nn
 
 from ..components import ComponentError, config_from_dict, load_component, save_component
+from ..formats.architecture import read_json_object
 from .latent import LatentSpace
 from .settings import ModelSettings
 
 SHIPPED_DIR = Path(__file__).parent.parent / "models"
 SETTINGS_FILE = "pipeline.json"
+TRAINING_FILE = "training.json"
 
 
 def shipped_models() -> list[str]:
@@ -87,6 +89,18 @@ def read_settings(folder: Path) -> ModelSettings:
         raise ComponentError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
     except ValueError as err:  # a field of the wrong type or out of range
         raise ComponentError(f"{path}: {err}") from None
+
+
+def training_data(folder: Path) -> dict | None:
+    """The ``data`` table of the recipe a model folder was trained with (from its ``training.json``):
+    {} when the record names none, None when there is no record."""
+    path = folder / TRAINING_FILE
+    record = read_json_object(path) if path.is_file() else None
+    if record is None:
+        return None
+    data = record.get("config", {})
+    data = data.get("data", {}) if isinstance(data, dict) else {}
+    return data if isinstance(data, dict) else {}
 
 
 def write_settings(settings: ModelSettings, folder: Path) -> Path:
