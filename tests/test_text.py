@@ -194,6 +194,36 @@ def test_minilm_is_frozen_and_saves_no_weights(minilm, tmp_path):
     assert_same(loaded(["a red apple", "a dog"]), cond)
 
 
+def test_a_minilm_adapter_starts_as_the_frozen_model_trains_and_saves_alone(minilm, tmp_path):
+    from noisecraft.text import MiniLMTextEncoderConfig
+
+    prompts = ["a red apple", "an old alarm clock"]
+    adapted = MiniLMTextEncoder(MiniLMTextEncoderConfig(max_length=77, lora_rank=4))
+    with torch.no_grad():
+        assert_same(adapted(prompts), minilm(prompts))  # B = 0: a fresh adapter changes nothing
+    state = adapted.state_dict()
+    assert len(state) == 2 * 36 and all(k.startswith("adapter.") for k in state)  # 6 layers × 6 linears
+    linears = [m for m in minilm.hf_model.encoder.modules() if isinstance(m, torch.nn.Linear)]
+    widths = sum(m.in_features + m.out_features for m in linears)
+    assert sum(p.numel() for p in adapted.parameters()) == 4 * widths  # rank 4: A [4, in], B [out, 4]
+    cond = adapted(prompts)
+    (cond.tokens.square().sum() + cond.pooled.sum()).backward()
+    assert all(p.grad is not None for p in adapted.parameters())  # the branches train...
+    own = {id(p) for p in adapted.parameters()}
+    assert not any(p.requires_grad for p in adapted.hf_model.parameters() if id(p) not in own)
+    with torch.no_grad():
+        for p in adapted.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    changed = adapted(prompts)
+    assert (changed.tokens - minilm(prompts).tokens).abs().max() > 1e-3  # ...and change what is heard
+    save_component(adapted, tmp_path / "adapted")
+    assert load_file(tmp_path / "adapted" / WEIGHTS_FILE).keys() == state.keys()  # the branches alone
+    with torch.no_grad():
+        assert_same(load_component(tmp_path / "adapted")(prompts), adapted(prompts))
+    with pytest.raises(ValueError, match="lora_rank must be in"):
+        MiniLMTextEncoderConfig(lora_rank=-1)
+
+
 def test_minilm_loads_without_a_progress_bar_and_restores_the_setting(capfd):
     from transformers.utils import logging
 

@@ -74,10 +74,16 @@ class FrozenHFTextEncoder(nn.Module):
         real = mask[..., None].to(hidden.dtype)  # [B, L, 1]
         return (hidden * real).sum(1) / real.sum(1).clamp(min=1)
 
-    @torch.no_grad()  # no_grad, not inference_mode: the outputs must be usable in a training graph
+    @property
+    def trainable(self) -> bool:
+        """Whether any of this module's own parameters (an adapter's; never the hidden model's) train."""
+        return any(p.requires_grad for p in self.parameters())
+
     def forward(self, prompts: list[str]) -> Conditioning:
         ids, mask = self.tokenize(prompts)
-        outputs = self.hf_model(input_ids=ids, attention_mask=mask.long())
+        # no_grad, not inference_mode, when nothing trains: the outputs must be usable in a training graph
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable):
+            outputs = self.hf_model(input_ids=ids, attention_mask=mask.long())
         hidden = outputs.last_hidden_state  # [B, L, D]
         tokens = hidden * mask[..., None].to(hidden.dtype)  # zeroed padding, as Conditioning.cat pads
         return Conditioning(tokens, mask, self.pool(hidden, mask, outputs))

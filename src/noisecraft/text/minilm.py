@@ -3,6 +3,11 @@
 Nothing is downloaded: transformers loads the package's folder with ``local_files_only=True``. Per-token
 states are BERT's last hidden layer (384-d); the pooled vector is their mean over real tokens, the
 pooling sentence-transformers uses for this model (without its final L2 normalisation).
+
+With ``lora_rank`` > 0 every linear layer of its six transformer layers gets a low-rank branch (LoRA,
+Hu et al. 2021) that trains while the packaged weights stay frozen: a saved encoder is then its
+config plus those branches alone (≈ 0.3 M numbers at rank 8), and a fresh one encodes exactly as the
+frozen model does (B = 0).
 """
 
 from __future__ import annotations
@@ -10,19 +15,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from ..components import register_component
 from .hf import FrozenHFTextEncoder, quiet_loading
 
 CONTEXT = 512  # BERT's position table
+MAX_LORA_RANK = 64
 
 
 @dataclass
 class MiniLMTextEncoderConfig:
     max_length: int = 77  # tokens incl. [CLS] and [SEP]; sentence-transformers trained with 256
+    lora_rank: int = 0  # > 0: trainable low-rank branches on the transformer's linears (0 = frozen)
+    lora_alpha: float = 0.0  # the branches are scaled by alpha / rank; 0: alpha = rank (scale 1)
 
     def __post_init__(self) -> None:
         if not 3 <= self.max_length <= CONTEXT:
             raise ValueError(f"max_length must be in [3, {CONTEXT}] for MiniLM, got {self.max_length}")
+        if not 0 <= self.lora_rank <= MAX_LORA_RANK or self.lora_alpha < 0:
+            raise ValueError(
+                f"lora_rank must be in [0, {MAX_LORA_RANK}] and lora_alpha ≥ 0 for MiniLM, "
+                f"got {self.lora_rank}, {self.lora_alpha}"
+            )
 
 
 def minilm_folder() -> Path:
@@ -55,3 +70,20 @@ class MiniLMTextEncoder(FrozenHFTextEncoder):
         with quiet_loading():
             model = AutoModel.from_pretrained(folder, local_files_only=True)
         self._set_model(model, tokenizer, self.config.max_length)
+        if self.config.lora_rank:
+            self._attach_adapter(model)
+
+    def _attach_adapter(self, model: nn.Module) -> None:
+        """Wrap each linear of the transformer layers in a LoraLayer; register only its A and B here,
+        so that they (and not the frozen weights) are this module's parameters and state."""
+        from ..nets.lora import attach
+
+        names = [name for name, sub in model.encoder.named_modules() if isinstance(sub, nn.Linear)]
+        rank = self.config.lora_rank
+        layers = attach(model.encoder, names, rank, self.config.lora_alpha or float(rank))
+        self.adapter = nn.ModuleDict(
+            {
+                name.replace(".", "_"): nn.ModuleDict({"down": la.down, "up": la.up})
+                for name, la in layers.items()
+            }
+        )

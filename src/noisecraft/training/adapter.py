@@ -24,19 +24,28 @@ def attach_adapters(net: nn.Module, adapter: AdapterConfig) -> int:
     return sum(p.numel() for _, layer in lora_layers(net) for p in (layer.down.weight, layer.up.weight))
 
 
-def freeze_text_from(text_encoder: nn.Module | None, source: str) -> None:
-    """A trainable text encoder takes the frozen base model's weights (``model.init``'s text_encoder/)
-    and stops training: the adapter is made for the base model as it will run."""
+def text_from(text_encoder: nn.Module | None, source: str) -> None:
+    """A trainable text encoder takes the base model's weights (``model.init``'s text_encoder/); one
+    saved without weights of its own (MiniLM as packaged) leaves a fresh adapter as it is."""
     if text_encoder is None:
         return
     folder = init_folder(source) / "text_encoder"
-    if folder.is_dir():
-        saved = load_component(folder)
-        try:
-            text_encoder.load_state_dict(saved.state_dict())
-        except RuntimeError as err:
-            raise ValueError(f"model.init: {folder} does not fit text.encoder ({err})") from None
-    text_encoder.requires_grad_(False)
+    if not folder.is_dir():
+        return
+    saved = load_component(folder)
+    if not saved.state_dict() and type(saved) is type(text_encoder):
+        return
+    try:
+        text_encoder.load_state_dict(saved.state_dict())
+    except RuntimeError as err:
+        raise ValueError(f"model.init: {folder} does not fit text.encoder ({err})") from None
+
+
+def freeze_text_from(text_encoder: nn.Module | None, source: str) -> None:
+    """The base model's text encoder, frozen: an adapter is made for the base model as it will run."""
+    text_from(text_encoder, source)
+    if text_encoder is not None:
+        text_encoder.requires_grad_(False)
 
 
 def export_adapter(

@@ -103,8 +103,9 @@ def build_denoiser(net: nn.Module, config: TrainConfig) -> nn.Module:
 def build_text_encoder(
     config: TrainConfig, captions: list[str] = ()
 ) -> tuple[nn.Module | None, TextEncoderFn | None]:
-    """(trainable encoder, frozen encoder function): the builtin trains along; MiniLM is frozen, and
-    each caption (the dataset's known ``captions`` up front, others on first use) is encoded once."""
+    """(trainable encoder, frozen encoder function): the builtin, and MiniLM with an adapter, train along;
+    MiniLM alone is frozen, and each caption (the dataset's known ``captions`` up front, others on
+    first use) is encoded once."""
     kind = config.text.kind
     if kind == "none":
         return None, None
@@ -122,6 +123,8 @@ def build_text_encoder(
     from ..text import CachedTextEncoder
 
     encoder = MiniLMTextEncoder(from_dict(MiniLMTextEncoderConfig, config.text.encoder, "text.encoder"))
+    if encoder.trainable:  # an adapter: encoded afresh every step, as the builtin one
+        return encoder, None
     return None, CachedTextEncoder(encoder, list(captions), fallback=True)
 
 

@@ -48,11 +48,15 @@ class ModelConfig:
     upscale_from: int = 0
     upscale_noise: float = 0.0
     upscale_base: str = ""
+    # Train only the text encoder (a builtin one, or MiniLM's low-rank branches: text.encoder.lora_rank)
+    # against model.init's network, frozen: what the network draws stays, what it hears changes.
+    frozen_net: bool = False
 
 
 @dataclass
 class TextConfig:
-    kind: Literal["none", "builtin", "minilm"] = "none"  # builtin trains along; minilm is frozen, cached
+    # builtin trains along; minilm is frozen and cached unless text.encoder.lora_rank > 0 (then it trains)
+    kind: Literal["none", "builtin", "minilm"] = "none"
     encoder: dict[str, Any] = field(default_factory=dict)  # fields of the encoder's config dataclass
     cond_dropout: float = 0.1  # P(caption → "") per example, so the model learns guidance's u
 
@@ -425,6 +429,7 @@ def check_ranges(c: TrainConfig) -> None:
     c.sampling.options()
     _check_adapter(c)
     _check_upscaler(c)
+    _check_frozen_net(c)
     if not c.sampling.prompts or not c.sampling.seeds:
         raise ValueError("sampling.prompts and sampling.seeds must not be empty")
 
@@ -458,6 +463,28 @@ def _check_adapter(c: TrainConfig) -> None:
         raise ValueError("adapter.kind = 'lora' trains adapters on a frozen model: set model.init to it")
 
 
+def text_trains(c: TrainConfig) -> bool:
+    """Whether the text encoder has weights that train: the builtin one, or MiniLM with an adapter."""
+    return c.text.kind == "builtin" or (c.text.kind == "minilm" and bool(c.text.encoder.get("lora_rank")))
+
+
+def _check_frozen_net(c: TrainConfig) -> None:
+    if not c.model.frozen_net:
+        return
+    needs = {
+        "model.init (the network to keep)": bool(c.model.init),
+        "a text encoder that trains (text.kind = 'builtin', or 'minilm' with text.encoder.lora_rank > 0)": (
+            text_trains(c)
+        ),
+        "no adapter, distillation or upscaler": (
+            c.adapter.kind == "none" and not c.distill.teacher and not c.model.upscale_from
+        ),
+    }
+    missing = [name for name, ok in needs.items() if not ok]
+    if missing:
+        raise ValueError(f"model.frozen_net trains the text encoder alone: it needs {', '.join(missing)}")
+
+
 def _check_upscaler(c: TrainConfig) -> None:
     m = c.model
     if not m.upscale_from:
@@ -469,7 +496,7 @@ def _check_upscaler(c: TrainConfig) -> None:
         "a positive model.upscale_from": m.upscale_from > 0,
         "model.kind = 'unet'": m.kind == "unet",
         "pixels (no model.autoencoder)": not m.autoencoder,
-        "text.kind = 'minilm' (a frozen encoder)": c.text.kind == "minilm",
+        "text.kind = 'minilm' (a frozen encoder)": c.text.kind == "minilm" and not text_trains(c),
         "model.net.in_channels twice model.net.out_channels": outputs > 0 and inputs == 2 * outputs,
         "model.upscale_base": bool(m.upscale_base),
         "sampling.every = 0 (no previews)": c.sampling.every == 0,

@@ -25,7 +25,7 @@ from ..model import LatentSpace, ModelSettings, write_settings
 from ..model.folder import find_model
 from ..model.options import MODEL_DEFAULTS
 from ..model.upscale import copy_base
-from .adapter import attach_adapters, export_adapter, freeze_text_from
+from .adapter import attach_adapters, export_adapter, freeze_text_from, text_from
 from .build import (
     DiffusionObjective,
     build_denoiser,
@@ -145,6 +145,10 @@ class Trainer:
         if c.model.init and fresh:  # before the EMA copy is taken, so the average starts from it too
             init_from(net, c.model.init, c.model.init_new)
             self.parent = parent_record(c.model.init)
+        if c.model.frozen_net:  # only the text encoder trains; a resumed run's comes from its checkpoint
+            net.requires_grad_(False)
+            if fresh:
+                text_from(trainable_text, c.model.init)
         if c.adapter.kind == "lora":  # only the adapters train; a resumed run's come from its checkpoint
             attach_adapters(net, c.adapter)
             if fresh:  # a resumed run's encoder comes from its checkpoint
