@@ -9,7 +9,7 @@ import torch
 
 from noisecraft.audio import CLIP_SAMPLES, image_to_waveform, mel_filters, waveform_to_image
 from noisecraft.data import make_dataset
-from noisecraft.data.tones import HELDOUT, KINDS, NOTE_SETS, PITCHES, Clip, Part, TonesDataset
+from noisecraft.data.tones import HELDOUT, KINDS, NOTE_SETS, PITCH_TOPS, PITCHES, Clip, Part, TonesDataset
 from noisecraft.data.tones_oracle import fact_checks, matches, parse_caption, read_clip
 
 N = 200
@@ -101,6 +101,18 @@ def test_semitone_notes_keep_the_registers_and_the_oracle_reads_them():
     assert not all(torch.equal(four.waveform(i), semi.waveform(i)) for i in range(10))
     with pytest.raises(ValueError, match="notes"):
         TonesDataset(notes="octaves")
+
+
+def test_chromatic_notes_fill_each_register_up_to_the_oracles_boundaries():
+    """notes="chromatic": every semitone of a register, the registers meeting at PITCH_TOPS (E5 aside);
+    the oracle reads every fact of every real render, plucks near the boundaries included."""
+    notes = NOTE_SETS["chromatic"]
+    assert max(notes["low"]) < PITCH_TOPS["low"] < min(notes["mid"]) < 1.06 * PITCH_TOPS["low"]
+    assert max(notes["mid"]) < PITCH_TOPS["mid"] < min(notes["high"])
+    assert len(notes["mid"]) == 12 and len(notes["high"]) == 8
+    clips = TonesDataset(length=120, seed=9, notes="chromatic")
+    assert all(matches(clips.waveform(i), clips.clip_and_caption(i)[1]) for i in range(120))
+    assert clips.cache_params() != TonesDataset(length=120, seed=9, notes="semitones").cache_params()
 
 
 def test_spectrogram_round_trip_keeps_the_facts(rendered):

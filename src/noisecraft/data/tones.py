@@ -40,11 +40,19 @@ PITCHES: dict[str, tuple[float, ...]] = {
 # the high one (nine, nine and six notes instead of four each), so a timbre is heard at more places on
 # the frequency axis; the registers and their words stay. (Above C6 a square wave's third harmonic
 # lies in the spectrogram's top bands, where Griffin-Lim loses it.)
+# ``notes="chromatic"``: every semitone from G3 to C6 but E5, the registers meeting where the oracle divides
+# them (PITCH_TOPS, midway between D♯ and E): low G3-D♯4, mid E4-D♯5, high F5-C6. A timbre heard in the
+# middle register then reaches to a semitone or two from either neighbour instead of four. (E5 is left out:
+# a Karplus-Strong string there, its delay rounded to whole samples, sounds at 640 Hz, on the boundary.)
 NOTE_SETS: dict[str, dict[str, tuple[float, ...]]] = {
     "four": PITCHES,
     "semitones": {
         name: tuple(g * 2 ** (k / 12) for k in range(n))
         for name, g, n in (("low", 196.0, 9), ("mid", 392.0, 9), ("high", 784.0, 6))
+    },
+    "chromatic": {
+        name: tuple(196.0 * 2 ** (k / 12) for k in range(first, last + 1))
+        for name, first, last in (("low", 0, 8), ("mid", 9, 20), ("high", 22, 29))
     },
 }
 PITCH_TOPS = {"low": 320.0, "mid": 640.0}  # Hz: a root below this is in the register (above both: high)
