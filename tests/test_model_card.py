@@ -50,6 +50,17 @@ def test_card_names_the_builtin_encoders_tokens(encoder, said):
     assert said in card and "CC BY-SA 3.0" in card
 
 
+@pytest.mark.parametrize(
+    ("encoder", "said"), [({}, "), frozen, from"), ({"lora_rank": 8}, "low-rank branches")]
+)
+def test_card_says_whether_minilm_has_trained_branches(encoder, said):
+    from noisecraft.model_card import card_text
+
+    text = {"kind": "minilm", "encoder": encoder}
+    training = {"step": 1, "config": {"data": {"name": "emoji"}, "text": text}}
+    assert said in card_text("emoji", "emoji32", training, {}, "cpu")
+
+
 def test_card_of_a_model_trained_in_several_runs_totals_them_and_chains_the_commands():
     from noisecraft.model_card import card_text
     from noisecraft.training import load_config

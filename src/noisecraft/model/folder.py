@@ -145,6 +145,8 @@ def load_parts(folder: Path) -> ModelParts:
     settings = read_settings(folder)
     net = load_component(folder / "net")
     encoder = load_component(folder / "text_encoder") if (folder / "text_encoder").exists() else None
+    if encoder is not None:  # a loaded model runs, it does not train: prompts are encoded without a graph
+        encoder.requires_grad_(False)
     _check_text_width(folder, net, encoder)
     latent = LatentSpace()
     if (folder / "autoencoder").exists():
