@@ -61,3 +61,23 @@ def test_a_frozen_net_recipe_names_what_it_needs(sets, message):
         ValueError, match=f"model.frozen_net trains the text encoder alone: it needs.*{message}"
     ):
         load_config(RECIPE, sets)
+
+
+def test_an_adapter_trains_against_the_text_encoder_its_base_model_runs(tmp_path, capsys):
+    """configs/emoji32-lora.toml on the shipped emoji: its recipe names emoji's own adapted MiniLM; a
+    recipe that names another encoder stops before the first step with one line."""
+    write_folder(tmp_path / "images")
+    sets = [
+        "steps=1", "optim.batch_size=4", "data.options={}", f"data.options.root={tmp_path / 'images'}",
+        "data.options.size=32", "log.progress=false", "sampling.every=0",
+    ]  # fmt: skip
+    recipe = "configs/emoji32-lora.toml"
+    assert (
+        main(["train", recipe, "--out", str(tmp_path / "other"), "--set", *sets, "text.encoder.lora_rank=0"])
+        == 2
+    )
+    assert (
+        "set text.* to match" in capsys.readouterr().err and not (tmp_path / "other" / "checkpoints").exists()
+    )
+    assert main(["train", recipe, "--out", str(tmp_path / "run"), "--set", *sets]) == 0
+    assert (tmp_path / "run" / "model" / "run.safetensors").is_file()

@@ -3,16 +3,17 @@ branches, and export only those branches as a file other tools read."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..components import load_component
+from ..components import ComponentError, load_component, read_component_config
 from ..model.adapters import save_adapter
 from ..nets.lora import attach, lora_layers, target_modules
 from .build import init_folder
-from .config import AdapterConfig
+from .config import AdapterConfig, from_dict
 
 
 def attach_adapters(net: nn.Module, adapter: AdapterConfig) -> int:
@@ -46,6 +47,28 @@ def freeze_text_from(text_encoder: nn.Module | None, source: str) -> None:
     text_from(text_encoder, source)
     if text_encoder is not None:
         text_encoder.requires_grad_(False)
+
+
+TEXT_COMPONENTS = {"builtin": "builtin_text", "minilm": "minilm"}  # text.kind → its saved component type
+
+
+def check_text_as_init(kind: str, encoder: dict[str, Any], source: str) -> None:
+    """ValueError unless the recipe's text encoder (``text.kind``, ``text.encoder``) is the one
+    ``model.init`` runs with: an adapter is made for the base model as it will run."""
+    folder = init_folder(source) / "text_encoder"
+    if not folder.is_dir():
+        return
+    try:
+        cls, saved = read_component_config(folder)
+        ours = from_dict(cls.config_class, encoder, "text.encoder")
+    except (ComponentError, ValueError) as err:
+        raise ValueError(f"model.init: {err}") from None
+    theirs = getattr(cls, "component_type", "?")
+    if theirs != TEXT_COMPONENTS.get(kind) or ours != saved:
+        raise ValueError(
+            f"model.init: {folder} runs a {theirs} text encoder with {dataclasses.asdict(saved)}, but the "
+            f"recipe gives text.kind = {kind!r} with {dataclasses.asdict(ours)}: set text.* to match"
+        )
 
 
 def export_adapter(

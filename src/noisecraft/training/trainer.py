@@ -25,7 +25,7 @@ from ..model import LatentSpace, ModelSettings, write_settings
 from ..model.folder import find_model
 from ..model.options import MODEL_DEFAULTS
 from ..model.upscale import copy_base
-from .adapter import attach_adapters, export_adapter, freeze_text_from, text_from
+from .adapter import attach_adapters, check_text_as_init, export_adapter, freeze_text_from, text_from
 from .build import (
     DiffusionObjective,
     build_denoiser,
@@ -152,6 +152,7 @@ class Trainer:
         if c.adapter.kind == "lora":  # only the adapters train; a resumed run's come from its checkpoint
             attach_adapters(net, c.adapter)
             if fresh:  # a resumed run's encoder comes from its checkpoint
+                check_text_as_init(c.text.kind, c.text.encoder, c.model.init)
                 freeze_text_from(trainable_text, c.model.init)
             if trainable_text is not None:
                 trainable_text.requires_grad_(False)
