@@ -39,6 +39,13 @@ def check_adapter(c: TrainConfig) -> None:
         raise ValueError("adapter.kind = 'lora' trains adapters on a frozen model: set model.init to it")
 
 
+def require(needs: dict[str, bool], what: str) -> None:
+    """One ValueError, ``what`` followed by every requirement in ``needs`` that is not met."""
+    missing = [name for name, ok in needs.items() if not ok]
+    if missing:
+        raise ValueError(f"{what} {', '.join(missing)}")
+
+
 def text_trains(c: TrainConfig) -> bool:
     """Whether the text encoder has weights that train: the builtin one, or MiniLM with an adapter."""
     return c.text.kind == "builtin" or (c.text.kind == "minilm" and bool(c.text.encoder.get("lora_rank")))
@@ -56,9 +63,7 @@ def check_frozen_net(c: TrainConfig) -> None:
             c.adapter.kind == "none" and not c.distill.teacher and not c.model.upscale_from
         ),
     }
-    missing = [name for name, ok in needs.items() if not ok]
-    if missing:
-        raise ValueError(f"model.frozen_net trains the text encoder alone: it needs {', '.join(missing)}")
+    require(needs, "model.frozen_net trains the text encoder alone: it needs")
 
 
 def check_upscaler(c: TrainConfig) -> None:
@@ -79,6 +84,4 @@ def check_upscaler(c: TrainConfig) -> None:
         "0 <= model.upscale_noise <= 1": 0.0 <= m.upscale_noise <= 1.0,
         "no adapter or distillation": c.adapter.kind == "none" and not c.distill.teacher,
     }
-    missing = [name for name, ok in needs.items() if not ok]
-    if missing:
-        raise ValueError(f"model.upscale_from = {m.upscale_from}: an upscaler needs {', '.join(missing)}")
+    require(needs, f"model.upscale_from = {m.upscale_from}: an upscaler needs")
