@@ -10,7 +10,9 @@ Every model gets the same prompts and seeds, so the rows differ only in the mode
   is not its bare name ("a drawing of a watermelon", "alarm clock clipart"): phrasings the typed
   recipes train on, as people type them;
 - paraphrases: the 157 held-out prompts of ``data/emoji_paraphrases.tsv`` (never a training caption),
-  one image each at seed 0 and again at seed 1000.
+  one image each at seed 0 and again at seed 1000;
+- second paraphrases: the 100 of ``data/emoji_paraphrases_2.tsv``, written after the typed captions
+  gained colours and adjectives, for other emoji, at the same two seeds.
 Retrieval: the meant emoji among the nearest of all 1,899 at 32×32 (pixel distance), top-1 and top-5.
 """
 
@@ -21,13 +23,19 @@ import argparse
 import torch
 from common import add_common_arguments, append_results, markdown_table, setup
 
-from noisecraft.data.emoji_captions import EmojiCaptioner, paraphrases
+from noisecraft.data.emoji_captions import (
+    PARAPHRASE_FILE,
+    SECOND_PARAPHRASE_FILE,
+    EmojiCaptioner,
+    paraphrases,
+)
 from noisecraft.evaluation.adherence import retrieval_accuracy
 from noisecraft.evaluation.evaluate import generate_images
 from noisecraft.evaluation.reference import build_dataset, pick_indices
 from noisecraft.pipeline import Pipeline
 
 PARAPHRASE_SEEDS = (0, 1000)
+PARAPHRASE_SETS = {"paraphrases": PARAPHRASE_FILE, "second paraphrases": SECOND_PARAPHRASE_FILE}
 
 
 def typed_caption(captioner: EmojiCaptioner, index: int, seed: int) -> str:
@@ -41,25 +49,27 @@ def typed_caption(captioner: EmojiCaptioner, index: int, seed: int) -> str:
 def prompt_sets(args: argparse.Namespace, data) -> dict[str, tuple[list[str], list[int], int]]:
     """Row name → (prompts, meant emoji indices, seed of the first image)."""
     indices = pick_indices(len(data), args.num, args.seed)
-    captioner = EmojiCaptioner(data.entries)
-    held, meant = paraphrases(data.entries)
+    captioner = EmojiCaptioner(data.entries, colour_of=data.colour)
     sets = {
         "names": ([data.entries[i].name for i in indices], indices, args.seed),
         "typed": ([typed_caption(captioner, i, args.seed) for i in indices], indices, args.seed),
     }
-    for seed in PARAPHRASE_SEEDS:
-        sets[f"paraphrases, seed {seed}"] = (held, meant, seed)
+    for name, path in PARAPHRASE_SETS.items():
+        held, meant = paraphrases(data.entries, path)
+        for seed in PARAPHRASE_SEEDS:
+            sets[f"{name}, seed {seed}"] = (held, meant, seed)
     return sets
 
 
 def scores(pipe: Pipeline, sets: dict, gallery: torch.Tensor) -> dict[str, dict[int, float]]:
-    """Row name → {1: top-1, 5: top-5}, plus both paraphrase seeds pooled."""
+    """Row name → {1: top-1, 5: top-5}, plus each paraphrase set's two seeds pooled."""
     out = {}
     for name, (prompts, meant, seed) in sets.items():
         images = generate_images(pipe, prompts, seed=seed, desc=name)
         out[name] = retrieval_accuracy(images, torch.tensor(meant), gallery, ks=(1, 5))
-    pooled = [out[f"paraphrases, seed {s}"] for s in PARAPHRASE_SEEDS]
-    out["paraphrases, both seeds"] = {k: sum(p[k] for p in pooled) / len(pooled) for k in (1, 5)}
+    for name in PARAPHRASE_SETS:
+        pooled = [out[f"{name}, seed {s}"] for s in PARAPHRASE_SEEDS]
+        out[f"{name}, both seeds"] = {k: sum(p[k] for p in pooled) / len(pooled) for k in (1, 5)}
     return out
 
 
@@ -71,7 +81,7 @@ def main() -> None:
     add_common_arguments(parser)
     args = parser.parse_args()
     setup(args)
-    data = build_dataset("emoji", 32, None, {})
+    data = build_dataset("emoji", 32, None, {"phrasing": "typed"})
     gallery = torch.stack([data[i][0] for i in range(len(data))])  # [1899, 3, 32, 32]
     sets = prompt_sets(args, data)
     table = []
@@ -83,8 +93,8 @@ def main() -> None:
     body = (
         markdown_table(["model", "weights", "prompts", "top-1 %", "top-5 %"], table)
         + f"\n\n{args.num} seeded-random emoji (seed {args.seed}) for the names and typed rows, the 157 "
-        + "held-out paraphrases at seeds 0 and 1000; each model's defaults (steps, sampler, guidance); "
-        + "retrieval among the 1,899 emoji at 32×32."
+        + "held-out paraphrases and the 100 of the second set at seeds 0 and 1000; each model's defaults "
+        + "(steps, sampler, guidance); retrieval among the 1,899 emoji at 32×32."
     )
     print(body)
     if not args.no_append:

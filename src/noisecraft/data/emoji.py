@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont, features
 from torch.utils.data import Dataset
 
 from .common import item_generator, to_tensor
-from .emoji_captions import EmojiCaptioner
+from .emoji_captions import EmojiCaptioner, colour_name
 
 DEFAULT_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 FONT_SIZE = 109  # the only size the font's bitmap strike supports
@@ -36,6 +36,7 @@ INSTALL_HINT = (
 SKIN_TONES = {chr(c) for c in range(0x1F3FB, 0x1F400)}
 REGIONAL_INDICATORS = {chr(c) for c in range(0x1F1E6, 0x1F200)}
 PHRASINGS = ("names", "typed")
+COLOUR_SIZE = 32  # the picture colour words are read from, whatever size the dataset draws
 TAG_LETTERS = {chr(c) for c in range(0xE0020, 0xE0080)}  # subdivision flags: England, Scotland, Wales
 
 
@@ -123,7 +124,8 @@ class EmojiDataset(Dataset):
     With ``caption_variants`` the caption is drawn from the main name and its variants by
     (seed, index, epoch) — call ``set_epoch`` each epoch; otherwise it is always the main name.
     ``phrasing="typed"`` draws instead from the phrasings people type (``emoji_captions``: names,
-    aliases, CLDR short names and keywords, articles, templates such as "a picture of …").
+    aliases, CLDR short names and keywords, colours and adjectives, articles, templates such as "a
+    picture of …").
     """
 
     def __init__(
@@ -142,7 +144,11 @@ class EmojiDataset(Dataset):
         self.font_path = str(font_path or DEFAULT_FONT)
         self.entries = emoji_entries(load_font(self.font_path), flags=flags)
         self.size, self.seed, self.caption_variants, self.epoch = size, seed, caption_variants, 0
-        self.captioner = EmojiCaptioner(self.entries) if phrasing == "typed" else None
+        self.captioner = EmojiCaptioner(self.entries, colour_of=self.colour) if phrasing == "typed" else None
+
+    def colour(self, index: int) -> str:
+        """The colour word of emoji ``index``, read from its 32×32 picture (``colour_name``)."""
+        return colour_name(render_emoji(self.font_path, self.entries[index].char, COLOUR_SIZE))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
