@@ -110,21 +110,25 @@ def test_no_held_out_paraphrase_is_a_training_caption_with_the_pictures_colours(
 
 def test_eval_scores_paraphrases_by_retrieval(monkeypatch):
     entries = [EmojiEntry("🍉", "watermelon", ()), EmojiEntry("🐧", "penguin", ()), EmojiEntry("😀", "x", ())]
-    gallery = torch.eye(3).repeat_interleave(4, 1).reshape(3, 3, 2, 2)  # three distinct "pictures"
-    methods = {"entries": entries, "__len__": lambda s: 3, "__getitem__": lambda s, i: (gallery[i], "")}
+    entries.append(EmojiEntry("🐨", "koala", ()))  # in the second set
+    gallery = torch.eye(4).repeat_interleave(3, 1).reshape(4, 3, 2, 2)  # four distinct "pictures"
+    methods = {"entries": entries, "__len__": lambda s: 4, "__getitem__": lambda s, i: (gallery[i], "")}
     data = type("Data", (), methods)()
     prompts, targets = paraphrases(entries)
     assert sorted(targets) == [0, 1] and "a cute baby penguin" in prompts
-    wrong = {"a cute baby penguin": 2}  # one paraphrase drawn as the wrong emoji
+    assert paraphrases(entries, SECOND_PARAPHRASE_FILE) == (["a koala bear"], [3])
+    wrong = {"a cute baby penguin": 2, "a koala bear": 0}  # drawn as the wrong emoji
 
     def fake_generate(pipeline, prompts, **options):
-        return torch.stack([gallery[wrong.get(p, targets[i])] for i, p in enumerate(prompts)])
+        meant = {p: t for p, t in zip(*paraphrases(entries))} | {"a koala bear": 3}
+        return torch.stack([gallery[wrong.get(p, meant[p])] for p in prompts])
 
     monkeypatch.setattr(evaluate_module, "generate_images", fake_generate)
     named = gallery[[0, 1]]
     out = evaluate_module._emoji_retrieval(None, data, [0, 1], named, 0, False)
     assert out["retrieval_top1"] == 1.0 and out["paraphrase_num"] == 2
-    assert out["paraphrase_top1"] == pytest.approx(0.5) and out["paraphrase_top5"] == 1.0  # 3 in the gallery
+    assert out["paraphrase_top1"] == pytest.approx(0.5) and out["paraphrase_top5"] == 1.0  # 4 in the gallery
+    assert out["paraphrase2_num"] == 1 and out["paraphrase2_top1"] == 0.0 and out["paraphrase2_top5"] == 1.0
 
 
 def painted(rgb: tuple[float, float, float], share: float = 0.5) -> torch.Tensor:

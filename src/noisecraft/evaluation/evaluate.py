@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import IterableDataset
 from tqdm.auto import tqdm
 
-from ..data.emoji_captions import paraphrases
+from ..data.emoji_captions import PARAPHRASE_FILE, SECOND_PARAPHRASE_FILE, paraphrases
 from ..likelihood import PRIOR_SIGMA_MAX, image_bits_per_dim
 from ..model import SamplingOptions
 from ..model.folder import TRAINING_FILE, training_data
@@ -46,6 +46,7 @@ from .reference import build_dataset, dataset_images, extract_features, pick_ind
 
 # emoji has no held-out split: its one set is used
 HELDOUT_SPLIT = {"mnist": "test", "shapes": "heldout", "tones": "heldout"}
+PARAPHRASE_SETS = {"paraphrase": PARAPHRASE_FILE, "paraphrase2": SECOND_PARAPHRASE_FILE}  # emoji eval keys
 DEFAULT_REF_NUM = {"domain": 10_000, "inception": 2_000}  # Inception: ~1 s per image per CPU core
 
 
@@ -185,19 +186,21 @@ def _adherence(pipeline, dataset: str, data, indices, generated, num, seed, prog
 
 def _emoji_retrieval(pipeline, data, indices, generated, seed: int, progress: bool, **sample) -> dict:
     """Retrieval of the prompted emoji: for the names of the sampled items (``generated``), and for
-    the held-out paraphrases (``data.emoji_captions.paraphrases``), one image each from seed + i."""
+    each held-out paraphrase set (``data.emoji_captions.paraphrases``), one image each from seed + i."""
     bar = tqdm(range(len(data)), desc="emoji gallery", disable=not progress, leave=False)
     gallery = torch.stack([data[i][0] for i in bar])  # [N, 3, H, W]
     top = retrieval_accuracy(generated, torch.tensor(indices), gallery, ks=(1, 5))
-    prompts, targets = paraphrases(data.entries)
-    images = generate_images(
-        pipeline, prompts, seed=seed, desc="generate paraphrases", progress=progress, **sample
-    )
-    typed = retrieval_accuracy(images, torch.tensor(targets), gallery, ks=(1, 5))
-    return {
-        "retrieval_top1": top[1], "retrieval_top5": top[5],
-        "paraphrase_top1": typed[1], "paraphrase_top5": typed[5], "paraphrase_num": len(prompts),
-    }  # fmt: skip
+    out = {"retrieval_top1": top[1], "retrieval_top5": top[5]}
+    for key, path in PARAPHRASE_SETS.items():
+        prompts, targets = paraphrases(data.entries, path)
+        if not prompts:  # a font that draws none of the set's emoji
+            continue
+        images = generate_images(
+            pipeline, prompts, seed=seed, desc=f"generate {key}s", progress=progress, **sample
+        )
+        typed = retrieval_accuracy(images, torch.tensor(targets), gallery, ks=(1, 5))
+        out |= {f"{key}_top1": typed[1], f"{key}_top5": typed[5], f"{key}_num": len(prompts)}
+    return out
 
 
 def _image_scores(
