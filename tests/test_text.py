@@ -224,6 +224,29 @@ def test_a_minilm_adapter_starts_as_the_frozen_model_trains_and_saves_alone(mini
         MiniLMTextEncoderConfig(lora_rank=-1)
 
 
+def test_minilm_context_free_layers(minilm, tmp_path):
+    from noisecraft.text import MiniLMTextEncoderConfig
+
+    prompts = ["a low bell note", "a high bell note"]  # "bell" is token 3 of both
+    static = MiniLMTextEncoder(MiniLMTextEncoderConfig(layers=0))
+    cond, full = static(prompts), minilm(prompts)
+    assert torch.equal(cond.tokens[0, 3], cond.tokens[1, 3])  # the same vector whatever the context
+    assert not torch.equal(cond.tokens[0, 2], cond.tokens[1, 2])  # "low" is not "high"
+    assert (full.tokens[0, 3] - full.tokens[1, 3]).abs().max() > 0.05  # all six layers: context mixes in
+    assert not torch.allclose(cond.tokens, full.tokens, atol=0.1)
+    hf = minilm.hf_model
+    with torch.no_grad():  # layers=0 is BERT's embedding output, which the full model starts from
+        ids, mask = static.tokenize(prompts)
+        assert torch.allclose(cond.tokens[mask], hf.embeddings(input_ids=ids)[mask], atol=1e-6)
+    two = MiniLMTextEncoder(MiniLMTextEncoderConfig(layers=2))
+    assert len(two.hf_model.encoder.layer) == 2 and len(minilm.hf_model.encoder.layer) == 6
+    save_component(two, tmp_path / "two")
+    assert_same(load_component(tmp_path / "two")(prompts), two(prompts))  # the config keeps the depth
+    for bad, match in (({"layers": 7}, "layers must be in"), ({"layers": 0, "lora_rank": 4}, "needs layers")):
+        with pytest.raises(ValueError, match=match):
+            MiniLMTextEncoderConfig(**bad)
+
+
 def test_minilm_loads_without_a_progress_bar_and_restores_the_setting(capfd):
     from transformers.utils import logging
 

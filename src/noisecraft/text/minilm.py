@@ -8,6 +8,10 @@ With ``lora_rank`` > 0 every linear layer of its six transformer layers gets a l
 Hu et al. 2021) that trains while the packaged weights stay frozen: a saved encoder is then its
 config plus those branches alone (≈ 0.3 M numbers at rank 8), and a fresh one encodes exactly as the
 frozen model does (B = 0).
+
+With ``layers`` < 6 only the first ``layers`` transformer layers run; ``layers = 0`` gives each token's
+word + position embedding alone, the same vector for "bell" in "a low bell" as in "a high bell" (a
+context-free encoding, for data whose captions combine words in ways training never showed).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from .hf import FrozenHFTextEncoder, quiet_loading
 
 CONTEXT = 512  # BERT's position table
 MAX_LORA_RANK = 64
+LAYERS = 6  # MiniLM-L6's transformer layers
 
 
 @dataclass
@@ -29,8 +34,13 @@ class MiniLMTextEncoderConfig:
     max_length: int = 77  # tokens incl. [CLS] and [SEP]; sentence-transformers trained with 256
     lora_rank: int = 0  # > 0: trainable low-rank branches on the transformer's linears (0 = frozen)
     lora_alpha: float = 0.0  # the branches are scaled by alpha / rank; 0: alpha = rank (scale 1)
+    layers: int = LAYERS  # transformer layers run: 0 = word + position embeddings, context-free
 
     def __post_init__(self) -> None:
+        if not 0 <= self.layers <= LAYERS:
+            raise ValueError(f"layers must be in [0, {LAYERS}] for MiniLM, got {self.layers}")
+        if self.lora_rank and not self.layers:
+            raise ValueError("lora_rank needs layers ≥ 1 for MiniLM: its branches sit on transformer layers")
         if not 3 <= self.max_length <= CONTEXT:
             raise ValueError(f"max_length must be in [3, {CONTEXT}] for MiniLM, got {self.max_length}")
         if not 0 <= self.lora_rank <= MAX_LORA_RANK or self.lora_alpha < 0:
@@ -69,6 +79,7 @@ class MiniLMTextEncoder(FrozenHFTextEncoder):
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         with quiet_loading():
             model = AutoModel.from_pretrained(folder, local_files_only=True)
+        model.encoder.layer = model.encoder.layer[: self.config.layers]  # [:6]: all of them
         self._set_model(model, tokenizer, self.config.max_length)
         if self.config.lora_rank:
             self._attach_adapter(model)
