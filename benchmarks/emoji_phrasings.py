@@ -49,7 +49,7 @@ def typed_caption(captioner: EmojiCaptioner, index: int, seed: int) -> str:
 def prompt_sets(args: argparse.Namespace, data) -> dict[str, tuple[list[str], list[int], int]]:
     """Row name → (prompts, meant emoji indices, seed of the first image)."""
     indices = pick_indices(len(data), args.num, args.seed)
-    captioner = EmojiCaptioner(data.entries, colour_of=data.colour)
+    captioner = data.captioner  # the typed captioner, with the pictures' colours
     sets = {
         "names": ([data.entries[i].name for i in indices], indices, args.seed),
         "typed": ([typed_caption(captioner, i, args.seed) for i in indices], indices, args.seed),
