@@ -21,6 +21,7 @@ from noisecraft.audio import (
     SPECTROGRAM,
     SpectrogramFormat,
     band_frequencies,
+    hz_to_mel,
     reformat,
     waveform_to_image,
 )
@@ -97,6 +98,24 @@ def test_a_low_corner_moves_a_note_without_stretching_its_partials():
 
     assert abs(stretch(TonesDataset(f_min=150.0, mel_break_hz=50.0).audio)) <= 3
     assert stretch(SPECTROGRAM) >= 10
+
+
+def test_on_the_log_axis_a_timbre_is_the_same_pattern_in_every_register():
+    """Where a partial sits above its root, in bands: on a log axis (corner 1 Hz) a bell's 2.76 partial is
+    the same distance above G3, G4 and G5; at the recipe's 50 Hz corner the middle bell's distance, moved
+    an octave down, lies nearer a low square wave's third harmonic than the low bell's own partial."""
+
+    def rows_above(fmt: SpectrogramFormat, root: float, ratio: float) -> float:
+        band = (hz_to_mel(fmt.sample_rate / 2, fmt.mel_break_hz) - hz_to_mel(fmt.f_min, fmt.mel_break_hz))
+        band = band / (fmt.n_mels + 1)  # the spacing of the band centres, in mel
+        return float((hz_to_mel(ratio * root, fmt.mel_break_hz) - hz_to_mel(root, fmt.mel_break_hz)) / band)
+
+    log, knee = (TonesDataset(f_min=150.0, mel_break_hz=corner).audio for corner in (1.0, 50.0))
+    bells = [rows_above(log, root, 2.76) for root in (196.0, 392.0, 784.0)]
+    assert max(bells) - min(bells) < 0.1
+    assert rows_above(log, 196.0, 3.0) - rows_above(log, 196.0, 2.76) > 1.5  # square and bell: apart
+    middle_bell = rows_above(knee, 392.0, 2.76)
+    assert abs(middle_bell - rows_above(knee, 196.0, 3.0)) < abs(middle_bell - rows_above(knee, 196.0, 2.76))
 
 
 def test_tones_axis_options_change_the_pixels_the_cache_key_and_are_checked():
