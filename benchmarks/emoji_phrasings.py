@@ -12,7 +12,9 @@ Every model gets the same prompts and seeds, so the rows differ only in the mode
 - paraphrases: the 157 held-out prompts of ``data/emoji_paraphrases.tsv`` (never a training caption),
   one image each at seed 0 and again at seed 1000;
 - second paraphrases: the 100 of ``data/emoji_paraphrases_2.tsv``, written after the typed captions
-  gained colours and adjectives, for other emoji, at the same two seeds.
+  gained colours and adjectives, for other emoji, at the same two seeds;
+- third paraphrases: the 100 of ``data/emoji_paraphrases_3.tsv``, for 100 more emoji, written before the
+  sentence-vector path was built, at the same two seeds.
 Retrieval: the meant emoji among the nearest of all 1,899 at 32×32 (pixel distance), top-1 and top-5.
 """
 
@@ -26,6 +28,7 @@ from common import add_common_arguments, append_results, markdown_table, setup
 from noisecraft.data.emoji_captions import (
     PARAPHRASE_FILE,
     SECOND_PARAPHRASE_FILE,
+    THIRD_PARAPHRASE_FILE,
     EmojiCaptioner,
     paraphrases,
 )
@@ -35,7 +38,11 @@ from noisecraft.evaluation.reference import build_dataset, pick_indices
 from noisecraft.pipeline import Pipeline
 
 PARAPHRASE_SEEDS = (0, 1000)
-PARAPHRASE_SETS = {"paraphrases": PARAPHRASE_FILE, "second paraphrases": SECOND_PARAPHRASE_FILE}
+PARAPHRASE_SETS = {
+    "paraphrases": PARAPHRASE_FILE,
+    "second paraphrases": SECOND_PARAPHRASE_FILE,
+    "third paraphrases": THIRD_PARAPHRASE_FILE,
+}
 
 
 def typed_caption(captioner: EmojiCaptioner, index: int, seed: int) -> str:

@@ -11,6 +11,7 @@ from noisecraft.data.emoji import DEFAULT_FONT, EmojiDataset, EmojiEntry, _entry
 from noisecraft.data.emoji_captions import (
     ADJECTIVES,
     SECOND_PARAPHRASE_FILE,
+    THIRD_PARAPHRASE_FILE,
     EmojiCaptioner,
     cldr_annotations,
     colour_name,
@@ -101,26 +102,31 @@ def test_no_held_out_paraphrase_is_a_training_caption_with_the_pictures_colours(
     data = EmojiDataset(32, phrasing="typed")
     prompts, first_meant = paraphrases(data.entries)
     second, meant = paraphrases(data.entries, SECOND_PARAPHRASE_FILE)
+    third, third_meant = paraphrases(data.entries, THIRD_PARAPHRASE_FILE)
     assert len(second) == 100 and not set(meant) & set(first_meant)  # other emoji than the first set's
+    assert len(third) == len(set(third_meant)) == 100  # 100 emoji, none the first two sets name
+    assert not set(third_meant) & (set(meant) | set(first_meant))
     assert "a red party balloon" in prompts and "a red balloon" in data.captioner.all_captions(
         [e.name for e in data.entries].index("balloon")
     )  # the colour comes from the picture, so only the dataset's captioner can draw it
-    assert_held_out(data.captioner, prompts + second)
+    assert_held_out(data.captioner, prompts + second + third)
 
 
 def test_eval_scores_paraphrases_by_retrieval(monkeypatch):
     entries = [EmojiEntry("🍉", "watermelon", ()), EmojiEntry("🐧", "penguin", ()), EmojiEntry("😀", "x", ())]
-    entries.append(EmojiEntry("🐨", "koala", ()))  # in the second set
+    entries.append(EmojiEntry("🐨", "koala", ()))  # in the second set; 😀 is in the third
     gallery = torch.eye(4).repeat_interleave(3, 1).reshape(4, 3, 2, 2)  # four distinct "pictures"
     methods = {"entries": entries, "__len__": lambda s: 4, "__getitem__": lambda s, i: (gallery[i], "")}
     data = type("Data", (), methods)()
     prompts, targets = paraphrases(entries)
     assert sorted(targets) == [0, 1] and "a cute baby penguin" in prompts
     assert paraphrases(entries, SECOND_PARAPHRASE_FILE) == (["a koala bear"], [3])
+    assert paraphrases(entries, THIRD_PARAPHRASE_FILE) == (["a smiling face with a big grin"], [2])
     wrong = {"a cute baby penguin": 2, "a koala bear": 0}  # drawn as the wrong emoji
 
     def fake_generate(pipeline, prompts, **options):
         meant = {p: t for p, t in zip(*paraphrases(entries))} | {"a koala bear": 3}
+        meant |= {"a smiling face with a big grin": 2}
         return torch.stack([gallery[wrong.get(p, meant[p])] for p in prompts])
 
     monkeypatch.setattr(evaluate_module, "generate_images", fake_generate)
@@ -129,6 +135,7 @@ def test_eval_scores_paraphrases_by_retrieval(monkeypatch):
     assert out["retrieval_top1"] == 1.0 and out["paraphrase_num"] == 2
     assert out["paraphrase_top1"] == pytest.approx(0.5) and out["paraphrase_top5"] == 1.0  # 4 in the gallery
     assert out["paraphrase2_num"] == 1 and out["paraphrase2_top1"] == 0.0 and out["paraphrase2_top5"] == 1.0
+    assert out["paraphrase3_num"] == 1 and out["paraphrase3_top1"] == 1.0
 
 
 def painted(rgb: tuple[float, float, float], share: float = 0.5) -> torch.Tensor:

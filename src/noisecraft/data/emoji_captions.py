@@ -35,6 +35,7 @@ from .common import item_generator
 CLDR_FILE = Path(__file__).with_name("emoji_cldr_en.json")
 PARAPHRASE_FILE = Path(__file__).with_name("emoji_paraphrases.tsv")  # held out: never a training caption
 SECOND_PARAPHRASE_FILE = Path(__file__).with_name("emoji_paraphrases_2.tsv")  # other emoji, written later
+THIRD_PARAPHRASE_FILE = Path(__file__).with_name("emoji_paraphrases_3.tsv")  # 100 more, before the sentence path
 TEMPLATES = (
     "{}", "{}", "{}", "a picture of {}", "an emoji of {}", "an image of {}", "a drawing of {}",
     "an illustration of {}", "a cartoon of {}", "an icon of {}", "{} emoji", "{} icon", "{} symbol",

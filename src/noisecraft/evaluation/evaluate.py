@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import IterableDataset
 from tqdm.auto import tqdm
 
-from ..data.emoji_captions import PARAPHRASE_FILE, SECOND_PARAPHRASE_FILE, paraphrases
+from ..data.emoji_captions import PARAPHRASE_FILE, SECOND_PARAPHRASE_FILE, THIRD_PARAPHRASE_FILE, paraphrases
 from ..likelihood import PRIOR_SIGMA_MAX, image_bits_per_dim
 from ..model import SamplingOptions
 from ..model.folder import TRAINING_FILE, training_data
@@ -46,7 +46,9 @@ from .reference import build_dataset, dataset_images, extract_features, pick_ind
 
 # emoji has no held-out split: its one set is used
 HELDOUT_SPLIT = {"mnist": "test", "shapes": "heldout", "tones": "heldout"}
-PARAPHRASE_SETS = {"paraphrase": PARAPHRASE_FILE, "paraphrase2": SECOND_PARAPHRASE_FILE}  # emoji eval keys
+PARAPHRASE_SETS = {  # emoji eval keys
+    "paraphrase": PARAPHRASE_FILE, "paraphrase2": SECOND_PARAPHRASE_FILE, "paraphrase3": THIRD_PARAPHRASE_FILE,
+}
 DEFAULT_REF_NUM = {"domain": 10_000, "inception": 2_000}  # Inception: ~1 s per image per CPU core
 
 
