@@ -249,6 +249,7 @@ def test_generate_streams_every_step_then_the_images(pipe, client):
     for image, expected in zip(done["images"], want):
         assert np.array_equal(pixels(decode_png(image["image"])), pixels(expected))
     assert [i["seed"] for i in done["images"]] == [5, 6] and done["images"][1]["parameters"]["seed"] == 6
+    assert done["heard"] == ["a blue square"]  # no vocabulary: the prompt as typed
 
 
 def test_models_samplers_docs_and_page(client):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from .cli_control import add_control_flags, control_requests
@@ -214,6 +215,9 @@ def _run_generate(args: argparse.Namespace) -> None:
     pipe.to(placement)
     if source:
         check_model_matches(pipe, meta.get("weights"))
+    for prompt, (caption, similarity) in zip(request.prompts, pipe.heard(request.prompts)):
+        if caption != prompt:
+            print(f"{prompt!r} is heard as {caption!r} (similarity {similarity:.2f})", file=sys.stderr)
     for path in generate_to_files(pipe, request, args.out):
         print(path)
 
@@ -339,6 +343,28 @@ def _run_convert(args: argparse.Namespace) -> None:
     print(parts.save_new(args.dest, torch.float16 if args.fp16 else None))
 
 
+def _add_vocabulary(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "vocabulary", help="copy a model so that it hears each prompt as the nearest caption it trained on"
+    )
+    p.add_argument("model", help="shipped model name or saved pipeline folder")
+    p.add_argument("out", help="the folder to write (must not exist yet)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="a built-in dataset's captions and their other phrasings (emoji)")
+    source.add_argument(
+        "--captions", metavar="FILE", help="a text file: a caption per line, or 'phrase<TAB>caption'"
+    )
+    p.set_defaults(run=_run_vocabulary)
+
+
+def _run_vocabulary(args: argparse.Namespace) -> None:
+    from .model.vocabulary import add_vocabulary, dataset_vocabulary, read_captions
+
+    captions, phrases = dataset_vocabulary(args.dataset) if args.dataset else read_captions(args.captions)
+    source = f"--dataset {args.dataset}" if args.dataset else f"--captions {Path(args.captions).name}"
+    print(add_vocabulary(args.model, args.out, captions, phrases, source))
+
+
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="versions, CPU instruction set, threads, chosen CPU kernels, devices")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
@@ -386,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_control(sub)
     _add_ship(sub)
     _add_convert(sub)
+    _add_vocabulary(sub)
     _add_info(sub)
     add_serve_parser(sub)
     add_eval_parser(sub)

@@ -21,6 +21,7 @@ import torch
 
 from .model import SETTINGS_FILE, SHIPPED_DIR
 from .pipeline import Pipeline
+from .text.vocabulary import VocabularyTextEncoder
 from .training.config import load_config, resolve_recipe, to_dict
 
 # Where each dataset comes from and under which licence it is used.
@@ -70,10 +71,22 @@ def _figures_table(figures: dict[str, Any]) -> str:
     return "\n".join(["| figure | value |", "|---|---|", *rows]) if rows else "No figures measured yet."
 
 
+WEIGHTS_ROW = (
+    "| weights | EMA weights stored as float16 safetensors; code Apache-2.0; data licences as above |"
+)
+
+
 def card_text(
-    name: str, recipe: str, training: dict[str, Any], figures: dict[str, Any], machine: str, notes: str = ""
+    name: str,
+    recipe: str,
+    training: dict[str, Any],
+    figures: dict[str, Any],
+    machine: str,
+    notes: str = "",
+    vocabulary: Any = None,
 ) -> str:
-    """The Markdown of a model card from the export's training.json, the measured figures and notes."""
+    """The Markdown of a model card from the export's training.json, the measured figures and notes;
+    ``vocabulary``: the text encoder's ``VocabularyTextEncoderConfig``, if it has one."""
     config = training.get("config", {})
     data, text = config.get("data", {}).get("name", "?"), config.get("text", {}).get("kind", "none")
     encoder = config.get("text", {}).get("encoder", {})
@@ -86,6 +99,16 @@ def card_text(
     own = own_runs(runs)
     commands = reproduce_commands(name, recipe, own)
     final = f"runs/{name}" if len(own) == 1 else f"runs/{name}-{len(own)}"
+    vocabulary_row = ""
+    if vocabulary is not None:
+        line = f"noisecraft vocabulary {final}/model {final}-vocabulary/model {vocabulary.source}"
+        commands += f"\n{line.rstrip()}"
+        final = f"{final}-vocabulary"
+        vocabulary_row = (
+            f"| vocabulary | each prompt is heard as the nearest of {len(vocabulary.captions):,} training "
+            f"captions, matched among them and {len(vocabulary.phrases):,} other phrasings by the text "
+            "encoder's pooled vector (`noisecraft vocabulary`) |\n"
+        )
     return f"""# {name}
 
 {_intro(runs)}.
@@ -99,7 +122,7 @@ def card_text(
 | hardware | {machine} |
 | data | {DATA_SOURCES.get(data, data)} |
 | text encoder | {TEXT_SOURCES.get(text, text)} |
-| weights | EMA weights stored as float16 safetensors; code Apache-2.0; data licences as above |
+{vocabulary_row}{WEIGHTS_ROW}
 {_distilled_row(own)}
 ## Measured
 
@@ -286,13 +309,14 @@ def ship(
     training = _read_json_object(training_file)
     figures = _read_json_object(Path(eval_json)) if eval_json else {}
     note_text = Path(notes).read_text() if notes else ""
-    try:
-        card = card_text(name, recipe, training, figures, hardware(), note_text)
-    except (AttributeError, TypeError, ValueError) as err:
-        raise ValueError(f"{training_file}: unexpected contents ({err})") from None
     dest = Path(dest) if dest else SHIPPED_DIR / name
     _check_replaceable(dest)
     pipe = Pipeline.load(model_dir)
+    vocabulary = pipe.text_encoder.config if isinstance(pipe.text_encoder, VocabularyTextEncoder) else None
+    try:
+        card = card_text(name, recipe, training, figures, hardware(), note_text, vocabulary)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise ValueError(f"{training_file}: unexpected contents ({err})") from None
     pipe.config.name = name
     staging = dest.with_name(f".{dest.name}.shipping-{os.getpid()}")  # same filesystem: rename is atomic
     try:

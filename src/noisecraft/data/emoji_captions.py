@@ -35,7 +35,7 @@ from .common import item_generator
 CLDR_FILE = Path(__file__).with_name("emoji_cldr_en.json")
 PARAPHRASE_FILE = Path(__file__).with_name("emoji_paraphrases.tsv")  # held out: never a training caption
 SECOND_PARAPHRASE_FILE = Path(__file__).with_name("emoji_paraphrases_2.tsv")  # other emoji, written later
-THIRD_PARAPHRASE_FILE = Path(__file__).with_name("emoji_paraphrases_3.tsv")  # 100 more, before the sentence path
+THIRD_PARAPHRASE_FILE = Path(__file__).with_name("emoji_paraphrases_3.tsv")  # 100 more, written later still
 TEMPLATES = (
     "{}", "{}", "{}", "a picture of {}", "an emoji of {}", "an image of {}", "a drawing of {}",
     "an illustration of {}", "a cartoon of {}", "an icon of {}", "{} emoji", "{} icon", "{} symbol",
@@ -196,6 +196,19 @@ class EmojiCaptioner:
         cores += [f"{m} {c}" for c in cores for m in self.modifiers(index, c)]
         phrases = {with_article(a, c) for a, c in itertools.product(set(ARTICLES), cores)}
         return {t.format(p) for t, p in itertools.product(set(TEMPLATES), phrases)} | {self.main[index]}
+
+
+def vocabulary(entries: list) -> tuple[list[str], dict[str, int]]:
+    """The emoji's main names (what the network trained on) and every other phrase a caption is built
+    around (aliases, CLDR short names and keywords, "name, keyword") → the index of the name it means,
+    for ``text.VocabularyTextEncoder``; a phrase two emoji share means the first."""
+    captioner = EmojiCaptioner(entries)
+    names, phrases = set(captioner.main), {}
+    for index in range(len(entries)):
+        for core in captioner.cores(index):
+            if core not in names:
+                phrases.setdefault(core, index)
+    return captioner.main, phrases
 
 
 def paraphrases(entries: list, path: str | Path = PARAPHRASE_FILE) -> tuple[list[str], list[int]]:

@@ -47,7 +47,9 @@ from .reference import build_dataset, dataset_images, extract_features, pick_ind
 # emoji has no held-out split: its one set is used
 HELDOUT_SPLIT = {"mnist": "test", "shapes": "heldout", "tones": "heldout"}
 PARAPHRASE_SETS = {  # emoji eval keys
-    "paraphrase": PARAPHRASE_FILE, "paraphrase2": SECOND_PARAPHRASE_FILE, "paraphrase3": THIRD_PARAPHRASE_FILE,
+    "paraphrase": PARAPHRASE_FILE,
+    "paraphrase2": SECOND_PARAPHRASE_FILE,
+    "paraphrase3": THIRD_PARAPHRASE_FILE,
 }
 DEFAULT_REF_NUM = {"domain": 10_000, "inception": 2_000}  # Inception: ~1 s per image per CPU core
 

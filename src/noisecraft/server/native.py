@@ -6,7 +6,10 @@
     event: step     data: {"index": 0, "total": 20, "sigma": 80.0, "sigma_next": 57.3, "preview": "data:…"}
     …
     event: done     data: {"images": [{"image": "data:image/png;base64,…", "media_type": "image/png",
-                                           "seed": 7, "parameters": {…}}], …}
+                                           "seed": 7, "parameters": {…}}], "heard": ["a red circle"], …}
+
+``heard`` is what each prompt was encoded as: the prompt itself, or for a model with a vocabulary
+(``text.VocabularyTextEncoder``) the caption it matched.
 
 A sound model's outputs also carry ``"audio": "data:audio/wav;base64,…"`` with ``media_type``
 "audio/wav"; their ``image`` is the clip's spectrogram picture, and the step previews are coloured
@@ -152,10 +155,12 @@ def _queued(job: GenerationRequest, pipe, name: str, options, steps: int, submit
     audio = pipe.config.audio
 
     def finish(images: list[Image.Image], interrupted: bool) -> dict[str, Any]:
+        prompts = [job.prompts] if isinstance(job.prompts, str) else list(job.prompts)
         return {
             "model": name,
             "seed": options.seed,
             "interrupted": interrupted,
+            "heard": [caption for caption, _ in pipe.heard(prompts)],  # a vocabulary's captions
             "images": [
                 {
                     **encode_output(image, options.seed + i, audio),

@@ -6,6 +6,8 @@
 - ``SDTextEncoder``: Stable Diffusion's CLIP encoder(s) (SD1, SD2, SDXL) from a checkpoint's tensors;
   ``CLIPTokenizer``: CLIP's BPE from the vocabulary file in the open-clip-torch wheel.
 - ``CachedTextEncoder`` / ``precompute``: encode a fixed caption set once, then look it up.
+- ``VocabularyTextEncoder``: a closed-vocabulary model's encoder, hearing each prompt as the nearest
+  caption it was trained on (by the pooled vector's cosine similarity).
 
 Importing this package registers the encoders as components (see ``noisecraft.components``).
 """
@@ -22,6 +24,7 @@ from .clip_tokenizer import CLIPTokenizer
 from .local import LocalTextEncoder, LocalTextEncoderConfig
 from .minilm import MiniLMTextEncoder, MiniLMTextEncoderConfig
 from .tokenizer import ByteTokenizer
+from .vocabulary import VocabularyTextEncoder, VocabularyTextEncoderConfig
 
 
 @runtime_checkable
@@ -48,5 +51,7 @@ __all__ = [
     "SDTextEncoder",
     "SDTextEncoderConfig",
     "TextEncoder",
+    "VocabularyTextEncoder",
+    "VocabularyTextEncoderConfig",
     "precompute",
 ]

@@ -12,6 +12,7 @@ from torch import nn
 from ..components import ComponentError, load_component, read_component_config
 from ..model.adapters import save_adapter
 from ..nets.lora import attach, lora_layers, target_modules
+from ..text.vocabulary import unwrap, wrapped_config
 from .build import init_folder
 from .config import AdapterConfig, from_dict
 
@@ -33,7 +34,7 @@ def text_from(text_encoder: nn.Module | None, source: str) -> None:
     folder = init_folder(source) / "text_encoder"
     if not folder.is_dir():
         return
-    saved = load_component(folder)
+    saved = unwrap(load_component(folder))  # a vocabulary's encoder trains, not its list of captions
     if not saved.state_dict() and type(saved) is type(text_encoder):
         return
     try:
@@ -59,7 +60,7 @@ def check_text_as_init(kind: str, encoder: dict[str, Any], source: str) -> None:
     if not folder.is_dir():
         return
     try:
-        cls, saved = read_component_config(folder)
+        cls, saved = wrapped_config(*read_component_config(folder))
         ours = from_dict(cls.config_class, encoder, "text.encoder")
     except (ComponentError, ValueError) as err:
         raise ValueError(f"model.init: {err}") from None
