@@ -100,7 +100,8 @@ def main() -> None:
     body = (
         markdown_table(["model", "weights", "prompts", "top-1 %", "top-5 %"], table)
         + f"\n\n{args.num} seeded-random emoji (seed {args.seed}) for the names and typed rows, the 157 "
-        + "held-out paraphrases and the 100 of the second set at seeds 0 and 1000; each model's defaults "
+        + "held-out paraphrases, the 100 of the second set and the 100 of the third at seeds 0 and 1000; "
+        + "each model's defaults "
         + "(steps, sampler, guidance); retrieval among the 1,899 emoji at 32×32."
     )
     print(body)
