@@ -4,6 +4,7 @@ to outputs/test-artifacts/."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from noisecraft.pipeline import GenerationRequest, Pipeline
 from noisecraft.server.app import create_app
 from noisecraft.server.limits import Limits
 from noisecraft.server.models import ModelRegistry
+from noisecraft.text.vocabulary import VocabularyTextEncoder
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "outputs" / "test-artifacts"
@@ -45,8 +47,11 @@ def control_pipe(tmp_path_factory) -> Pipeline:
 
 @pytest.fixture(scope="module")
 def url(control_pipe):
+    tiny = make_tiny_pipeline()
+    vocabulary = VocabularyTextEncoder.build(tiny.text_encoder, ["two-hump camel"])
+    heard = Pipeline(tiny.net, vocabulary, dataclasses.replace(tiny.config, name="vocab"))
     models = ModelRegistry(
-        {"tiny": make_tiny_pipeline(), "ctl": control_pipe, "sound": make_tiny_sound_pipeline()}
+        {"tiny": tiny, "ctl": control_pipe, "sound": make_tiny_sound_pipeline(), "vocab": heard}
     )
     with serve(create_app(models, Limits(max_steps=200))) as base:
         yield base
@@ -332,3 +337,19 @@ def test_docs_render_swagger_ui_and_redoc_offline(page, url):
         assert field in text, field
     page.screenshot(path=str(ARTIFACTS / "server-redoc.png"), full_page=False)
     page.goto(url)  # the page fixture checks that nothing failed to load, the icon included
+
+
+def test_a_model_with_a_vocabulary_shows_what_the_prompt_was_heard_as(page):
+    page.select_option("#model", "vocab")
+    page.fill("#prompt", "two-hump camel")
+    page.fill("#num", "1")
+    page.click("#generate")
+    page.wait_for_function("document.querySelectorAll('#gallery figure').length > 0")
+    assert "heard as" not in page.inner_text("#gallery figure")  # a caption itself: nothing to say
+    count = page.evaluate("document.querySelectorAll('#gallery figure').length")
+    page.fill("#prompt", "a camel with two humps")
+    page.click("#generate")
+    page.wait_for_function(f"document.querySelectorAll('#gallery figure').length > {count}")
+    card = page.inner_text("#gallery figure")  # the newest first
+    assert "heard as" in card and "two-hump camel" in card and "a camel with two humps" in card
+    page.select_option("#model", "tiny")

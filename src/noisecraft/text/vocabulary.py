@@ -121,9 +121,9 @@ class VocabularyTextEncoder(nn.Module):
             if p in self.exact:
                 found[p] = (self.config.captions[self.exact[p]], 1.0)
         rest = [p for p in dict.fromkeys(prompts) if p not in found]
-        if rest:
+        if rest:  # each prompt alone, as encode_prompts encodes it: the match never depends on the batch
             with torch.no_grad():
-                sims = self._unit(rest) @ self.vectors.float().T  # [R, P]
+                sims = torch.cat([self._unit([p]) for p in rest]) @ self.vectors.float().T  # [R, P]
             best, rows = sims.max(dim=1)
             for p, s, r in zip(rest, best.tolist(), rows.tolist()):
                 found[p] = (self.config.captions[self.means[r]], s)

@@ -148,7 +148,8 @@ function handleEvent(kind, data) {
     $("progress").value = (data.index + 1) / data.total;
     setStatus("sampling…");
   } else if (kind === "done") {
-    $("gallery").prepend(...data.images.map((image) => galleryCard(image, data.model)));  // seed order
+    const heard = (data.heard || [])[0];  // a model with a vocabulary: the caption the prompt matched
+    $("gallery").prepend(...data.images.map((image) => galleryCard(image, data.model, heard)));  // seed order
     const sounds = data.images.some((image) => image.audio);
     setStatus(`done: ${data.images.length} ${sounds ? "clip" : "image"}(s)`);
   } else if (kind === "cancelled") {
@@ -170,7 +171,7 @@ function setStatus(text, isError = false) {
 
 // -- gallery ------------------------------------------------------------------------------------
 
-function galleryCard(image, model) {
+function galleryCard(image, model, heard) {
   const p = image.parameters || {};
   const card = document.createElement("figure");
   card.className = image.audio ? "card sound" : "card";
@@ -180,6 +181,7 @@ function galleryCard(image, model) {
   const list = document.createElement("dl");
   const rows = [["prompt", p.prompt], ["negative", p.negative_prompt], ["seed", image.seed], ["steps", p.steps],
     ["sampler", p.sampler], ["schedule", p.schedule], ["guidance", p.guidance], ["model", model]];
+  if (heard && heard !== p.prompt) rows.splice(1, 0, ["heard as", heard]);
   if (p.guidance_rescale !== undefined) rows.push(["rescale", p.guidance_rescale]);
   if (p.guidance_interval !== undefined) rows.push(["interval σ", p.guidance_interval.join(" – ")]);
   if (p.deep_cache !== undefined) rows.push(["deep cache", p.deep_cache]);
