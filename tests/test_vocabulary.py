@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +223,14 @@ def test_a_vocabulary_steps_aside_while_an_adapter_is_merged(tmp_path):
         pipe.prompt_encoder is pipe.text_encoder and pipe.heard(["bactrian camel"])[0][0] == "two-hump camel"
     )
     assert pipe.heard(["bactrian camel <lora:style:1>"]) == [("bactrian camel <lora:style:1>", 1.0)]
+
+
+def test_a_model_whose_last_run_trained_its_text_alone_can_be_distilled():
+    """The shipped emoji's last runs froze its network (a text adapter): its student's network trains."""
+    from noisecraft.model import find_model
+    from noisecraft.training.distill import distill_config
+
+    recorded = json.loads((find_model("emoji") / "training.json").read_text())["config"]
+    assert recorded["model"]["frozen_net"] is True
+    config = distill_config("emoji", None, ["steps=2"])
+    assert config.model.frozen_net is False and config.model.init == "emoji"

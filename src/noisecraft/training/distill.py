@@ -143,7 +143,7 @@ def distill_config(teacher: str, recipe: str | Path | None = None, overrides: li
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid TOML ({err})") from None
     values = _merge(base, over)
-    values["model"].update(init=teacher, init_new=[])
+    values["model"].update(init=teacher, init_new=[], frozen_net=False)  # the student's network trains
     values.setdefault("distill", {})["teacher"] = teacher
     return from_dict(TrainConfig, apply_overrides(values, list(overrides)))
 
