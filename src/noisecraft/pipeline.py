@@ -55,7 +55,7 @@ from .model.inputs import expand_prompts, init_batch, mask_batch
 from .model.upscale import BASE_FOLDER, check_small, enlarge, stage_callbacks
 from .noise import check_seed
 from .samplers import Callback
-from .text.vocabulary import unwrap
+from .text.vocabulary import heard_as, unwrap
 
 # Names kept for the code and the scripts that import them from here.
 PipelineConfig = ModelSettings
@@ -345,19 +345,15 @@ class Pipeline:
 
     @property
     def prompt_encoder(self) -> nn.Module | None:
-        """The text encoder prompts go through: a vocabulary steps aside while LoRA adapters are merged
-        (the captions an adapter was trained on are not among the model's)."""
+        """The text encoder prompts go through: a vocabulary steps aside while adapters are merged."""
         merged = self._adapters is not None and self._adapters.active
         return unwrap(self.text_encoder) if merged else self.text_encoder
 
     def heard(self, prompts: list[str]) -> list[tuple[str, float]]:
-        """What each prompt is encoded as, with the similarity it was matched at: a model with a
-        vocabulary (``text.VocabularyTextEncoder``) hears its nearest caption, others the prompt as
-        typed, as does any model while adapters are merged or a prompt names one (``<lora:…>``)."""
-        nearest = getattr(self.prompt_encoder, "nearest", None)
-        if nearest is None or any(prompt_adapters(p)[1] for p in prompts):
-            return [(p, 1.0) for p in prompts]
-        return nearest(list(prompts))
+        """(caption, similarity) each prompt is encoded as (``text.vocabulary.heard_as``); as typed
+        while adapters are merged or a prompt names one (``<lora:…>``)."""
+        named = any(prompt_adapters(p)[1] for p in prompts)
+        return heard_as(None if named else self.prompt_encoder, prompts)
 
     def encode_negative(self, negative: str | None) -> Conditioning:
         """Guidance's unconditional side: the negative prompt's Conditioning [1, …]; no negative prompt

@@ -137,6 +137,14 @@ class VocabularyTextEncoder(nn.Module):
         return self.encoder(self.heard(prompts))
 
 
+def heard_as(encoder: nn.Module | None, prompts: list[str]) -> list[tuple[str, float]]:
+    """(caption, similarity) per prompt: a vocabulary's nearest caption; any other encoder (or none)
+    hears the prompt as typed, at similarity 1."""
+    if isinstance(encoder, VocabularyTextEncoder):
+        return encoder.nearest(list(prompts))
+    return [(p, 1.0) for p in prompts]
+
+
 def unwrap(encoder: nn.Module | None) -> nn.Module | None:
     """The encoder a vocabulary wraps (training trains it); any other encoder as it is."""
     return encoder.encoder if isinstance(encoder, VocabularyTextEncoder) else encoder
