@@ -12,14 +12,13 @@ import torch.nn.functional as F
 from conftest import make_tiny_pipeline
 
 from noisecraft.cli import main
-from noisecraft.components import load_component, read_component_config, save_component
+from noisecraft.components import component_record, load_component, read_component_config, save_component
 from noisecraft.model.vocabulary import add_vocabulary, read_captions
 from noisecraft.pipeline import Pipeline
 from noisecraft.text.builtin import BuiltinTextEncoder
 from noisecraft.text.vocabulary import (
     VocabularyTextEncoder,
     VocabularyTextEncoderConfig,
-    encoder_record,
     unwrap,
     wrapped_config,
 )
@@ -92,7 +91,7 @@ def test_a_saved_vocabulary_loads_as_it_was_and_unwraps_for_training(tmp_path):
 )
 def test_a_damaged_vocabulary_config_is_refused(change, message):
     good = {
-        "encoder": encoder_record(make_tiny_pipeline().text_encoder), "captions": tuple(CAPTIONS),
+        "encoder": component_record(make_tiny_pipeline().text_encoder), "captions": tuple(CAPTIONS),
         "phrases": ("a", "b"), "meanings": (0, 1),
     }  # fmt: skip
     VocabularyTextEncoderConfig(**good)

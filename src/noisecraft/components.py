@@ -100,7 +100,7 @@ def save_component(module: nn.Module, folder: str | os.PathLike, dtype: torch.dt
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     if state:
         _atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
-    record = {"type": name, "format": FORMAT, "config": dataclasses.asdict(module.config)}
+    record = {**component_record(module), "format": FORMAT}
     text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     _atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
     return folder
@@ -120,6 +120,16 @@ def read_component_config(folder: str | os.PathLike) -> tuple[type[nn.Module], A
         raise ComponentError(f"{path}: unreadable component config (config is not a JSON object)")
     if name not in COMPONENTS:
         raise ComponentError(f"{path}: unknown component type {name!r}; known: {sorted(COMPONENTS)}")
+    return component_class(name, values)
+
+
+def component_record(module: nn.Module) -> dict[str, Any]:
+    """{"type": its registered name, "config": its config as a dict}: what config.json records of it."""
+    return {"type": module.component_type, "config": dataclasses.asdict(module.config)}
+
+
+def component_class(name: str, values: dict[str, Any]) -> tuple[type[nn.Module], Any]:
+    """The registered class ``name`` (one ``COMPONENTS`` holds) and its config filled from ``values``."""
     cls = COMPONENTS[name]
     return cls, config_from_dict(cls.config_class, values)
 

@@ -15,7 +15,6 @@ of a name, two things at once) is lost, and every prompt becomes one of the capt
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..components import COMPONENTS, ComponentError, config_from_dict, register_component
+from ..components import COMPONENTS, ComponentError, component_class, component_record, register_component
 from ..conditioning import Conditioning
 
 MAX_PHRASES = 100_000  # captions + phrasings a vocabulary may hold
@@ -59,11 +58,6 @@ class VocabularyTextEncoderConfig:
             raise ValueError(f"encoder type {self.encoder['type']!r} is not a text encoder to wrap")
 
 
-def encoder_record(encoder: nn.Module) -> dict[str, Any]:
-    """The {"type", "config"} a saved component records for ``encoder``."""
-    return {"type": encoder.component_type, "config": dataclasses.asdict(encoder.config)}
-
-
 @register_component("vocabulary")
 class VocabularyTextEncoder(nn.Module):
     """A text encoder that encodes each prompt as the nearest caption of a fixed vocabulary."""
@@ -74,9 +68,9 @@ class VocabularyTextEncoder(nn.Module):
         super().__init__()
         self.config = config
         if encoder is None:
-            cls = COMPONENTS[config.encoder["type"]]
             try:
-                encoder = cls(config_from_dict(cls.config_class, config.encoder["config"]))
+                cls, inner = component_class(config.encoder["type"], config.encoder["config"])
+                encoder = cls(inner)
             except ValueError as err:
                 raise ComponentError(f"vocabulary: the wrapped encoder: {err}") from None
         self.encoder = encoder
@@ -92,7 +86,7 @@ class VocabularyTextEncoder(nn.Module):
         """Wrap ``encoder`` with ``captions`` and ``phrases`` (phrase → caption index), encoding them all."""
         phrases = {p: m for p, m in (phrases or {}).items() if p not in captions}
         config = VocabularyTextEncoderConfig(
-            encoder_record(encoder), tuple(captions), tuple(phrases), tuple(phrases.values()), source
+            component_record(encoder), tuple(captions), tuple(phrases), tuple(phrases.values()), source
         )
         module = cls(config, encoder.eval())
         texts = list(module.texts)
@@ -154,5 +148,4 @@ def wrapped_config(cls: type[nn.Module], config: Any) -> tuple[type[nn.Module], 
     """``read_component_config``'s (class, config) of the encoder a saved vocabulary wraps."""
     if cls is not VocabularyTextEncoder:
         return cls, config
-    inner = COMPONENTS[config.encoder["type"]]
-    return inner, config_from_dict(inner.config_class, config.encoder["config"])
+    return component_class(config.encoder["type"], config.encoder["config"])
