@@ -148,3 +148,23 @@ def test_a_perfect_generator_in_another_format_scores_the_floor(monkeypatch):
         adherence = results["adherence"]
         assert adherence["oracle_accuracy"] == adherence["ceiling_accuracy"] >= 0.8
         assert adherence["oracle_prompts"] == split
+
+
+def test_the_reference_plays_the_notes_the_model_trained_on(monkeypatch, tmp_path):
+    """A model trained on every semitone (its training.json says so) that returns the real semitone renders
+    exactly has FID 0; against the default four notes per register it would not, and ``--data notes=…``
+    still chooses."""
+    pipeline = tiny_tones_pipeline()
+    pipeline.config.audio = TonesDataset(**LOG_AXIS).audio
+    recipe = {"config": {"data": {"name": "tones", "options": {"notes": "semitones", "length": 50}}}}
+    (tmp_path / "training.json").write_text(json.dumps(recipe))
+    pipeline.origin = tmp_path
+
+    def semitone_renders(pipe, prompts, *, seed, **_):
+        return heldout_items(len(prompts), seed, {**LOG_AXIS, "notes": "semitones"})[0]
+
+    monkeypatch.setattr(evaluate_module, "generate_images", semitone_renders)
+    trained = evaluate(pipeline, "tones", 8, ["fid"], progress=False)
+    assert trained["fid"] < 1e-6 and trained["notes"] == "semitones"
+    four = evaluate(pipeline, "tones", 8, ["fid"], dataset_options={"notes": "four"}, progress=False)
+    assert four["fid"] > 1.0 and four["notes"] == "four"

@@ -127,6 +127,31 @@ def test_spectrogram_round_trip_keeps_the_facts(rendered):
     assert torch.allclose(inner, torch.ones_like(inner), atol=1e-5)  # triangles sum to one between centres
 
 
+def test_vague_captions_leave_out_one_word_of_one_note_and_keep_every_sound():
+    plain, vague = TonesDataset(length=300, seed=2), TonesDataset(length=300, seed=2, vague=0.5)
+    changed = {"pitch": 0, "kind": 0}
+    for i in range(300):
+        (clip, caption), (same, loose) = plain.clip_and_caption(i), vague.clip_and_caption(i)
+        assert same == clip
+        if loose == caption:
+            continue
+        words, fewer = caption.split(), loose.split()
+        if "sound" in loose or "sounds" in loose:  # the timbre word(s) became "sound"
+            changed["kind"] += 1
+            assert len(fewer) <= len(words) and parse_caption(caption).parts != ()
+        else:  # one register word is gone, nothing else
+            changed["pitch"] += 1
+            assert len(fewer) == len(words) - 1 and all(w in words for w in fewer)
+    notes = sum(any(p.pitch and not p.chord for p in plain.clip_and_caption(i)[0].parts) for i in range(300))
+    assert 0.35 * notes < sum(changed.values()) < 0.65 * notes and min(changed.values()) > 0.15 * notes
+    assert torch.equal(plain.waveform(7), vague.waveform(7)) and plain[7][1] == plain.clip_and_caption(7)[1]
+    assert vague.cache_params() != plain.cache_params()
+    with pytest.raises(ValueError, match="vague only in the train split"):
+        TonesDataset(split="heldout", vague=0.3)
+    with pytest.raises(ValueError, match="0 ≤ vague ≤ 1"):
+        TonesDataset(vague=1.5)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="heldout"):
         TonesDataset(split="validation")

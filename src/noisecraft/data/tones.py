@@ -55,6 +55,7 @@ NOTE_SETS: dict[str, dict[str, tuple[float, ...]]] = {
         for name, first, last in (("low", 0, 8), ("mid", 9, 20), ("high", 22, 29))
     },
 }
+DEFAULT_NOTES = "four"
 PITCH_TOPS = {"low": 320.0, "mid": 640.0}  # Hz: a root below this is in the register (above both: high)
 CHORD_RATIOS = (1.0, 2 ** (4 / 12), 2 ** (7 / 12))  # a major triad
 # Chords are drawn on sines and low plucks (a high Karplus-Strong string, 5-10 samples long, is too
@@ -98,6 +99,10 @@ PITCH_WORDS = {
 }
 LOUDNESS_WORDS = {"loud": ("loud", "strong"), "soft": ("soft", "quiet", "gentle")}
 COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
+# ``vague``: the share of training captions where one note leaves out a word, its register ("a loud buzz")
+# or its timbre ("a loud high sound"), so each word is also learnt apart from the other.
+LEFT_OUT = ("pitch", "kind")
+VAGUE_NOUN = "sound"
 JOINS = ("{a} followed by {b}", "{a} then {b}", "first {a}, then {b}", "{a} and then {b}")
 
 
@@ -237,15 +242,32 @@ def sample_clip(g: torch.Generator, split: str = "train") -> Clip:
     return Clip(parts, loudness)
 
 
-def _noun(g: torch.Generator, part: Part) -> str:
+def _noun(g: torch.Generator, part: Part, left_out: str | None = None) -> str:
+    """The phrase of one part; ``left_out`` ("pitch" or "kind") omits that word of a note (the same draws
+    from ``g`` either way)."""
     if part.kind == "sweep":
         return _choice(g, SWEEP_NOUNS[part.direction])
     nouns = CHORD_NOUNS[part.kind] if part.chord else NOUNS[part.kind]
     noun = _choice(g, nouns)
     pitch = f"{_choice(g, PITCH_WORDS[part.pitch])} " if part.pitch else ""
+    if left_out == "pitch":
+        pitch = ""
+    if left_out == "kind":
+        noun = VAGUE_NOUN
     if part.count > 1:
-        return f"{COUNT_WORDS[part.count]} {pitch}{PLURALS[noun]}"
+        return f"{COUNT_WORDS[part.count]} {pitch}{noun + 's' if left_out == 'kind' else PLURALS[noun]}"
     return f"{pitch}{noun}"
+
+
+def leave_out_words(clip: Clip, g: torch.Generator, rate: float) -> tuple[str | None, ...]:
+    """With probability ``rate``, one note of the clip (not a chord, drum or sweep) loses its register
+    or its timbre word in the caption (``vague``); else nothing is left out. One entry per part."""
+    notes = [i for i, p in enumerate(clip.parts) if p.pitch and not p.chord]
+    chosen, word = int(torch.randint(2, (), generator=g)), _choice(g, LEFT_OUT)
+    if not notes or torch.rand((), generator=g).item() >= rate:
+        return (None,) * len(clip.parts)
+    which = notes[chosen % len(notes)]
+    return tuple(word if i == which else None for i in range(len(clip.parts)))
 
 
 def _with_article(phrase: str) -> str:
@@ -254,10 +276,11 @@ def _with_article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def describe(clip: Clip, g: torch.Generator) -> str:
-    """A caption naming every part (kind, pitch, chord, direction, count) and the loudness."""
+def describe(clip: Clip, g: torch.Generator, left_out: tuple[str | None, ...] | None = None) -> str:
+    """A caption naming every part (kind, pitch, chord, direction, count) and the loudness; ``left_out``
+    (``leave_out_words``) words it leaves out, per part."""
     loud = _choice(g, LOUDNESS_WORDS[clip.loudness])
-    phrases = [_noun(g, p) for p in clip.parts]
+    phrases = [_noun(g, p, w) for p, w in zip(clip.parts, left_out or (None,) * len(clip.parts))]
     if torch.rand((), generator=g).item() < 0.5:  # the loudness word leads the first sound ...
         words = phrases[0].split(" ", 1)  # "three loud drum hits", "a loud beep"
         count = words[0] in COUNT_WORDS.values()
@@ -276,7 +299,9 @@ class TonesDataset(Dataset):
     function of (seed, split, i); ``waveform(i)`` is its sound [CLIP_SAMPLES] in [-1, 1]. ``f_min`` and
     ``mel_break_hz`` set the frequency axis (``audio.SpectrogramFormat``); ``audio`` is the format, which a
     model trained on the images records. ``representation="waveform"``: item i is the sound itself,
-    [1, WAVE_SAMPLES] (zero after CLIP_SAMPLES). ``notes``: the notes of each register (NOTE_SETS)."""
+    [1, WAVE_SAMPLES] (zero after CLIP_SAMPLES). ``notes``: the notes of each register (NOTE_SETS).
+    ``vague``: the share of training captions that leave out one note's register or timbre word
+    (``leave_out_words``; the sounds are the same)."""
 
     def __init__(
         self,
@@ -287,7 +312,8 @@ class TonesDataset(Dataset):
         f_min: float = F_MIN,
         mel_break_hz: float = MEL_BREAK_HZ,
         representation: str = "spectrogram",
-        notes: str = "four",
+        notes: str = DEFAULT_NOTES,
+        vague: float = 0.0,
     ):
         if split not in SPLITS:
             raise ValueError(f"unknown tones split {split!r}; valid: {', '.join(SPLITS)}")
@@ -301,8 +327,10 @@ class TonesDataset(Dataset):
             )
         if notes not in NOTE_SETS:
             raise ValueError(f"unknown tones notes {notes!r}; valid: {', '.join(NOTE_SETS)}")
+        if not 0.0 <= vague <= 1.0 or (vague and split != "train"):
+            raise ValueError(f"need 0 ≤ vague ≤ 1, and vague only in the train split; got {vague}, {split!r}")
         self.size, self.length, self.seed, self.split = size, length, seed, split
-        self.representation, self.notes = representation, notes
+        self.representation, self.notes, self.vague = representation, notes, float(vague)
         self.audio = self.audio_format(f_min=f_min, mel_break_hz=mel_break_hz)
 
     @staticmethod
@@ -323,7 +351,10 @@ class TonesDataset(Dataset):
     def clip_and_caption(self, index: int) -> tuple[Clip, str]:
         g = self._generator(index)
         clip = sample_clip(g, self.split)
-        return clip, describe(clip, g)
+        left_out = None
+        if self.vague:  # drawn apart, so the item's sound and its other words stay as they were
+            left_out = leave_out_words(clip, item_generator(self.seed, index, 200), self.vague)
+        return clip, describe(clip, g, left_out)
 
     def waveform(self, index: int) -> torch.Tensor:
         """The clip's sound [CLIP_SAMPLES], float32 in [-1, 1]."""
@@ -350,8 +381,10 @@ class TonesDataset(Dataset):
             params["audio"] = {"f_min": self.audio.f_min, "mel_break_hz": self.audio.mel_break_hz}
         if self.representation != "spectrogram":
             params["representation"] = self.representation
-        if self.notes != "four":
+        if self.notes != DEFAULT_NOTES:
             params["notes"] = self.notes
+        if self.vague:
+            params["vague"] = self.vague
         return params
 
     @property

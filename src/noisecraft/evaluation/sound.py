@@ -13,7 +13,8 @@ One generated set serves every score:
   spectrogram round trip (``ceiling_accuracy``, 0.99 over 400 clips): Griffin-Lim loses what a perfect
   generator would lose too.
 - FID / KID / precision-recall compare the generated spectrograms with the real renders of the same
-  captions (paired sets of ``num`` each, so nothing is cached). ``fid_floor`` is the FID of ``num``
+  captions (paired sets of ``num`` each, so nothing is cached); they play the notes the model trained on
+  (``notes`` from its ``training.json``; ``--data notes=…`` over it). ``fid_floor`` is the FID of ``num``
   other held-out renders against them: what a perfect generator scores at this sample size.
   The default feature space is the shipped tones classifier's (``weights/tones``): no audio network
   (VGGish, PANNs) can be downloaded here, and one trained on the procedural clips reads what the
@@ -30,7 +31,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..audio import SPECTROGRAM, SpectrogramFormat, image_to_waveform, reformat
+from ..data.tones import DEFAULT_NOTES
 from ..data.tones_oracle import fact_checks, parse_caption, read_clip
+from ..model.folder import training_data
 from .features import make_features, to_8bit
 from .reference import build_dataset, dataset_images, extract_features
 
@@ -38,6 +41,8 @@ if TYPE_CHECKING:
     from ..pipeline import Pipeline
 
 HELDOUT = "heldout"
+# The training options that decide how a real clip sounds, so the reference plays what the model learnt.
+REFERENCE_OPTIONS = ("notes",)
 WHY_TONES_FEATURES = (
     "the shipped tones classifier's 128-d penultimate features (evaluation/weights/tones/CARD.md): no audio "
     "network can be downloaded, and this one reads every fact a caption states from the spectrogram"
@@ -85,20 +90,30 @@ def heldout_items(num: int, seed: int = 0, options: dict | None = None) -> tuple
     return to_8bit(images[repeat]) / 127.5 - 1, [captions[i] for i in repeat]
 
 
+def trained_options(pipeline: Pipeline) -> dict:
+    """The REFERENCE_OPTIONS of the tones recipe a model trained on (its folder's ``training.json``);
+    {} for a model without one."""
+    folder = pipeline.origin if pipeline.origin is not None and pipeline.origin.is_dir() else None
+    data = (training_data(folder) if folder is not None else None) or {}
+    options = data.get("options", {}) if data.get("name") == "tones" else {}
+    return {k: options[k] for k in REFERENCE_OPTIONS if isinstance(options, dict) and k in options}
+
+
 def tones_scores(pipeline: Pipeline, metrics: Sequence[str], features: str, num: int, *, seed: int,
                  batch_size: int, options: dict | None, progress: bool, **sample) -> dict:  # fmt: skip
     """Every requested score of a tones model (see the module docstring), as JSON-ready fields."""
     from .evaluate import distribution_scores, generate_images
 
     fmt = pipeline.config.audio or SPECTROGRAM  # the real renders are drawn in the model's own format
-    options = {**(options or {}), "f_min": fmt.f_min, "mel_break_hz": fmt.mel_break_hz}
+    axis = {"f_min": fmt.f_min, "mel_break_hz": fmt.mel_break_hz}
+    options = {**trained_options(pipeline), **(options or {}), **axis}
     distribution = bool({"fid", "kid", "pr"} & set(metrics))
     real, captions = heldout_items(2 * num if distribution else num, seed, options)  # the first num: prompts
     fake = generate_images(
         pipeline, captions[:num], seed=seed, batch_size=batch_size, progress=progress, **sample
     )
     split = options.get("split", HELDOUT)  # --data split=train: captions of the training distribution
-    out: dict = {"prompts": f"{split} captions"}
+    out: dict = {"prompts": f"{split} captions", "notes": options.get("notes", DEFAULT_NOTES)}
     if distribution:
         extractor = make_features(features, "tones")
         # The classifier reads the default format: both sets are re-banded into it alike (``reformat``).
