@@ -22,6 +22,7 @@ from noisecraft.audio import (
     SpectrogramFormat,
     band_frequencies,
     hz_to_mel,
+    limit,
     reformat,
     waveform_to_image,
 )
@@ -139,6 +140,26 @@ def test_reformat_reads_one_formats_spectrograms_in_another():
     assert reformat(direct, SPECTROGRAM, SPECTROGRAM) is direct
     with pytest.raises(ValueError, match="STFTs"):
         reformat(direct, SPECTROGRAM, SpectrogramFormat(hop=100))
+
+
+def _third_harmonic_db(x: torch.Tensor, f: int = 220) -> float:
+    mag = np.abs(np.fft.rfft(x.double().numpy() * np.hanning(len(x))))  # 1-Hz bins over one second
+    return float(20 * np.log10(mag[3 * f] / mag[f]))
+
+
+def test_sound_louder_than_full_scale_is_limited_not_clipped():
+    t = torch.arange(8000) / 8000
+    loud, quiet = 1.5 * torch.sin(2 * torch.pi * 220 * t), 0.5 * torch.sin(2 * torch.pi * 220 * t)
+    spiked = quiet.clone()
+    spiked[4000] = 3.0
+    out = limit(torch.stack([loud, quiet, spiked]), 8000)
+    assert out.abs().amax(-1).tolist() == pytest.approx([1.0, 0.5, 1.0], abs=1e-5)
+    assert torch.equal(out[1], quiet)  # within full scale: untouched
+    far = torch.cat([torch.arange(3800), torch.arange(4201, 8000)])  # over 2 × 10 ms from the spike
+    assert torch.equal(out[2, far], quiet[far])
+    assert _third_harmonic_db(out[0]) < -80 < -20 < _third_harmonic_db(loud.clamp(-1, 1))
+    rough = 3 * torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
+    assert limit(rough, 8000).abs().max() <= 1 + 1e-5 and limit(rough, 8000).abs().max() > 0.9
 
 
 def test_wav_bytes_are_a_standard_wav_with_our_parameters():

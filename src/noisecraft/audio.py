@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 SAMPLE_RATE = 8000  # Hz
@@ -29,6 +30,7 @@ F_MIN = 40.0  # Hz: the lowest mel filter's lower edge
 MEL_BREAK_HZ = 700.0  # HTK's corner: bands evenly spaced in log(1 + f / corner); a low corner ≈ log-frequency
 DB_FLOOR, DB_TOP = -75.0, 5.0  # the dB range mapped onto [-1, 1]
 GRIFFIN_LIM_ITERS = 48
+LIMITER_WINDOW_S = 0.01  # seconds either side over which the limiter's gain dips and recovers
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,20 @@ def griffin_lim(
         accelerated = rebuilt - momentum / (1 + momentum) * previous
         previous = rebuilt
         angles = accelerated / accelerated.abs().clamp(min=1e-8)
-    return torch.istft(mag * angles, length=length, **stft).clamp(-1, 1)
+    wave = limit(torch.istft(mag * angles, length=length, **stft), fmt.sample_rate)  # [B, T·hop]
+    return wave.clamp(-1, 1)  # rounds off float error
+
+
+def limit(wave: Tensor, sample_rate: int, window_s: float = LIMITER_WINDOW_S) -> Tensor:
+    """Waveforms [B, N] → the same within [-1, 1] by a look-ahead limiter: where a sample is over full
+    scale the gain dips smoothly around it (the minimum of the needed gains over ±w, averaged over ±w, is
+    never above the gain any sample in reach needs), so a loud clip keeps its level and timbre; clipping
+    instead squares off a loud sine's peaks, adding the odd harmonics of a buzz."""
+    w = max(1, round(window_s * sample_rate))
+    need = 1 / wave.abs().clamp(min=1.0)[:, None]  # [B, 1, N] ≤ 1
+    lowest = -F.max_pool1d(-need, 2 * w + 1, stride=1, padding=w)
+    gain = F.avg_pool1d(F.pad(lowest, (w, w), mode="replicate"), 2 * w + 1, stride=1)  # [B, 1, N]
+    return wave * gain[:, 0]
 
 
 def image_to_waveform(image: Tensor, seed: int = 0, fmt: SpectrogramFormat = SPECTROGRAM) -> Tensor:

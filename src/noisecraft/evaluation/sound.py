@@ -10,8 +10,8 @@ One generated set serves every score:
   right in every fact of their caption, ``oracle_facts`` the rate per fact (parts and loudness over
   all clips; kind, pitch, chord, direction and count over the clips with the right number of parts).
   The **ceiling** is the same read-back of the real renders of those items through the same
-  spectrogram round trip (``ceiling_accuracy``, 0.99 over 400 clips): Griffin-Lim loses what a perfect
-  generator would lose too.
+  spectrogram round trip (``ceiling_accuracy``, 0.985-1.0 over 200 clips): Griffin-Lim loses what a
+  perfect generator would lose too.
 - FID / KID / precision-recall compare the generated spectrograms with the real renders of the same
   captions (paired sets of ``num`` each, so nothing is cached); they play the notes the model trained on
   (``notes`` from its ``training.json``; ``--data notes=…`` over it). ``fid_floor`` is the FID of ``num``
