@@ -95,8 +95,8 @@ def trained_options(pipeline: Pipeline) -> dict:
     {} for a model without one."""
     folder = pipeline.origin if pipeline.origin is not None and pipeline.origin.is_dir() else None
     data = (training_data(folder) if folder is not None else None) or {}
-    options = data.get("options", {}) if data.get("name") == "tones" else {}
-    return {k: options[k] for k in REFERENCE_OPTIONS if isinstance(options, dict) and k in options}
+    options = data.get("options") if data.get("name") == "tones" else None
+    return {k: options[k] for k in REFERENCE_OPTIONS if k in options} if isinstance(options, dict) else {}
 
 
 def tones_scores(pipeline: Pipeline, metrics: Sequence[str], features: str, num: int, *, seed: int,
