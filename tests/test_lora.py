@@ -19,7 +19,7 @@ from noisecraft.images import METADATA_KEY
 from noisecraft.infotext import png_parameters
 from noisecraft.model import OptionError
 from noisecraft.model.adapters import find_adapter, parse_spec, prompt_adapters
-from noisecraft.nets.layers import TokenLinear
+from noisecraft.nets.layers import PaddedConv2d, TokenLinear
 from noisecraft.nets.lora import LoraLayer, LoraUpdate, MergedAdapters, target_modules
 from noisecraft.pipeline import Pipeline
 from noisecraft.server.app import create_app
@@ -39,10 +39,14 @@ def random_adapter(net, path, seed=0, kinds=("attention", "conv")):
     return write_lora(path, updates, "kohya", {"test": True})
 
 
-@pytest.mark.parametrize("layer", ["linear", "conv"])
+@pytest.mark.parametrize("layer", ["linear", "conv", "wrapped-conv"])
 def test_the_merged_weight_is_the_on_the_fly_branch(layer):
     torch.manual_seed(0)
-    base = TokenLinear(12, 18) if layer == "linear" else torch.nn.Conv2d(6, 10, 3, stride=2, padding=1)
+    base = {
+        "linear": lambda: TokenLinear(12, 18),
+        "conv": lambda: torch.nn.Conv2d(6, 10, 3, stride=2, padding=1),
+        "wrapped-conv": lambda: PaddedConv2d(6, 10, 3, stride=2, row_padding="circular"),  # rows wrap
+    }[layer]()
     wrapped = LoraLayer(base, rank=3, alpha=6.0)
     torch.nn.init.normal_(wrapped.up.weight)  # B starts at zero: give it a value
     x = torch.randn(32, 12) if layer == "linear" else torch.randn(2, 6, 9, 9)

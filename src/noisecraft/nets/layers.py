@@ -110,6 +110,35 @@ def conv_flops(conv: nn.Conv2d, height_out: int, width_out: int) -> int:
     return 2 * height_out * width_out * per_pixel
 
 
+ROW_PADDINGS = ("zeros", "circular")
+
+
+class PaddedConv2d(nn.Conv2d):
+    """A square convolution padded to keep the size (or halve it at stride 2), its rows zero-padded or,
+    with ``row_padding="circular"``, wrapped around (columns are zero-padded either way).
+
+    On a spectrogram the rows are frequency bands: when every convolution wraps, nothing in the net
+    tells one band from another, so a pattern of partials is drawn the same way above every root.
+    """
+
+    def __init__(
+        self, c_in: int, c_out: int, kernel_size: int = 3, stride: int = 1, row_padding: str = "zeros",
+        bias: bool = True,
+    ):  # fmt: skip
+        if row_padding not in ROW_PADDINGS:
+            raise ValueError(f"row_padding must be one of {ROW_PADDINGS}, got {row_padding!r}")
+        half, wrap = kernel_size // 2, row_padding == "circular"
+        padding = (0 if wrap else half, half)  # wrapped rows are padded in forward
+        super().__init__(c_in, c_out, kernel_size, stride=stride, padding=padding, bias=bias)
+        self.row_padding, self.wrapped_rows = row_padding, half if wrap else 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [B, c_in, H, W] → [B, c_out, H / stride, W / stride]."""
+        if self.wrapped_rows:
+            x = F.pad(x, (0, 0, self.wrapped_rows, self.wrapped_rows), mode="circular")
+        return self._conv_forward(x, self.weight, self.bias)
+
+
 # ----------------------------------------------------------------------------------------------
 # Input checks shared by the networks: one clear ValueError per mistake.
 
@@ -406,11 +435,19 @@ class TransformerBlock(nn.Module):
             self.norm2, self.cross = None, None
         self.norm3, self.mlp = nn.LayerNorm(dim), FEED_FORWARDS[feed_forward](dim, mlp_ratio, dropout)
 
-    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        """x [B, N, dim]; context [B, L, context_dim] or None (no cross-attention contribution)."""
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        where: Tensor | None = None,
+    ) -> Tensor:
+        """x [B, N, dim]; context [B, L, context_dim] or None (no cross-attention contribution); ``where``
+        [N, dim] is added to the cross-attention's input alone: it steers which words land where."""
         x = add_residual(self.attn(self.norm1(x)), x)  # each branch ends in a linear layer
         if context is not None:
-            x = add_residual(self.cross(self.norm2(x), context, mask), x)
+            queries = self.norm2(x) if where is None else self.norm2(x) + where
+            x = add_residual(self.cross(queries, context, mask), x)
         return add_residual(self.mlp(self.norm3(x)), x)
 
     def flops(self, tokens: int, context_tokens: int) -> int:

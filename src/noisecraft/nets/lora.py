@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .layers import PaddedConv2d
+
 
 class AdapterError(ValueError):
     """An adapter that does not fit the model (another architecture, a tensor of the wrong shape)."""
@@ -126,6 +128,14 @@ class MergedAdapters:
 # Training: adapters computed on the fly beside frozen layers.
 
 
+def _conv_like(base: nn.Conv2d, rank: int) -> nn.Conv2d:
+    """A bias-free convolution to ``rank`` channels with the base's kernel, stride and padding."""
+    if isinstance(base, PaddedConv2d):  # rows wrapped or not, as the base's
+        kernel, stride = base.kernel_size[0], base.stride[0]
+        return PaddedConv2d(base.in_channels, rank, kernel, stride, base.row_padding, bias=False)
+    return nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False)
+
+
 class LoraLayer(nn.Module):
     """A frozen linear or convolution plus a trainable low-rank branch: base(x) + (α/r)·B(A(x))."""
 
@@ -133,9 +143,7 @@ class LoraLayer(nn.Module):
         super().__init__()
         self.base, self.rank, self.alpha = base.requires_grad_(False), rank, alpha
         if isinstance(base, nn.Conv2d):
-            self.down: nn.Module = nn.Conv2d(
-                base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False
-            )
+            self.down: nn.Module = _conv_like(base, rank)
             self.up: nn.Module = nn.Conv2d(rank, base.out_channels, 1, bias=False)
         else:
             self.down, self.up = (

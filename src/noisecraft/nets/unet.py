@@ -22,7 +22,9 @@ from .kernels import channels_last_for
 from .layers import (
     FEED_FORWARDS,
     NOISE_EMBEDDINGS,
+    ROW_PADDINGS,
     NoiseEmbedding,
+    PaddedConv2d,
     TokenLinear,
     TransformerBlock,
     add_residual,
@@ -57,6 +59,8 @@ class UNetConfig:
     mlp_ratio: int = 4  # transformer MLP hidden width = mlp_ratio · width
     mid_attention: bool = True  # a transformer between the middle residual blocks
     attention_positions: bool = False  # transformers add a learnt map of 2-D sin-cos positions (zero at init)
+    row_padding: str = "zeros"  # "circular": convolutions wrap rows around (a spectrogram's frequency axis)
+    query_positions: bool = False  # the attention positions reach the cross-attention's queries only
     text_layout: bool = False  # transformers add a map read from the prompt alone (TextLayout; zero at init)
     dropout: float = 0.0
     text_dim: int = 0  # width D of the text encoder's tokens; 0 → an unconditional-only net
@@ -106,10 +110,14 @@ class UNetConfig:
                 raise ValueError(f"UNetConfig: width {width} does not split into heads (head_dim, num_heads)")
         if self.noise_embedding not in NOISE_EMBEDDINGS:
             raise ValueError(f"UNetConfig: noise_embedding must be one of {NOISE_EMBEDDINGS}")
+        if self.row_padding not in ROW_PADDINGS:
+            raise ValueError(f"UNetConfig: row_padding must be one of {ROW_PADDINGS}: {self.row_padding!r}")
         if self.text_dim < 0 or not 0 <= self.dropout < 1:
             raise ValueError("UNetConfig: text_dim must be ≥ 0 and dropout in [0, 1)")
         if self.text_layout and not self.text_dim:
             raise ValueError("UNetConfig: text_layout needs text_dim > 0")
+        if self.query_positions and not (self.attention_positions and self.text_dim):
+            raise ValueError("UNetConfig: query_positions needs attention_positions and text_dim > 0")
         refiner_fits = self.text_dim > 0 and self.text_width > 0 and self.text_width % self.head_dim == 0
         if self.text_layers < 0 or (self.text_layers and not refiner_fits):
             raise ValueError(
@@ -185,11 +193,12 @@ class ResBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, emb_dim: int, config: UNetConfig):
         super().__init__()
         groups, eps = config.norm_groups, config.norm_eps
-        self.norm1, self.conv1 = group_norm(c_in, groups, eps), nn.Conv2d(c_in, c_out, 3, padding=1)
+        rows = config.row_padding
+        self.norm1, self.conv1 = group_norm(c_in, groups, eps), PaddedConv2d(c_in, c_out, row_padding=rows)
         self.scale_shift = config.embedding_mode == "scale_shift"  # else added (LDM / SD)
         self.emb = nn.Linear(emb_dim, 2 * c_out if self.scale_shift else c_out)
         self.norm2, self.dropout = group_norm(c_out, groups, eps), nn.Dropout(config.dropout)
-        self.conv2 = zero_init(nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.conv2 = zero_init(PaddedConv2d(c_out, c_out, row_padding=rows))
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
@@ -219,6 +228,7 @@ class SpatialTransformer(nn.Module):
         # Where each token sits, said outright instead of left to the convolutions' zero padding; zero
         # at first, so a trained net can grow it (model.init_new).
         self.pos_proj = zero_init(TokenLinear(channels, channels)) if config.attention_positions else None
+        self.query_positions = config.query_positions  # else they join the tokens themselves
         self.layout = TextLayout(channels, config.head_dim, config.text_dim) if config.text_layout else None
         blocks = [
             TransformerBlock(
@@ -238,13 +248,13 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: Tensor, tokens: Tensor | None, mask: Tensor | None) -> Tensor:
         b, c, height, width = x.shape
         h = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))  # [B, HW, C]; a view if channels_last
-        if self.pos_proj is not None:
-            h = h + self.pos_proj(sincos_positions(height, width, c, h))  # [HW, C] broadcast over B
+        where = None if self.pos_proj is None else self.pos_proj(sincos_positions(height, width, c, h))
+        if where is not None and not self.query_positions:
+            h, where = h + where, None  # [HW, C] broadcast over B
         if self.layout is not None and tokens is not None:
             h = h + self.layout(tokens, mask, height, width)  # [B, HW, C]
-        h = self.block(h, tokens, mask)
-        for block in self.more_blocks:
-            h = block(h, tokens, mask)
+        for block in [self.block, *self.more_blocks]:
+            h = block(h, tokens, mask, where)
         h = self.proj_out(h)  # [B, HW, C]
         return x + h.transpose(1, 2).unflatten(2, (height, width))  # a view in either layout: no copy
 
@@ -272,11 +282,11 @@ class UNetBlock(nn.Module):
         return self.res.flops(size) + (self.attn.flops(size, text_len) if self.attn is not None else 0)
 
 
-class Downsample(nn.Conv2d):
+class Downsample(PaddedConv2d):
     """Halve the resolution with a stride-2 3×3 convolution."""
 
-    def __init__(self, channels: int):
-        super().__init__(channels, channels, 3, stride=2, padding=1)
+    def __init__(self, channels: int, row_padding: str = "zeros"):
+        super().__init__(channels, channels, 3, stride=2, row_padding=row_padding)
 
     def flops(self, size: int) -> int:  # size: the input resolution
         return conv_flops(self, size // 2, size // 2)
@@ -285,9 +295,9 @@ class Downsample(nn.Conv2d):
 class Upsample(nn.Module):
     """Double the resolution: nearest-neighbour then a 3×3 convolution."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, row_padding: str = "zeros"):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = PaddedConv2d(channels, channels, row_padding=row_padding)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -334,7 +344,7 @@ class UNet(nn.Module):
             if cfg.text_layers
             else None
         )
-        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.channels, 3, padding=1)
+        self.conv_in = PaddedConv2d(cfg.in_channels, cfg.channels, row_padding=cfg.row_padding)
 
         widths, last = [cfg.channels * m for m in cfg.channel_mult], len(cfg.channel_mult) - 1
         self.down, skips, c = nn.ModuleList(), [cfg.channels], cfg.channels
@@ -344,7 +354,7 @@ class UNet(nn.Module):
                 c = width
                 skips.append(c)
             if level < last:
-                self.down.append(Downsample(c))
+                self.down.append(Downsample(c, cfg.row_padding))
                 skips.append(c)
         self.mid = nn.ModuleList(
             [
@@ -364,9 +374,9 @@ class UNet(nn.Module):
                 )
                 c = widths[level]
             if level > 0:
-                self.up.append(Upsample(c))
+                self.up.append(Upsample(c, cfg.row_padding))
         self.norm_out = group_norm(c, cfg.norm_groups, cfg.norm_eps)
-        self.conv_out = zero_init(nn.Conv2d(c, cfg.outputs, 3, padding=1))
+        self.conv_out = zero_init(PaddedConv2d(c, cfg.outputs, row_padding=cfg.row_padding))
 
     def prepare(
         self, x_in: Tensor, c_noise: Tensor | float, cond: Conditioning | None
