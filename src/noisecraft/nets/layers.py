@@ -113,6 +113,12 @@ def conv_flops(conv: nn.Conv2d, height_out: int, width_out: int) -> int:
 ROW_PADDINGS = ("zeros", "circular")
 
 
+def check_row_padding(row_padding: str, owner: str) -> None:
+    """One clear ValueError for a row padding that is not one of ROW_PADDINGS."""
+    if row_padding not in ROW_PADDINGS:
+        raise ValueError(f"{owner}: row_padding must be one of {ROW_PADDINGS}, got {row_padding!r}")
+
+
 class PaddedConv2d(nn.Conv2d):
     """A square convolution padded to keep the size (or halve it at stride 2), its rows zero-padded or,
     with ``row_padding="circular"``, wrapped around (columns are zero-padded either way).
@@ -125,17 +131,17 @@ class PaddedConv2d(nn.Conv2d):
         self, c_in: int, c_out: int, kernel_size: int = 3, stride: int = 1, row_padding: str = "zeros",
         bias: bool = True,
     ):  # fmt: skip
-        if row_padding not in ROW_PADDINGS:
-            raise ValueError(f"row_padding must be one of {ROW_PADDINGS}, got {row_padding!r}")
-        half, wrap = kernel_size // 2, row_padding == "circular"
-        padding = (0 if wrap else half, half)  # wrapped rows are padded in forward
+        check_row_padding(row_padding, "PaddedConv2d")
+        half = kernel_size // 2
+        padding = (0 if row_padding == "circular" else half, half)  # wrapped rows are padded in forward
         super().__init__(c_in, c_out, kernel_size, stride=stride, padding=padding, bias=bias)
-        self.row_padding, self.wrapped_rows = row_padding, half if wrap else 0
+        self.row_padding = row_padding
 
     def forward(self, x: Tensor) -> Tensor:
         """x [B, c_in, H, W] → [B, c_out, H / stride, W / stride]."""
-        if self.wrapped_rows:
-            x = F.pad(x, (0, 0, self.wrapped_rows, self.wrapped_rows), mode="circular")
+        if self.row_padding == "circular":
+            half = self.kernel_size[0] // 2
+            x = F.pad(x, (0, 0, half, half), mode="circular")
         return self._conv_forward(x, self.weight, self.bias)
 
 

@@ -22,13 +22,13 @@ from .kernels import channels_last_for
 from .layers import (
     FEED_FORWARDS,
     NOISE_EMBEDDINGS,
-    ROW_PADDINGS,
     NoiseEmbedding,
     PaddedConv2d,
     TokenLinear,
     TransformerBlock,
     add_residual,
     check_image,
+    check_row_padding,
     conv_flops,
     group_norm,
     linear_flops,
@@ -110,8 +110,7 @@ class UNetConfig:
                 raise ValueError(f"UNetConfig: width {width} does not split into heads (head_dim, num_heads)")
         if self.noise_embedding not in NOISE_EMBEDDINGS:
             raise ValueError(f"UNetConfig: noise_embedding must be one of {NOISE_EMBEDDINGS}")
-        if self.row_padding not in ROW_PADDINGS:
-            raise ValueError(f"UNetConfig: row_padding must be one of {ROW_PADDINGS}: {self.row_padding!r}")
+        check_row_padding(self.row_padding, "UNetConfig")
         if self.text_dim < 0 or not 0 <= self.dropout < 1:
             raise ValueError("UNetConfig: text_dim must be ≥ 0 and dropout in [0, 1)")
         if self.text_layout and not self.text_dim:
