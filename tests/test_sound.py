@@ -66,7 +66,7 @@ def test_export_records_the_datasets_own_format():
     tones = load_config("configs/tones64.toml")
     audio = model_settings(tones, "t", (1, 64, 64)).audio
     assert audio == TonesDataset(**tones.data.options).audio != SPECTROGRAM
-    assert (audio.f_min, audio.mel_break_hz) == (150.0, 50.0)
+    assert (audio.f_min, audio.mel_break_hz) == (150.0, 1.0)
     assert model_settings(load_config("configs/shapes32.toml"), "s", (3, 32, 32)).audio is None
 
 
