@@ -128,3 +128,20 @@ def test_training_on_cuda_checkpoints_and_resumes_exactly(tmp_path):
     assert second.state == straight.state
     assert all(v.device.type == "cpu" for v in final_tensors(tmp_path / "straight").values())  # saved on CPU
     assert_identical(final_tensors(tmp_path / "resumed"), final_tensors(tmp_path / "straight"))
+
+
+def test_a_frozen_minilm_caches_the_captions_on_the_training_device(strict_fp32):
+    """Training on CUDA encodes the dataset's captions there (tens of thousands take seconds there and
+    about a minute on two CPU cores), to the CPU's embeddings within fp32 summation order."""
+    from noisecraft.training.build import build_text_encoder
+    from noisecraft.training.config import load_config
+
+    config = load_config("tones64")
+    captions = ["a low beep followed by a high bell", "three loud drum hits"]
+    _, on_gpu = build_text_encoder(config, captions, CUDA)
+    _, on_cpu = build_text_encoder(config, captions)
+    gpu, cpu = on_gpu(captions), on_cpu(captions)
+    assert gpu.tokens.device.type == "cuda" and cpu.tokens.device.type == "cpu"
+    diff = (gpu.tokens.cpu() - cpu.tokens).abs().max().item()
+    _report("MiniLM caption tokens max |Δ|", diff, 1e-4)
+    assert diff <= 1e-4 and torch.equal(gpu.mask.cpu(), cpu.mask)

@@ -9,6 +9,7 @@ import torch
 
 from noisecraft.audio import CLIP_SAMPLES, image_to_waveform, mel_filters, waveform_to_image
 from noisecraft.data import make_dataset
+from noisecraft.data.cache import cache_file, cache_key
 from noisecraft.data.tones import HELDOUT, KINDS, NOTE_SETS, PITCH_TOPS, PITCHES, Clip, Part, TonesDataset
 from noisecraft.data.tones_oracle import fact_checks, matches, parse_caption, read_clip
 
@@ -161,3 +162,13 @@ def test_bad_input():
         waveform_to_image(torch.zeros(2, 100))
     with pytest.raises(ValueError, match="mono waveform"):
         read_clip(torch.zeros(2, 8000))
+
+
+def test_a_frequency_axis_given_as_whole_numbers_finds_the_same_cache_file():
+    """`--set data.options.mel_break_hz=1` parses as the integer 1; the recipe writes 1.0: one axis, one
+    cache file (its name hashes the key's JSON, where 1 and 1.0 differ)."""
+    whole = TonesDataset(length=8, mel_break_hz=1, f_min=150)
+    decimal = TonesDataset(length=8, mel_break_hz=1.0, f_min=150.0)
+    other = TonesDataset(length=8, mel_break_hz=2, f_min=150)
+    assert cache_file("c", cache_key("tones", whole)) == cache_file("c", cache_key("tones", decimal))
+    assert cache_file("c", cache_key("tones", whole)) != cache_file("c", cache_key("tones", other))

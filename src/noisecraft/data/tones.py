@@ -338,7 +338,7 @@ class TonesDataset(Dataset):
         f_min: float = F_MIN, mel_break_hz: float = MEL_BREAK_HZ, **_other: object
     ) -> SpectrogramFormat:
         """The spectrogram format of the items made with these options (the others do not change it)."""
-        return replace(SPECTROGRAM, f_min=f_min, mel_break_hz=mel_break_hz)
+        return replace(SPECTROGRAM, f_min=float(f_min), mel_break_hz=float(mel_break_hz))  # 1 and 1.0 alike
 
     def __len__(self) -> int:
         return self.length

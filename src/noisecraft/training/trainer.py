@@ -139,7 +139,7 @@ class Trainer:
                 None if text is None else CachedTextEncoder(text, list(captions), fallback=True)
             )
         else:
-            trainable_text, self.frozen_text = build_text_encoder(c, captions)
+            trainable_text, self.frozen_text = build_text_encoder(c, captions, self.device)
         net = build_net(c, text_dim_of(trainable_text, self.frozen_text))
         self.parent = None  # the training.json of the model.init source: the model's lineage
         if c.model.init and fresh:  # before the EMA copy is taken, so the average starts from it too
