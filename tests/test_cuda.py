@@ -131,8 +131,8 @@ def test_training_on_cuda_checkpoints_and_resumes_exactly(tmp_path):
 
 
 def test_a_frozen_minilm_caches_the_captions_on_the_training_device(strict_fp32):
-    """Training on CUDA encodes the dataset's captions there (tens of thousands take seconds there and
-    about a minute on two CPU cores), to the CPU's embeddings within fp32 summation order."""
+    """Training on CUDA encodes the dataset's captions there, to the CPU's embeddings within fp32
+    summation order."""
     from noisecraft.training.build import build_text_encoder
     from noisecraft.training.config import load_config
 

@@ -105,7 +105,7 @@ def build_text_encoder(
 ) -> tuple[nn.Module | None, TextEncoderFn | None]:
     """(trainable encoder, frozen encoder function): the builtin, and MiniLM with an adapter, train along;
     MiniLM alone is frozen, and each caption (the dataset's known ``captions`` up front, others on
-    first use) is encoded once, on ``device`` (a GPU encodes tens of thousands in seconds)."""
+    first use) is encoded once, on ``device`` (the training device)."""
     kind = config.text.kind
     if kind == "none":
         return None, None
