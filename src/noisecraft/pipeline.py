@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ from .model.adapters import (
     prompt_adapters,
 )
 from .model.hashing import weights_hash
-from .model.inputs import expand_prompts, init_batch, mask_batch
+from .model.inputs import GenerationRequest, expand_prompts, init_batch, mask_batch
 from .model.upscale import BASE_FOLDER, check_small, enlarge, stage_callbacks
 from .noise import check_seed
 from .samplers import Callback
@@ -64,24 +63,6 @@ __all__ = [
     "PIPELINE_FILE", "SHIPPED_DIR", "GenerationRequest", "Pipeline", "PipelineConfig", "check_seed",
     "shipped_models",
 ]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One job: prompts × num_images images; an init image makes it image-to-image, a mask inpainting."""
-
-    prompts: str | list[str]
-    negative_prompt: str | None = None
-    num_images: int = 1
-    options: SamplingOptions = field(default_factory=SamplingOptions)
-    init: Image.Image | Tensor | None = None  # PIL, or [C, H, W] / [B, C, H, W] in [-1, 1]
-    mask: Image.Image | Tensor | None = None  # white (1) = repaint; needs init
-    max_evaluations: int | None = None  # network evaluations allowed (a server's limit); None: no limit
-    controls: tuple[ControlSpec, ...] = ()  # control maps with their branches, scales and windows
-
-    def __post_init__(self) -> None:
-        if self.mask is not None and self.init is None:
-            raise OptionError("mask", "inpainting needs an init image too: the image to repaint")
 
 
 class Pipeline:

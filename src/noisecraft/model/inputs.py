@@ -1,13 +1,16 @@
-"""A request's inputs as batches: its prompts, the init image of image-to-image and the mask of
+"""A request and its inputs as batches: its prompts, the init image of image-to-image and the mask of
 inpainting."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from PIL import Image
 from torch import Tensor
 
 from ..images import from_pil, mask_from_pil
-from .options import OptionError
+from .control import ControlSpec
+from .options import OptionError, SamplingOptions
 from .settings import MAX_IMAGES
 
 
@@ -46,3 +49,21 @@ def expand_prompts(prompts: str | list[str], num_images: int) -> list[str]:
         count = len(prompts) * num_images
         raise OptionError("num_images", f"{count} images in one request; at most {MAX_IMAGES}")
     return [p for p in prompts for _ in range(num_images)]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One job: prompts × num_images images; an init image makes it image-to-image, a mask inpainting."""
+
+    prompts: str | list[str]
+    negative_prompt: str | None = None
+    num_images: int = 1
+    options: SamplingOptions = field(default_factory=SamplingOptions)
+    init: Image.Image | Tensor | None = None  # PIL, or [C, H, W] / [B, C, H, W] in [-1, 1]
+    mask: Image.Image | Tensor | None = None  # white (1) = repaint; needs init
+    max_evaluations: int | None = None  # network evaluations allowed (a server's limit); None: no limit
+    controls: tuple[ControlSpec, ...] = ()  # control maps with their branches, scales and windows
+
+    def __post_init__(self) -> None:
+        if self.mask is not None and self.init is None:
+            raise OptionError("mask", "inpainting needs an init image too: the image to repaint")
